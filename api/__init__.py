@@ -1,0 +1,1 @@
+"""Tally's HTTP API and command line: parse, call the engine, render."""

@@ -1,0 +1,33 @@
+"""The ASGI application."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from api import credits, health
+from api.errors import HANDLERS
+from api.services import Services
+from engine.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the API; settings default to the environment, read here at process entry."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.services = Services.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.close()
+
+    routes = [
+        Route("/credits/add", credits.add, methods=["POST"]),
+        Route("/credits/deduct", credits.deduct, methods=["POST"]),
+        Route("/credits/balance", credits.balance, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)

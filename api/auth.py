@@ -1,0 +1,73 @@
+"""Bearer API keys, resolved to apps through a short-lived in-process cache."""
+
+import asyncio
+import logging
+import time
+
+from engine.apps import KEY_PATTERN, hash_key
+from engine.errors import AuthenticationError, UnavailableError
+from engine.models import AppContext
+from engine.repository import Repository
+
+log = logging.getLogger(__name__)
+
+_MAX_ENTRIES = 100_000
+# With PostgreSQL down, a key already known keeps working this long before the next try, so the
+# hot path neither stops nor waits on every request for a database that is not there.
+_DEGRADED_SECONDS = 5.0
+_LOOKUP_TIMEOUT = 0.5
+
+_Entry = tuple[float, AppContext | None]  # (fresh until, per time.monotonic; app or unknown)
+
+
+class KeyCache:
+    """Resolves keys with at most one PostgreSQL lookup per key per `ttl` seconds per process.
+
+    A revoked key stops working once its entry is older than `ttl` (at most a second), except
+    while PostgreSQL is unreachable: then known keys keep working and unknown ones get 503.
+    """
+
+    def __init__(self, repository: Repository, ttl: float) -> None:
+        self._repository = repository
+        self._ttl = ttl
+        self._entries: dict[bytes, _Entry] = {}
+        self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
+
+    async def authenticate(self, authorization: str | None) -> AppContext:
+        if not authorization:
+            raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not KEY_PATTERN.fullmatch(token):
+            raise AuthenticationError("malformed Authorization header: expected Bearer tally_...")
+        key_hash = hash_key(token)
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] <= time.monotonic():
+            entry = await self._refresh(key_hash, entry)
+        if entry[1] is None:
+            raise AuthenticationError("invalid API key")
+        return entry[1]
+
+    async def _refresh(self, key_hash: bytes, stale: _Entry | None) -> _Entry:
+        task = self._inflight.get(key_hash)
+        if task is None:
+            task = asyncio.create_task(self._lookup(key_hash, stale))
+            self._inflight[key_hash] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        return await asyncio.shield(task)
+
+    async def _lookup(self, key_hash: bytes, stale: _Entry | None) -> _Entry:
+        try:
+            app = await asyncio.to_thread(self._repository.app_for_key, key_hash, _LOOKUP_TIMEOUT)
+            ttl = self._ttl
+        except UnavailableError:
+            if stale is None or stale[1] is None:
+                raise
+            log.warning(
+                "PostgreSQL unreachable; serving a cached API key for %ss", _DEGRADED_SECONDS
+            )
+            app, ttl = stale[1], _DEGRADED_SECONDS
+        if len(self._entries) >= _MAX_ENTRIES:
+            self._entries.clear()
+        entry = (time.monotonic() + ttl, app)
+        self._entries[key_hash] = entry
+        return entry

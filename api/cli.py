@@ -1,0 +1,201 @@
+"""The `tally` command."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from engine.apps import Apps, webhook_urls
+from engine.db import migrate, open_pool
+from engine.errors import TallyError
+from engine.models import MAX_AMOUNT, ApiKey, App
+from engine.repository import Repository
+from engine.settings import Settings
+
+_SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.run(args, settings)
+    except TallyError as exc:
+        print(f"tally: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tally", description="Tally credits engine")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(
+        parent: Any, name: str, run: Callable[[argparse.Namespace, Settings], None], help: str
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    command(commands, "migrate", _migrate, "create or upgrade the PostgreSQL schema")
+
+    serve = command(commands, "serve", _serve, "run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    apps = commands.add_parser("apps", help="create, show and configure apps").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    create = command(apps, "create", _apps_create, "create an app and its first API key")
+    create.add_argument("name")
+    command(apps, "list", _apps_list, "list apps")
+    show = command(apps, "show", _apps_show, "show an app's settings and webhook URLs")
+    show.add_argument("app_id")
+    update = command(apps, "update", _apps_update, "change an app's settings")
+    update.add_argument("app_id")
+    for secret in _SECRETS:
+        update.add_argument("--" + secret.replace("_", "-"), dest=secret, metavar="SECRET")
+    update.add_argument("--credit-rate", type=_credit_rate, metavar="R")
+    update.add_argument("--overdraft-limit", type=_overdraft_limit, metavar="N")
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    key_create = command(keys, "create", _keys_create, "create an API key (shown once)")
+    key_create.add_argument("app_id")
+    key_list = command(keys, "list", _keys_list, "list an app's API keys")
+    key_list.add_argument("app_id")
+    revoke = command(keys, "revoke", _keys_revoke, "revoke an API key")
+    revoke.add_argument("key_id")
+
+    for action in (apps, keys):
+        for sub in action.choices.values():
+            sub.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _credit_rate(text: str) -> Decimal:
+    try:
+        rate = Decimal(text)
+    except InvalidOperation:
+        rate = Decimal(0)
+    if not rate.is_finite() or rate <= 0:
+        raise argparse.ArgumentTypeError("must be a number above 0")
+    return rate
+
+
+def _overdraft_limit(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_AMOUNT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_AMOUNT}")
+    return int(text)
+
+
+def _apps(settings: Settings) -> Apps:
+    return Apps(Repository(open_pool(settings.database_url, 1, wait=True)))
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> None:
+    applied = migrate(open_pool(settings.database_url, 1, wait=True))
+    print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def _apps_create(args: argparse.Namespace, settings: Settings) -> None:
+    app, new_key = _apps(settings).create(args.name)
+    view = _app_view(app, settings) | {"api_key": new_key.api_key, "key_id": new_key.key.key_id}
+    _print(args, view, f"app {app.app_id} created\nAPI key (shown once): {new_key.api_key}")
+
+
+def _apps_list(args: argparse.Namespace, settings: Settings) -> None:
+    apps = [_app_view(app, settings) for app in _apps(settings).list_apps()]
+    _print(args, apps, "\n".join(f"{a['app_id']}  {a['name']}" for a in apps))
+
+
+def _apps_show(args: argparse.Namespace, settings: Settings) -> None:
+    view = _app_view(_apps(settings).get(args.app_id), settings)
+    _print(args, view, _lines(view))
+
+
+def _apps_update(args: argparse.Namespace, settings: Settings) -> None:
+    changes = {
+        name: getattr(args, name)
+        for name in (*_SECRETS, "credit_rate", "overdraft_limit")
+        if getattr(args, name) is not None
+    }
+    view = _app_view(_apps(settings).update(args.app_id, changes), settings)
+    _print(args, view, _lines(view))
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> None:
+    new_key = _apps(settings).create_key(args.app_id)
+    view = _key_view(new_key.key) | {"api_key": new_key.api_key}
+    _print(args, view, f"key {new_key.key.key_id} created\nAPI key (shown once): {new_key.api_key}")
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> None:
+    keys = [_key_view(key) for key in _apps(settings).list_keys(args.app_id)]
+    lines = (f"{k['key_id']}  {k['key_prefix']}...  {k['status']}" for k in keys)
+    _print(args, keys, "\n".join(lines))
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> None:
+    key = _key_view(_apps(settings).revoke_key(args.key_id))
+    _print(args, key, f"key {key['key_id']} revoked")
+
+
+def _app_view(app: App, settings: Settings) -> dict[str, Any]:
+    view = asdict(app)
+    for secret in _SECRETS:
+        # Secrets are write-only: show whether one is set, never its value.
+        view[secret.replace("_secret", "_secret_set")] = view.pop(secret) is not None
+    view["credit_rate"] = None if app.credit_rate is None else str(app.credit_rate)
+    view["created_at"] = app.created_at.isoformat()
+    view["webhook_urls"] = webhook_urls(app.app_id, settings.public_url)
+    return view
+
+
+def _key_view(key: ApiKey) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "app_id": key.app_id,
+        "key_prefix": key.key_prefix,
+        "status": "revoked" if key.revoked_at else "active",
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+def _lines(view: dict[str, Any]) -> str:
+    return "\n".join(f"{name}: {value}" for name, value in view.items())
+
+
+def _print(args: argparse.Namespace, view: Any, text: str) -> None:
+    print(json.dumps(view, indent=2) if args.json else text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The /credits endpoints."""
+
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.responses import JSONResponse
+from api.schemas import EntryRequest, UserQuery, parse_body, parse_query, read_body
+from api.services import services
+from engine.errors import InvalidRequestError
+from engine.models import EntryResult
+
+
+async def add(request: Request) -> Response:
+    result = await _apply_entry(request, "add")
+    return _entry_response(
+        {
+            "success": True,
+            "ledger_id": result.ledger_id,
+            "user_id": result.user_id,
+            "amount": result.amount,
+            "balance_after": result.balance_after,
+        },
+        result,
+    )
+
+
+async def deduct(request: Request) -> Response:
+    result = await _apply_entry(request, "deduct")
+    return _entry_response(
+        {
+            "success": True,
+            "ledger_id": result.ledger_id,
+            "balance_before": result.balance_before,
+            "balance_after": result.balance_after,
+        },
+        result,
+    )
+
+
+async def balance(request: Request) -> Response:
+    svc = services(request)
+    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    query = parse_query(UserQuery, request.query_params)
+    result = await svc.credits.balance(app, query.user_id)
+    return JSONResponse(
+        {
+            "user_id": result.user_id,
+            "balance": result.balance,
+            "updated_at": iso8601(result.updated_at_ms),
+        }
+    )
+
+
+async def _apply_entry(request: Request, kind: str) -> EntryResult:
+    svc = services(request)
+    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    idempotency_key = idempotency_key_of(request)
+    body = parse_body(EntryRequest, await read_body(request, svc.settings.max_body_bytes))
+    operation = svc.credits.add if kind == "add" else svc.credits.deduct
+    return await operation(
+        app,
+        body.user_id,
+        body.amount,
+        description=body.description,
+        reference_id=body.reference_id,
+        metadata=body.metadata,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _entry_response(body: dict[str, object], result: EntryResult) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    return JSONResponse(body, headers=headers)
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise InvalidRequestError("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return key
+
+
+def iso8601(epoch_ms: int | None) -> str | None:
+    if epoch_ms is None:
+        return None
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

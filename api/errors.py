@@ -1,0 +1,68 @@
+"""The one place engine errors become HTTP responses."""
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.responses import JSONResponse
+from engine.errors import (
+    AuthenticationError,
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    TallyError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[TallyError], int] = {
+    InvalidRequestError: 400,
+    AuthenticationError: 401,
+    InsufficientCreditsError: 402,
+    NotFoundError: 404,
+    PayloadTooLargeError: 413,
+    IdempotencyConflictError: 422,
+    UnavailableError: 503,
+}
+
+
+def status_of(exc: TallyError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+async def tally_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TallyError)
+    status = status_of(exc)
+    body: dict[str, object] = {"success": False, "error": exc.message}
+    headers = {}
+    if isinstance(exc, InsufficientCreditsError):
+        body["balance"] = exc.balance
+    elif isinstance(exc, UnavailableError):
+        headers["Retry-After"] = "1"
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    elif isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        {"success": False, "error": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"success": False, "error": "Internal server error"}, status_code=500)
+
+
+HANDLERS = {TallyError: tally_error, HTTPException: http_error, Exception: unexpected_error}

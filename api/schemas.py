@@ -1,0 +1,79 @@
+"""Request bodies and query strings, validated strictly, with errors that name the field."""
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+
+from engine.errors import InvalidRequestError, PayloadTooLargeError
+from engine.models import MAX_AMOUNT
+
+Model = TypeVar("Model", bound=BaseModel)
+
+_FIELD_RULES = {
+    "user_id": "user_id must be a non-empty string of at most 256 characters",
+    "amount": f"amount must be an integer from 1 to {MAX_AMOUNT}",
+    "description": "description must be a string of at most 1000 characters",
+    "reference_id": "reference_id must be a string of at most 256 characters",
+    "metadata": "metadata must be a JSON object",
+}
+
+
+class _Strict(BaseModel):
+    # Strict: "10", 10.0 and true are not amounts. Unknown fields are refused, so a typo in an
+    # optional field is an error instead of silently dropped data.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class EntryRequest(_Strict):
+    user_id: Annotated[str, Field(min_length=1, max_length=256)]
+    amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
+    description: Annotated[str, Field(max_length=1000)] | None = None
+    reference_id: Annotated[str, Field(max_length=256)] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class UserQuery(_Strict):
+    user_id: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def parse_body(model: type[Model], body: bytes) -> Model:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequestError(_message(exc)) from None
+
+
+def parse_query(model: type[Model], params: QueryParams) -> Model:
+    for name in params:
+        if len(params.getlist(name)) > 1:
+            raise InvalidRequestError(f"query parameter {name} given more than once")
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        raise InvalidRequestError(_message(exc, where="query parameter ")) from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+    return body
+
+
+def _message(exc: ValidationError, where: str = "") -> str:
+    error = exc.errors()[0]
+    if not error["loc"]:
+        return "invalid query string" if where else "request body must be a JSON object"
+    field = str(error["loc"][0])
+    if error["type"] == "missing":
+        return f"{where}{field} is required"
+    if error["type"] == "extra_forbidden":
+        return f"unknown {where or 'field '}{field}"
+    return _FIELD_RULES.get(field, f"{field} is invalid")

@@ -1,0 +1,56 @@
+"""What one API process holds for its lifetime: settings, clients and the engine."""
+
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from starlette.requests import Request
+
+from api.auth import KeyCache
+from engine.credits import Credits
+from engine.db import open_pool
+from engine.repository import Repository
+from engine.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    redis: "Redis"
+    pool: ConnectionPool
+    credits: Credits
+    auth: KeyCache
+
+    @classmethod
+    def start(cls, settings: Settings) -> "Services":
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            max_connections=settings.redis_max_connections,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            # Never resend a command on its own: a script whose reply was lost may have run, and
+            # running it again would apply a write twice. The caller gets 503 and retries with
+            # its Idempotency-Key, which is exactly-once.
+            retry=Retry(NoBackoff(), 0),
+        )
+        pool = open_pool(settings.database_url, settings.database_pool_size)
+        repository = Repository(pool)
+        return cls(
+            settings=settings,
+            redis=redis,
+            pool=pool,
+            credits=Credits(redis, repository, settings),
+            auth=KeyCache(repository, settings.auth_cache_seconds),
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.pool.close()
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,85 @@
+"""Apps and their API keys: creation, rotation, revocation, and the key format."""
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import InvalidRequestError, NotFoundError
+from engine.models import ApiKey, App
+from engine.repository import Repository
+
+KEY_PREFIX = "tally_"
+# tally_ + 43 URL-safe characters (32 random bytes); older or longer keys still parse.
+KEY_PATTERN = re.compile(r"tally_[A-Za-z0-9_-]{32,128}")
+
+
+def hash_key(api_key: str) -> bytes:
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+PROVIDERS = ("stripe", "polar", "lemonsqueezy")
+
+
+def webhook_urls(app_id: str, public_url: str = "") -> dict[str, str]:
+    """Where each provider posts this app's events: a full URL when a public URL is configured."""
+    base = public_url.rstrip("/")
+    return {provider: f"{base}/webhooks/{provider}/{app_id}" for provider in PROVIDERS}
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A freshly made key: `api_key` is shown once and never stored."""
+
+    api_key: str
+    key: ApiKey
+
+
+class Apps:
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+
+    def create(self, name: str) -> tuple[App, NewKey]:
+        if not 1 <= len(name) <= 200:
+            raise InvalidRequestError("name must be 1 to 200 characters")
+        app = self._repository.create_app(f"app_{secrets.token_hex(8)}", name)
+        return app, self.create_key(app.app_id)
+
+    def get(self, app_id: str) -> App:
+        app = self._repository.get_app(app_id)
+        if app is None:
+            raise NotFoundError(f"no app {app_id}")
+        return app
+
+    def list_apps(self) -> list[App]:
+        return self._repository.list_apps()
+
+    def update(self, app_id: str, changes: dict[str, Any]) -> App:
+        if not changes:
+            raise InvalidRequestError("nothing to update: pass at least one setting")
+        app = self._repository.update_app(app_id, changes)
+        if app is None:
+            raise NotFoundError(f"no app {app_id}")
+        return app
+
+    def create_key(self, app_id: str) -> NewKey:
+        self.get(app_id)
+        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = self._repository.create_key(
+            key_id=f"key_{secrets.token_hex(8)}",
+            app_id=app_id,
+            key_hash=hash_key(api_key),
+            key_prefix=api_key[:10],
+        )
+        return NewKey(api_key=api_key, key=key)
+
+    def list_keys(self, app_id: str) -> list[ApiKey]:
+        self.get(app_id)
+        return self._repository.list_keys(app_id)
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        key = self._repository.revoke_key(key_id)
+        if key is None:
+            raise NotFoundError(f"no key {key_id}")
+        return key

@@ -1,0 +1,222 @@
+"""Credits operations on the hot path: one Lua script call per add or deduct."""
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.errors import (
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    UnavailableError,
+)
+from engine.keys import AccountKeys, account_keys
+from engine.models import MAX_AMOUNT, AppContext, Balance, EntryResult
+from engine.repository import Repository
+from engine.scripts import Scripts
+from engine.settings import Settings
+
+# A hydration races only with another hydration or a write, both of which leave the account in
+# place; a third miss in a row means something is deleting accounts under us.
+_HYDRATE_ATTEMPTS = 3
+
+
+class Credits:
+    def __init__(self, redis: "Redis", repository: Repository, settings: Settings) -> None:
+        self._redis = redis
+        self._scripts = Scripts(redis)
+        self._repository = repository
+        self._idempotency_ttl = settings.idempotency_ttl_seconds
+        self._recent_entries = settings.recent_entries
+
+    async def add(
+        self,
+        app: AppContext,
+        user_id: str,
+        amount: int,
+        *,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> EntryResult:
+        return await self._apply_entry(
+            app, "add", user_id, amount, description, reference_id, metadata, idempotency_key
+        )
+
+    async def deduct(
+        self,
+        app: AppContext,
+        user_id: str,
+        amount: int,
+        *,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> EntryResult:
+        return await self._apply_entry(
+            app, "deduct", user_id, -amount, description, reference_id, metadata, idempotency_key
+        )
+
+    async def balance(self, app: AppContext, user_id: str) -> Balance:
+        _check_text("user_id", user_id, 256, required=True)
+        keys = account_keys(app.app_id, user_id)
+        for _ in range(_HYDRATE_ATTEMPTS):
+            async with _redis_errors():
+                balance, updated_at = await self._redis.hmget(keys.account, "balance", "updated_at")
+            if balance is not None:
+                return Balance(user_id, int(balance), int(updated_at) if updated_at else None)
+            if not await self._hydrate(app.app_id, user_id, keys, create=False):
+                return Balance(user_id, 0, None)
+        raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+
+    async def _apply_entry(
+        self,
+        app: AppContext,
+        kind: str,
+        user_id: str,
+        delta: int,
+        description: str | None,
+        reference_id: str | None,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> EntryResult:
+        _check_text("user_id", user_id, 256, required=True)
+        _check_amount(abs(delta))
+        _check_text("description", description, 1000)
+        _check_text("reference_id", reference_id, 256)
+        _check_text("Idempotency-Key", idempotency_key, 255)
+        metadata_json = _metadata_json(metadata)
+        keys = account_keys(app.app_id, user_id)
+        now_ms = time.time_ns() // 1_000_000
+        entry = orjson.dumps(
+            {
+                "ledger_id": str(uuid.uuid4()),
+                "app_id": app.app_id,
+                "user_id": user_id,
+                "kind": kind,
+                "amount": delta,
+                "description": description,
+                "reference_id": reference_id,
+                "metadata": orjson.Fragment(metadata_json),
+                "idempotency_key": idempotency_key,
+                "refund_of": None,
+                "created_at": now_ms,
+            }
+        )
+        fingerprint = hashlib.sha256(
+            orjson.dumps([kind, user_id, delta, description, reference_id]) + metadata_json.encode()
+        ).hexdigest()
+        script_keys = [keys.account, keys.recent, keys.outbox]
+        if idempotency_key is not None:
+            script_keys.append(keys.idempotency(idempotency_key))
+        args = (
+            delta,
+            -app.overdraft_limit,
+            MAX_AMOUNT,
+            entry[:-1],
+            fingerprint,
+            self._idempotency_ttl,
+            self._recent_entries,
+            now_ms,
+        )
+        for _ in range(_HYDRATE_ATTEMPTS):
+            reply = await _call(self._scripts.apply_entry, script_keys, args)
+            status = reply[0]
+            if status == "ok" or status == "replay":
+                stored = orjson.loads(reply[2])
+                return EntryResult(
+                    ledger_id=stored["ledger_id"],
+                    user_id=stored["user_id"],
+                    kind=stored["kind"],
+                    amount=stored["amount"],
+                    balance_before=int(reply[1]),
+                    balance_after=stored["balance_after"],
+                    created_at_ms=stored["created_at"],
+                    replayed=status == "replay",
+                )
+            if status == "missing":
+                await self._hydrate(app.app_id, user_id, keys, create=True)
+            elif status == "insufficient":
+                raise InsufficientCreditsError(balance=int(reply[1]), floor=-app.overdraft_limit)
+            elif status == "conflict":
+                raise IdempotencyConflictError()
+            elif status == "overflow":
+                raise InvalidRequestError(
+                    f"amount would take the balance above {MAX_AMOUNT}; balance is {reply[1]}"
+                )
+            else:
+                raise RuntimeError(f"apply_entry.lua returned {reply!r}")
+        raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+
+    async def _hydrate(self, app_id: str, user_id: str, keys: AccountKeys, *, create: bool) -> bool:
+        """Rebuild a missing account from the ledger; never read a missing account as 0.
+
+        With create=False an account the ledger has never seen is left absent (a balance read of
+        an unknown user must not allocate memory); returns whether the account now exists.
+        """
+        balance, updated_at = await asyncio.to_thread(
+            self._repository.account_snapshot, app_id, user_id
+        )
+        if updated_at is None and not create:
+            return False
+        updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
+        await _call(self._scripts.hydrate, [keys.account], (balance, updated_ms))
+        return True
+
+
+async def _call(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async with _redis_errors():
+        return await script(keys=keys, args=args)
+
+
+@asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise UnavailableError("Redis is unavailable; retry shortly") from exc
+
+
+def _check_amount(amount: int) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_AMOUNT:
+        raise InvalidRequestError(f"amount must be an integer from 1 to {MAX_AMOUNT}")
+
+
+def _check_text(name: str, value: str | None, max_length: int, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not (1 if required else 0) <= len(value) <= max_length:
+        qualifier = "a non-empty string" if required else "a string"
+        raise InvalidRequestError(f"{name} must be {qualifier} of at most {max_length} characters")
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL; an entry it refuses would block its outbox shard.
+        raise InvalidRequestError(f"{name} must not contain NUL characters")
+
+
+def _metadata_json(metadata: dict[str, Any] | None) -> str:
+    if metadata is None:
+        return "null"
+    if not isinstance(metadata, dict):
+        raise InvalidRequestError("metadata must be a JSON object")
+    try:
+        encoded = json.dumps(
+            metadata, allow_nan=False, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidRequestError(f"metadata must be plain JSON: {exc}") from exc
+    if "\\u0000" in encoded:
+        raise InvalidRequestError("metadata must not contain NUL characters")
+    return encoded

@@ -1,0 +1,50 @@
+"""One error family: each has a stable `code`; the API maps classes to HTTP in one place."""
+
+
+class TallyError(Exception):
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequestError(TallyError):
+    code = "invalid_request"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    code = "payload_too_large"
+
+
+class AuthenticationError(TallyError):
+    code = "unauthorized"
+
+
+class NotFoundError(TallyError):
+    code = "not_found"
+
+
+class InsufficientCreditsError(TallyError):
+    code = "insufficient_credits"
+
+    def __init__(self, balance: int, floor: int) -> None:
+        super().__init__("Insufficient credits")
+        self.balance = balance
+        self.floor = floor
+
+
+class IdempotencyConflictError(TallyError):
+    code = "idempotency_conflict"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Idempotency-Key was already used with a different request; "
+            "use a new key for a new request"
+        )
+
+
+class UnavailableError(TallyError):
+    """A backing service (Redis or PostgreSQL) cannot be reached; the caller may retry."""
+
+    code = "unavailable"

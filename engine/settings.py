@@ -1,0 +1,22 @@
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Tally has, read from `TALLY_*` environment variables at process entry."""
+
+    model_config = SettingsConfigDict(env_prefix="TALLY_", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/tally"
+    # Base URL printed in front of webhook paths; empty prints bare paths.
+    public_url: str = ""
+    # The IETF Idempotency-Key draft and Stripe both promise at least a day.
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
+    recent_entries: int = Field(default=200, ge=1, le=10_000)
+    # How stale an API key lookup may be: bounds how long a revoked key keeps working.
+    auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
+    max_body_bytes: int = Field(default=65_536, ge=1_024)
+    redis_max_connections: int = Field(default=256, ge=1)
+    database_pool_size: int = Field(default=4, ge=1)
+    log_level: str = "info"

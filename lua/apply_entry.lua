@@ -1,0 +1,64 @@
+-- apply_entry.lua: post one ledger entry (an add or a deduct) to an account, at most once per
+-- idempotency key. Called by engine.credits.Credits._apply_entry.
+--
+-- KEYS[1] account hash (balance, updated_at)
+-- KEYS[2] recent-entries list of the account
+-- KEYS[3] outbox stream of the account's shard
+-- KEYS[4] idempotency hash (optional: absent when the request has no Idempotency-Key)
+--
+-- ARGV[1] delta: signed integer, |delta| in 1..2^53-1
+-- ARGV[2] floor: lowest balance a negative delta may leave (0, or -overdraft limit)
+-- ARGV[3] ceiling: highest balance a positive delta may leave (2^53-1)
+-- ARGV[4] entry JSON without its closing brace; the script appends "balance_after"
+-- ARGV[5] request fingerprint (compared on a repeated idempotency key)
+-- ARGV[6] idempotency TTL in seconds
+-- ARGV[7] length of the recent-entries list
+-- ARGV[8] now, epoch milliseconds (the account's updated_at)
+--
+-- Returns one of:
+--   {"ok", balance_before, entry_json}       applied
+--   {"replay", balance_before, entry_json}   the stored first result of this idempotency key
+--   {"conflict"}                             the key was used with a different request
+--   {"missing"}                              no account in Redis: hydrate it, then call again
+--   {"insufficient", balance}                below the floor; nothing written
+--   {"overflow", balance}                    above the ceiling; nothing written
+--
+-- Every check comes before the first write: Redis never rolls a script back. Numbers are turned
+-- into text with %d only, because Lua's tostring rounds past 14 digits.
+
+local idem = KEYS[4]
+if idem then
+  local stored = redis.call('HMGET', idem, 'fingerprint', 'balance_before', 'entry')
+  if stored[1] then
+    if stored[1] ~= ARGV[5] then
+      return {'conflict'}
+    end
+    return {'replay', stored[2], stored[3]}
+  end
+end
+
+local raw = redis.call('HGET', KEYS[1], 'balance')
+if not raw then
+  return {'missing'}
+end
+
+local delta = tonumber(ARGV[1])
+local after = tonumber(raw) + delta
+if delta < 0 and after < tonumber(ARGV[2]) then
+  return {'insufficient', raw}
+end
+if delta > 0 and after > tonumber(ARGV[3]) then
+  return {'overflow', raw}
+end
+
+after = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
+local entry = ARGV[4] .. ',"balance_after":' .. string.format('%d', after) .. '}'
+redis.call('XADD', KEYS[3], '*', 'e', entry)
+redis.call('LPUSH', KEYS[2], entry)
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+if idem then
+  redis.call('HSET', idem, 'fingerprint', ARGV[5], 'balance_before', raw, 'entry', entry)
+  redis.call('EXPIRE', idem, ARGV[6])
+end
+return {'ok', raw, entry}

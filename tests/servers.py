@@ -1,0 +1,152 @@
+"""Throwaway Redis and PostgreSQL servers on loopback, for the tests and the local stack.
+
+Each lives in its own temporary directory on a free port and is removed on stop. PostgreSQL
+refuses to run as root, so as root its commands run as the `postgres` user.
+"""
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class RedisServer:
+    def __init__(self, root: Path | None = None, *, appendonly: bool = False) -> None:
+        self.root = Path(root or tempfile.mkdtemp(prefix="tally-redis-"))
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.root),
+                "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "everysec",
+                "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.root / "redis.log"),
+            ],
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def kill(self) -> None:
+        """Stop abruptly, like a crash: no final save."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _pg_bin(name: str) -> str:
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    for directory in reversed(versions):
+        if os.path.exists(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(
+            f"{name} not found: install PostgreSQL (apt-get install postgresql)"
+        )
+    return found
+
+
+class PostgresServer:
+    def __init__(self, root: Path | None = None, *, dbname: str = "tally") -> None:
+        self.root = Path(root or tempfile.mkdtemp(prefix="tally-pg-"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.dbname = dbname
+        self._as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.dbname}"
+
+    def _run(self, *command: str) -> None:
+        subprocess.run(
+            [*self._as_postgres, *command], check=True, stdout=subprocess.DEVNULL, cwd=self.root
+        )
+
+    def start(self) -> "PostgresServer":
+        if not self.data.exists():
+            if self._as_postgres:
+                shutil.chown(self.root, "postgres")
+            self._run(
+                _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
+                "--auth=trust", "--encoding=UTF8", "--no-sync",
+            )  # fmt: skip
+            fresh = True
+        else:
+            fresh = False
+        # fsync off: these servers are thrown away; a killed process still loses nothing
+        # committed, only a machine crash would.
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"),
+            "-o", options, "-w", "-t", "60", "start",
+        )  # fmt: skip
+        if fresh:
+            admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self.dbname}"')  # type: ignore[arg-type]
+        return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data for a later start()."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.halt()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""The operating contract of the `tally` command, and what it changes in the running API."""
+
+import hashlib
+import json
+import re
+import time
+
+import httpx
+import psycopg
+
+from engine.settings import Settings
+from tests.conftest import ApiServer, tally
+
+
+def create_app(settings: Settings, name: str = "cli-app") -> dict[str, object]:
+    created: dict[str, object] = json.loads(
+        tally(settings, "apps", "create", name, "--json").stdout
+    )
+    return created
+
+
+def test_migrate_is_idempotent(settings: Settings) -> None:
+    first = tally(settings, "migrate")
+    second = tally(settings, "migrate")
+    assert first.returncode == second.returncode == 0
+    assert "up to date" in second.stdout
+
+
+def test_apps_create_prints_app_key_and_webhook_urls(settings: Settings) -> None:
+    created = create_app(settings)
+    assert isinstance(created["app_id"], str)
+    api_key = created["api_key"]
+    assert isinstance(api_key, str) and re.fullmatch(r"tally_[A-Za-z0-9_-]{32,}", api_key)
+    urls = created["webhook_urls"]
+    assert isinstance(urls, dict) and set(urls) == {"stripe", "polar", "lemonsqueezy"}
+    assert all(created["app_id"] in url for url in urls.values())
+
+
+def test_keys_are_stored_only_as_sha256(settings: Settings) -> None:
+    created = create_app(settings)
+    api_key = str(created["api_key"])
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT key_hash, key_prefix FROM api_keys WHERE app_id = %s", (created["app_id"],)
+        ).fetchall()
+        dump = str(conn.execute("SELECT * FROM api_keys").fetchall())
+    assert [bytes(rows[0][0])] == [hashlib.sha256(api_key.encode()).digest()]
+    assert api_key not in dump
+    assert len(rows[0][1]) < len(api_key) // 4
+
+
+def test_keys_create_list_revoke_and_revoked_key_is_401_within_a_second(
+    settings: Settings, api_server: ApiServer
+) -> None:
+    created = create_app(settings)
+    app_id = str(created["app_id"])
+    new = json.loads(tally(settings, "keys", "create", app_id, "--json").stdout)
+    assert new["api_key"] != created["api_key"] and new["status"] == "active"
+    listed = json.loads(tally(settings, "keys", "list", app_id, "--json").stdout)
+    assert {k["key_id"] for k in listed} == {created["key_id"], new["key_id"]}
+    assert all("api_key" not in k for k in listed)
+
+    headers = {"Authorization": f"Bearer {new['api_key']}"}
+    url = api_server.url + "/credits/balance?user_id=u"
+    assert httpx.get(url, headers=headers).status_code == 200  # cached now
+    revoked = json.loads(tally(settings, "keys", "revoke", new["key_id"], "--json").stdout)
+    assert revoked["status"] == "revoked"
+    revoked_at = time.monotonic()
+    while httpx.get(url, headers=headers).status_code == 200:
+        assert time.monotonic() - revoked_at < 1.0, "revoked key still accepted after 1 s"
+        time.sleep(0.02)
+    assert httpx.get(url, headers=headers).json()["error"] == "invalid API key"
+    # The app's other key is untouched.
+    other = {"Authorization": f"Bearer {created['api_key']}"}
+    assert httpx.get(url, headers=other).status_code == 200
+
+
+def test_apps_update_and_show(settings: Settings, api_server: ApiServer) -> None:
+    created = create_app(settings)
+    app_id = str(created["app_id"])
+    updated = json.loads(
+        tally(
+            settings, "apps", "update", app_id,
+            "--stripe-webhook-secret", "whsec_abc", "--polar-webhook-secret", "polar_s",
+            "--lemonsqueezy-webhook-secret", "ls_s", "--credit-rate", "100",
+            "--overdraft-limit", "50", "--json",
+        ).stdout
+    )  # fmt: skip
+    assert updated["overdraft_limit"] == 50 and updated["credit_rate"] == "100"
+    assert updated["stripe_webhook_secret_set"] is True
+    shown = tally(settings, "apps", "show", app_id, "--json").stdout
+    assert "whsec_abc" not in shown  # secrets are write-only
+    assert json.loads(shown)["webhook_urls"] == created["webhook_urls"]
+
+    # The overdraft reaches the hot path without a restart.
+    headers = {"Authorization": f"Bearer {created['api_key']}"}
+    time.sleep(1.0)
+    response = httpx.post(
+        api_server.url + "/credits/deduct", json={"user_id": "u", "amount": 50}, headers=headers
+    )
+    assert response.status_code == 200 and response.json()["balance_after"] == -50
+    response = httpx.post(
+        api_server.url + "/credits/deduct", json={"user_id": "u", "amount": 1}, headers=headers
+    )
+    assert response.status_code == 402 and response.json()["balance"] == -50
+
+
+def test_cli_errors_are_clear(settings: Settings) -> None:
+    missing = tally(settings, "apps", "show", "app_nope", check=False)
+    assert missing.returncode == 1 and "no app app_nope" in missing.stderr
+    bad = tally(settings, "apps", "update", "app_nope", "--overdraft-limit", "-1", check=False)
+    assert bad.returncode == 2 and "overdraft-limit" in bad.stderr
+    nothing = tally(settings, "apps", "update", str(create_app(settings)["app_id"]), check=False)
+    assert nothing.returncode == 1 and "nothing to update" in nothing.stderr
+    unknown = tally(settings, "keys", "revoke", "key_nope", check=False)
+    assert unknown.returncode == 1 and "no key key_nope" in unknown.stderr

@@ -1,0 +1,31 @@
+from redis.crc import key_slot
+
+from engine.keys import SHARDS, account_keys, outbox_key, shard_of
+
+
+def test_all_keys_of_one_call_share_one_cluster_slot() -> None:
+    for user in ["u1", "user:with:colons", "{braces}", "ünïcode", "x" * 256]:
+        keys = account_keys("app_1", user)
+        names = [keys.account, keys.recent, keys.outbox, keys.idempotency("k{1}")]
+        assert len({key_slot(name.encode()) for name in names}) == 1, names
+
+
+def test_outbox_key_is_the_accounts_shard_outbox() -> None:
+    keys = account_keys("app_1", "u1")
+    assert keys.outbox == outbox_key(keys.shard)
+
+
+def test_users_spread_over_all_shards() -> None:
+    shards = {shard_of("app_1", f"user-{i}") for i in range(5_000)}
+    assert shards == set(range(SHARDS))
+
+
+def test_idempotency_keys_cannot_collide_across_user_ids_with_separators() -> None:
+    # user "a:b" with key "c" must not share a record with user "a" and key "b:c".
+    assert account_keys("app", "a:b").idempotency("c") != account_keys("app", "a").idempotency(
+        "b:c"
+    )
+
+
+def test_distinct_apps_get_distinct_accounts() -> None:
+    assert account_keys("app_1", "u").account != account_keys("app_2", "u").account

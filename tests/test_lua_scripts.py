@@ -1,0 +1,156 @@
+"""The contract of every Lua script, run on fakeredis and on a real redis-server."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from engine.keys import account_keys
+from engine.models import MAX_AMOUNT
+from engine.scripts import Scripts
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+KEYS = account_keys("app_lua", "user_1")
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator["Redis"]:
+    if request.param == "fakeredis":
+        client: Redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = Redis.from_url(server.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def _entry(ledger_id: str = "L1", amount: int = -10) -> bytes:
+    body = {"ledger_id": ledger_id, "user_id": "user_1", "kind": "x", "amount": amount}
+    return orjson.dumps(body)[:-1]
+
+
+async def apply_entry(
+    redis: "Redis",
+    delta: int,
+    *,
+    idempotency_key: str | None = None,
+    floor: int = 0,
+    fingerprint: str = "fp",
+    ledger_id: str = "L1",
+    recent: int = 5,
+) -> list[Any]:
+    keys = [KEYS.account, KEYS.recent, KEYS.outbox]
+    if idempotency_key:
+        keys.append(KEYS.idempotency(idempotency_key))
+    args = [delta, floor, MAX_AMOUNT, _entry(ledger_id, delta), fingerprint, 86_400, recent, 1234]
+    reply: list[Any] = await Scripts(redis).apply_entry(keys=keys, args=args)
+    return reply
+
+
+async def hydrate(redis: "Redis", balance: int, updated_at: str = "99") -> int:
+    written: int = await Scripts(redis).hydrate(keys=[KEYS.account], args=[balance, updated_at])
+    return written
+
+
+async def test_missing_account_is_reported_not_read_as_zero(redis: "Redis") -> None:
+    assert await apply_entry(redis, 10) == ["missing"]
+    assert await redis.exists(KEYS.account, KEYS.outbox, KEYS.recent) == 0
+
+
+async def test_hydrate_writes_only_a_missing_account(redis: "Redis") -> None:
+    assert await hydrate(redis, 50) == 1
+    assert await hydrate(redis, 7) == 0
+    assert await redis.hgetall(KEYS.account) == {"balance": "50", "updated_at": "99"}
+
+
+async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    status, before, entry = await apply_entry(redis, -30)
+    assert (status, int(before)) == ("ok", 100)
+    assert orjson.loads(entry)["balance_after"] == 70
+    assert await redis.hgetall(KEYS.account) == {"balance": "70", "updated_at": "1234"}
+    outbox = await redis.xrange(KEYS.outbox)
+    assert [fields["e"] for _, fields in outbox] == [entry]
+    assert await redis.lrange(KEYS.recent, 0, -1) == [entry]
+
+
+async def test_insufficient_writes_nothing(redis: "Redis") -> None:
+    await hydrate(redis, 5)
+    assert await apply_entry(redis, -6, idempotency_key="k") == ["insufficient", "5"]
+    assert await redis.hget(KEYS.account, "balance") == "5"
+    assert await redis.exists(KEYS.outbox, KEYS.recent, KEYS.idempotency("k")) == 0
+
+
+async def test_exact_balance_can_be_spent_to_the_floor(redis: "Redis") -> None:
+    await hydrate(redis, 5)
+    assert (await apply_entry(redis, -5))[0] == "ok"
+    assert (await apply_entry(redis, -1))[0] == "insufficient"
+
+
+async def test_overdraft_floor_allows_negative_balance(redis: "Redis") -> None:
+    await hydrate(redis, 5)
+    assert (await apply_entry(redis, -15, floor=-10))[0] == "ok"
+    assert await apply_entry(redis, -1, floor=-10) == ["insufficient", "-10"]
+
+
+async def test_adds_are_allowed_below_the_floor(redis: "Redis") -> None:
+    await hydrate(redis, -10)  # overdraft since lowered to 0
+    assert (await apply_entry(redis, 3))[0] == "ok"
+    assert await redis.hget(KEYS.account, "balance") == "-7"
+
+
+async def test_ceiling_refuses_overflow_and_keeps_exact_big_numbers(redis: "Redis") -> None:
+    await hydrate(redis, MAX_AMOUNT - 1)
+    assert await apply_entry(redis, 2) == ["overflow", str(MAX_AMOUNT - 1)]
+    _, before, entry = await apply_entry(redis, 1)
+    assert int(before) == MAX_AMOUNT - 1
+    assert orjson.loads(entry)["balance_after"] == MAX_AMOUNT  # not 9.007199254741e+15
+    assert await redis.hget(KEYS.account, "balance") == str(MAX_AMOUNT)
+    _, before, entry = await apply_entry(redis, -MAX_AMOUNT)
+    assert orjson.loads(entry)["balance_after"] == 0
+
+
+async def test_idempotency_replays_the_first_result_once(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    first = await apply_entry(redis, -10, idempotency_key="k", ledger_id="L1")
+    again = await apply_entry(redis, -10, idempotency_key="k", ledger_id="L2")
+    assert first[0] == "ok" and again[0] == "replay"
+    assert (again[1], again[2]) == (first[1], first[2])
+    assert await redis.hget(KEYS.account, "balance") == "90"
+    assert await redis.xlen(KEYS.outbox) == 1
+    assert 86_000 < await redis.ttl(KEYS.idempotency("k")) <= 86_400
+
+
+async def test_idempotency_key_with_another_request_conflicts(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    await apply_entry(redis, -10, idempotency_key="k", fingerprint="a")
+    assert await apply_entry(redis, -10, idempotency_key="k", fingerprint="b") == ["conflict"]
+    assert await redis.hget(KEYS.account, "balance") == "90"
+
+
+async def test_refused_request_leaves_its_idempotency_key_free(redis: "Redis") -> None:
+    await hydrate(redis, 5)
+    assert (await apply_entry(redis, -10, idempotency_key="k"))[0] == "insufficient"
+    await apply_entry(redis, 10, idempotency_key="topup")
+    assert (await apply_entry(redis, -10, idempotency_key="k"))[0] == "ok"
+
+
+async def test_recent_list_is_capped_newest_first(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    for i in range(8):
+        await apply_entry(redis, -1, ledger_id=f"L{i}", recent=5)
+    recent = [orjson.loads(e)["ledger_id"] for e in await redis.lrange(KEYS.recent, 0, -1)]
+    assert recent == ["L7", "L6", "L5", "L4", "L3"]
+    assert await redis.xlen(KEYS.outbox) == 8  # the outbox is never trimmed
+
+
+async def test_scripts_survive_script_flush(redis: "Redis") -> None:
+    await hydrate(redis, 10)
+    await redis.script_flush()
+    assert (await apply_entry(redis, -1))[0] == "ok"  # NOSCRIPT: reloaded and run
