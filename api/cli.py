@@ -1,6 +1,7 @@
 """The `tally` command."""
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -14,6 +15,8 @@ from engine.apps import Apps, webhook_urls
 from engine.db import migrate, open_pool
 from engine.errors import TallyError
 from engine.models import MAX_AMOUNT, ApiKey, App
+from engine.outbox import outbox_lag
+from engine.reconcile import reconcile
 from engine.repository import Repository
 from engine.settings import Settings
 
@@ -52,6 +55,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    worker = command(commands, "worker", _worker, "run the RQ worker that persists the ledger")
+    worker.add_argument("--burst", action="store_true", help="drain what is pending, then exit")
+
+    status = command(commands, "status", _status, "show the write-through lag per shard")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    reconcile = command(
+        commands, "reconcile", _reconcile, "compare Redis balances with the PostgreSQL ledger"
+    )
+    reconcile.add_argument(
+        "--repair", action="store_true", help="set drifted balances to the ledger's"
+    )
+    reconcile.add_argument("--json", action="store_true", help="print JSON")
 
     apps = commands.add_parser("apps", help="create, show and configure apps").add_subparsers(
         required=True, metavar="ACTION"
@@ -122,6 +139,51 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         access_log=False,
         server_header=False,
     )
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> None:
+    from workers.runner import run
+
+    sys.exit(run(settings, burst=args.burst))
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> None:
+    from redis import Redis
+
+    lags = outbox_lag(Redis.from_url(settings.redis_url, decode_responses=True))
+    view = {
+        "outbox_depth": sum(lag.depth for lag in lags),
+        "oldest_age_seconds": max(lag.oldest_age_seconds for lag in lags),
+        "shards": [asdict(lag) for lag in lags],
+    }
+    busy = [
+        f"  shard {lag.shard}: {lag.depth} entries, oldest {lag.oldest_age_seconds:.1f}s"
+        for lag in lags
+        if lag.depth
+    ]
+    text = f"outbox: {view['outbox_depth']} entries, oldest {view['oldest_age_seconds']:.1f}s"
+    _print(args, view, "\n".join([text, *busy]))
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings) -> None:
+    from redis.asyncio import Redis
+
+    async def run() -> dict[str, Any]:
+        redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            repository = Repository(open_pool(settings.database_url, 2, wait=True))
+            return (await reconcile(redis, repository, repair=args.repair)).as_dict()
+        finally:
+            await redis.aclose()
+
+    report = asyncio.run(run())
+    text = (
+        f"checked {report['accounts_checked']} accounts, skipped {report['accounts_skipped']}"
+        f" (outbox not drained), {report['drifted']} drifted, {report['repaired']} repaired"
+    )
+    _print(args, report, text)
+    if report["drifted"] and not args.repair:
+        sys.exit(3)
 
 
 def _apps_create(args: argparse.Namespace, settings: Settings) -> None:

@@ -6,7 +6,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse
-from api.schemas import EntryRequest, UserQuery, parse_body, parse_query, read_body
+from api.schemas import (
+    EntryRequest,
+    HistoryQuery,
+    RefundRequest,
+    UserQuery,
+    parse_body,
+    parse_query,
+    read_body,
+)
 from api.services import services
 from engine.errors import InvalidRequestError
 from engine.models import EntryResult
@@ -36,6 +44,56 @@ async def deduct(request: Request) -> Response:
             "balance_after": result.balance_after,
         },
         result,
+    )
+
+
+async def refund(request: Request) -> Response:
+    svc = services(request)
+    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    idempotency_key = idempotency_key_of(request)
+    body = parse_body(RefundRequest, await read_body(request, svc.settings.max_body_bytes))
+    result = await svc.credits.refund(
+        app, body.ledger_id, description=body.description, idempotency_key=idempotency_key
+    )
+    return _entry_response(
+        {
+            "success": True,
+            "ledger_id": result.refund.ledger_id,
+            "refunded_ledger_id": result.refunded_ledger_id,
+            "user_id": result.refund.user_id,
+            "amount": result.refund.amount,
+            "balance_after": result.refund.balance_after,
+        },
+        result.refund,
+    )
+
+
+async def history(request: Request) -> Response:
+    svc = services(request)
+    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    query = parse_query(HistoryQuery, request.query_params)
+    page = await svc.credits.history(app, query.user_id, query.limit, query.offset)
+    return JSONResponse(
+        {
+            "user_id": page.user_id,
+            "entries": [
+                {
+                    "ledger_id": entry.ledger_id,
+                    "kind": entry.kind,
+                    "amount": entry.amount,
+                    "balance_after": entry.balance_after,
+                    "description": entry.description,
+                    "reference_id": entry.reference_id,
+                    "metadata": entry.metadata,
+                    "refund_of": entry.refund_of,
+                    "created_at": iso8601(entry.created_at_ms),
+                }
+                for entry in page.entries
+            ],
+            "limit": page.limit,
+            "offset": page.offset,
+            "has_more": page.has_more,
+        }
     )
 
 

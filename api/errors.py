@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from api.responses import JSONResponse
 from engine.errors import (
+    AlreadyRefundedError,
     AuthenticationError,
     IdempotencyConflictError,
     InsufficientCreditsError,
@@ -25,6 +26,7 @@ STATUS: dict[type[TallyError], int] = {
     AuthenticationError: 401,
     InsufficientCreditsError: 402,
     NotFoundError: 404,
+    AlreadyRefundedError: 409,
     PayloadTooLargeError: 413,
     IdempotencyConflictError: 422,
     UnavailableError: 503,
@@ -45,6 +47,8 @@ async def tally_error(request: Request, exc: Exception) -> Response:
     headers = {}
     if isinstance(exc, InsufficientCreditsError):
         body["balance"] = exc.balance
+    elif isinstance(exc, AlreadyRefundedError):
+        body["refund_ledger_id"] = exc.refund_ledger_id
     elif isinstance(exc, UnavailableError):
         headers["Retry-After"] = "1"
         log.warning("%s %s: %s", request.method, request.url.path, exc.message)

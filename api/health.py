@@ -1,6 +1,7 @@
-"""GET /healthz: is this process able to serve the hot path?"""
+"""GET /healthz: can this process serve the hot path, and how far behind is the ledger?"""
 
 import asyncio
+from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,26 +10,31 @@ from api.responses import JSONResponse
 from api.services import Services, services
 from engine.db import connection
 from engine.errors import UnavailableError
+from engine.outbox import outbox_lag
 
 
 async def healthz(request: Request) -> Response:
     svc = services(request)
+    body: dict[str, object] = {}
     try:
-        await svc.redis.ping()
-        redis = "ok"
+        lags = await asyncio.to_thread(outbox_lag, svc.sync_redis)
+        body["redis"] = "ok"
+        body["outbox"] = {
+            "depth": sum(lag.depth for lag in lags),
+            "oldest_age_seconds": max(lag.oldest_age_seconds for lag in lags),
+            "shards": [asdict(lag) for lag in lags if lag.depth],
+        }
     except Exception:
-        redis = "unavailable"
+        body["redis"] = "unavailable"
     try:
         await asyncio.to_thread(_ping_postgres, svc)
-        postgres = "ok"
+        body["postgres"] = "ok"
     except UnavailableError:
-        postgres = "unavailable"
-    # PostgreSQL down degrades durability lag, not the hot path: only Redis decides the status.
-    status = 200 if redis == "ok" else 503
-    return JSONResponse(
-        {"status": "ok" if status == 200 else "unavailable", "redis": redis, "postgres": postgres},
-        status_code=status,
-    )
+        body["postgres"] = "unavailable"
+    # PostgreSQL down delays durability, not the hot path: only Redis decides the status.
+    healthy = body["redis"] == "ok"
+    body = {"status": "ok" if healthy else "unavailable", **body}
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 def _ping_postgres(svc: Services) -> None:

@@ -17,6 +17,9 @@ _FIELD_RULES = {
     "description": "description must be a string of at most 1000 characters",
     "reference_id": "reference_id must be a string of at most 256 characters",
     "metadata": "metadata must be a JSON object",
+    "ledger_id": "ledger_id must be a UUID string",
+    "limit": "limit must be an integer from 1 to 1000",
+    "offset": "offset must be an integer from 0 to 1000000",
 }
 
 
@@ -34,8 +37,19 @@ class EntryRequest(_Strict):
     metadata: dict[str, Any] | None = None
 
 
+class RefundRequest(_Strict):
+    ledger_id: Annotated[str, Field(min_length=1, max_length=64)]
+    description: Annotated[str, Field(max_length=1000)] | None = None
+
+
 class UserQuery(_Strict):
     user_id: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class HistoryQuery(UserQuery):
+    # Query values arrive as text: numbers are parsed from it, nothing else is coerced.
+    limit: Annotated[int, Field(ge=1, le=1000, strict=False)] = 50
+    offset: Annotated[int, Field(ge=0, le=1_000_000, strict=False)] = 0
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from psycopg_pool import ConnectionPool
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -19,6 +20,7 @@ from engine.settings import Settings
 class Services:
     settings: Settings
     redis: "Redis"
+    sync_redis: "SyncRedis"  # for the few calls made from threads (health)
     pool: ConnectionPool
     credits: Credits
     auth: KeyCache
@@ -41,6 +43,9 @@ class Services:
         return cls(
             settings=settings,
             redis=redis,
+            sync_redis=SyncRedis.from_url(
+                settings.redis_url, decode_responses=True, socket_timeout=2
+            ),
             pool=pool,
             credits=Credits(redis, repository, settings),
             auth=KeyCache(repository, settings.auth_cache_seconds),
@@ -48,6 +53,7 @@ class Services:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        self.sync_redis.close()
         self.pool.close()
 
 

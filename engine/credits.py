@@ -16,13 +16,29 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import (
+    AlreadyRefundedError,
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidRequestError,
+    NotFoundError,
     UnavailableError,
 )
-from engine.keys import AccountKeys, account_keys
-from engine.models import MAX_AMOUNT, AppContext, Balance, EntryResult
+from engine.keys import (
+    AccountKeys,
+    account_keys,
+    new_ledger_id,
+    shard_of_ledger_id,
+    unpersisted_key,
+)
+from engine.models import (
+    MAX_AMOUNT,
+    AppContext,
+    Balance,
+    EntryResult,
+    HistoryPage,
+    LedgerEntry,
+    RefundResult,
+)
 from engine.repository import Repository
 from engine.scripts import Scripts
 from engine.settings import Settings
@@ -70,6 +86,44 @@ class Credits:
             app, "deduct", user_id, -amount, description, reference_id, metadata, idempotency_key
         )
 
+    async def refund(
+        self,
+        app: AppContext,
+        ledger_id: str,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RefundResult:
+        """Reverse an entry of the app with a new entry; each entry can be refunded once."""
+        try:
+            refunded_id = uuid.UUID(ledger_id)
+        except (ValueError, AttributeError, TypeError):
+            raise InvalidRequestError("ledger_id must be a UUID") from None
+        original = await self._find_entry(app, refunded_id)
+        if original is None:
+            raise NotFoundError(f"no ledger entry {ledger_id}")
+        if original.kind == "refund":
+            raise InvalidRequestError("a refund cannot itself be refunded")
+        keys = account_keys(app.app_id, original.user_id)
+        # A refund already in PostgreSQL outlives any Redis state (a flush, a restore): put its
+        # marker back so the script refuses a second one.
+        refund_id = await asyncio.to_thread(self._repository.refund_of, refunded_id)
+        if refund_id is not None:
+            async with _redis_errors():
+                await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
+        result = await self._apply_entry(
+            app,
+            "refund",
+            original.user_id,
+            -original.amount,
+            description,
+            None,
+            None,
+            idempotency_key,
+            refund_of=original.ledger_id,
+        )
+        return RefundResult(refund=result, refunded_ledger_id=original.ledger_id)
+
     async def balance(self, app: AppContext, user_id: str) -> Balance:
         _check_text("user_id", user_id, 256, required=True)
         keys = account_keys(app.app_id, user_id)
@@ -82,6 +136,49 @@ class Credits:
                 return Balance(user_id, 0, None)
         raise UnavailableError("account keeps disappearing from Redis; retry shortly")
 
+    async def history(self, app: AppContext, user_id: str, limit: int, offset: int) -> HistoryPage:
+        """Newest first: PostgreSQL's entries merged with the recent ones still on their way."""
+        _check_text("user_id", user_id, 256, required=True)
+        wanted = offset + limit + 1  # one more tells whether there is a next page
+        keys = account_keys(app.app_id, user_id)
+        async with _redis_errors():
+            recent = [
+                LedgerEntry.from_json(e)
+                for e in await self._redis.lrange(keys.recent, 0, wanted - 1)
+            ]
+        try:
+            persisted = await asyncio.to_thread(
+                self._repository.history, app.app_id, user_id, wanted
+            )
+        except UnavailableError:
+            # The recent list alone answers a page it covers entirely.
+            if len(recent) < wanted:
+                raise
+            persisted = []
+        by_id = {entry.ledger_id: entry for entry in persisted}
+        by_id.update((entry.ledger_id, entry) for entry in recent)
+        ordered = sorted(by_id.values(), key=lambda entry: entry.seq, reverse=True)
+        return HistoryPage(
+            user_id=user_id,
+            entries=ordered[offset : offset + limit],
+            limit=limit,
+            offset=offset,
+            has_more=len(ordered) > offset + limit,
+        )
+
+    async def _find_entry(self, app: AppContext, ledger_id: uuid.UUID) -> LedgerEntry | None:
+        # Redis first: an entry leaves the unpersisted hash only after its COMMIT, so a miss
+        # there followed by a miss in PostgreSQL means the entry does not exist.
+        async with _redis_errors():
+            pending = await self._redis.hget(
+                unpersisted_key(shard_of_ledger_id(ledger_id)), str(ledger_id)
+            )
+        if pending is not None:
+            entry: LedgerEntry | None = LedgerEntry.from_json(pending)
+        else:
+            entry = await asyncio.to_thread(self._repository.find_entry, ledger_id)
+        return entry if entry is not None and entry.app_id == app.app_id else None
+
     async def _apply_entry(
         self,
         app: AppContext,
@@ -92,6 +189,7 @@ class Credits:
         reference_id: str | None,
         metadata: dict[str, Any] | None,
         idempotency_key: str | None,
+        refund_of: str | None = None,
     ) -> EntryResult:
         _check_text("user_id", user_id, 256, required=True)
         _check_amount(abs(delta))
@@ -101,9 +199,10 @@ class Credits:
         metadata_json = _metadata_json(metadata)
         keys = account_keys(app.app_id, user_id)
         now_ms = time.time_ns() // 1_000_000
+        ledger_id = new_ledger_id(keys.shard)
         entry = orjson.dumps(
             {
-                "ledger_id": str(uuid.uuid4()),
+                "ledger_id": ledger_id,
                 "app_id": app.app_id,
                 "user_id": user_id,
                 "kind": kind,
@@ -112,16 +211,19 @@ class Credits:
                 "reference_id": reference_id,
                 "metadata": orjson.Fragment(metadata_json),
                 "idempotency_key": idempotency_key,
-                "refund_of": None,
+                "refund_of": refund_of,
                 "created_at": now_ms,
             }
         )
         fingerprint = hashlib.sha256(
-            orjson.dumps([kind, user_id, delta, description, reference_id]) + metadata_json.encode()
+            orjson.dumps([kind, user_id, delta, description, reference_id, refund_of])
+            + metadata_json.encode()
         ).hexdigest()
-        script_keys = [keys.account, keys.recent, keys.outbox]
+        script_keys = [keys.account, keys.recent, keys.outbox, keys.unpersisted]
         if idempotency_key is not None:
             script_keys.append(keys.idempotency(idempotency_key))
+        if refund_of is not None:
+            script_keys.append(keys.refund_marker(refund_of))
         args = (
             delta,
             -app.overdraft_limit,
@@ -131,6 +233,9 @@ class Credits:
             self._idempotency_ttl,
             self._recent_entries,
             now_ms,
+            "1" if idempotency_key is not None else "0",
+            "1" if refund_of is not None else "0",
+            ledger_id,
         )
         for _ in range(_HYDRATE_ATTEMPTS):
             reply = await _call(self._scripts.apply_entry, script_keys, args)
@@ -153,6 +258,8 @@ class Credits:
                 raise InsufficientCreditsError(balance=int(reply[1]), floor=-app.overdraft_limit)
             elif status == "conflict":
                 raise IdempotencyConflictError()
+            elif status == "refunded":
+                raise AlreadyRefundedError(str(refund_of), reply[1])
             elif status == "overflow":
                 raise InvalidRequestError(
                     f"amount would take the balance above {MAX_AMOUNT}; balance is {reply[1]}"
@@ -167,13 +274,13 @@ class Credits:
         With create=False an account the ledger has never seen is left absent (a balance read of
         an unknown user must not allocate memory); returns whether the account now exists.
         """
-        balance, updated_at = await asyncio.to_thread(
+        balance, seq, updated_at = await asyncio.to_thread(
             self._repository.account_snapshot, app_id, user_id
         )
         if updated_at is None and not create:
             return False
         updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
-        await _call(self._scripts.hydrate, [keys.account], (balance, updated_ms))
+        await _call(self._scripts.hydrate, [keys.account], (balance, seq, updated_ms))
         return True
 
 

@@ -25,6 +25,8 @@ def open_pool(database_url: str, size: int = 4, *, wait: bool = False) -> Connec
         kwargs={"autocommit": True, "connect_timeout": 3},
         open=False,
         timeout=3,
+        # A connection broken by a PostgreSQL restart is replaced instead of handed out.
+        check=ConnectionPool.check_connection,
         reconnect_timeout=0,  # keep trying for ever: PostgreSQL coming back must heal by itself
     )
     pool.open(wait=wait)

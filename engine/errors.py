@@ -25,6 +25,14 @@ class NotFoundError(TallyError):
     code = "not_found"
 
 
+class AlreadyRefundedError(TallyError):
+    code = "already_refunded"
+
+    def __init__(self, ledger_id: str, refund_ledger_id: str) -> None:
+        super().__init__(f"ledger entry {ledger_id} was already refunded by {refund_ledger_id}")
+        self.refund_ledger_id = refund_ledger_id
+
+
 class InsufficientCreditsError(TallyError):
     code = "insufficient_credits"
 

@@ -7,10 +7,12 @@ which is why it comes before any caller-supplied text.
 """
 
 import hashlib
+import os
+import uuid
 import zlib
 from dataclasses import dataclass
 
-SHARDS = 64
+SHARDS = 64  # at most 64: new_ledger_id keeps the shard in six bits
 PREFIX = "tally"
 
 
@@ -26,17 +28,48 @@ def outbox_key(shard: int) -> str:
     return f"{_tag(shard)}:outbox"
 
 
+def unpersisted_key(shard: int) -> str:
+    """Hash of the shard's entries not yet in PostgreSQL: ledger_id -> entry JSON."""
+    return f"{_tag(shard)}:unpersisted"
+
+
+def flush_key(shard: int) -> str:
+    """Set while a flush of the shard's outbox is queued or running, so only one is."""
+    return f"{_tag(shard)}:flush"
+
+
+def new_ledger_id(shard: int) -> str:
+    """A random UUID (version 4) whose last six bits name the shard of its account.
+
+    A refund names only the ledger id; the shard tells where to look for an entry that has not
+    reached PostgreSQL yet, without an index outside the shard's slot.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[15] = (raw[15] & 0xC0) | shard
+    return str(uuid.UUID(bytes=bytes(raw), version=4))
+
+
+def shard_of_ledger_id(ledger_id: uuid.UUID) -> int:
+    return ledger_id.bytes[15] & 0x3F
+
+
 @dataclass(frozen=True, slots=True)
 class AccountKeys:
     shard: int
     account: str
     recent: str
     outbox: str
-    _idempotency_prefix: str
+    unpersisted: str
+    _tag: str
+    _scope: str
 
     def idempotency(self, key: str) -> str:
         # Hashing keeps the name bounded and unambiguous whatever the user id and key contain.
-        return self._idempotency_prefix + hashlib.sha256(key.encode()).hexdigest()
+        return f"{self._tag}:idem:{self._scope}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def refund_marker(self, refunded_ledger_id: str) -> str:
+        """Holds the ledger id of the refund of `refunded_ledger_id`; it never expires."""
+        return f"{self._tag}:refunded:{refunded_ledger_id}"
 
 
 def account_keys(app_id: str, user_id: str) -> AccountKeys:
@@ -46,6 +79,8 @@ def account_keys(app_id: str, user_id: str) -> AccountKeys:
         shard=shard,
         account=f"{tag}:acct:{app_id}:{user_id}",
         recent=f"{tag}:recent:{app_id}:{user_id}",
-        outbox=f"{tag}:outbox",
-        _idempotency_prefix=f"{tag}:idem:{app_id}:{user_id}:",
+        outbox=outbox_key(shard),
+        unpersisted=unpersisted_key(shard),
+        _tag=tag,
+        _scope=f"{app_id}:{user_id}",
     )

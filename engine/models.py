@@ -1,8 +1,10 @@
 """Plain values passed between the engine and its callers."""
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 MAX_AMOUNT = 2**53 - 1  # exact in Lua's doubles and in JavaScript clients
 
@@ -55,3 +57,42 @@ class Balance:
     user_id: str
     balance: int
     updated_at_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    ledger_id: str
+    app_id: str
+    user_id: str
+    kind: str  # add, deduct, refund
+    amount: int  # signed: negative takes credits away
+    balance_after: int
+    description: str | None
+    reference_id: str | None
+    metadata: dict[str, Any] | None
+    idempotency_key: str | None
+    refund_of: str | None
+    seq: int  # position in the account's history, from 1
+    created_at_ms: int
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "LedgerEntry":
+        """Parse an entry as the Lua scripts store it; json keeps big metadata integers exact."""
+        fields = json.loads(text)
+        fields["created_at_ms"] = fields.pop("created_at")
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    refund: EntryResult
+    refunded_ledger_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    user_id: str
+    entries: list[LedgerEntry]
+    limit: int
+    offset: int
+    has_more: bool

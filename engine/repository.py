@@ -1,14 +1,22 @@
 """All SQL for apps, API keys and ledger reads. Every method takes its connection from the pool."""
 
-from dataclasses import fields
+import json
+import logging
+from dataclasses import asdict, astuple, fields
 from datetime import datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
+import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from engine.db import connection
-from engine.models import ApiKey, App, AppContext
+from engine.keys import shard_of
+from engine.models import ApiKey, App, AppContext, LedgerEntry
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -94,16 +102,150 @@ class Repository:
             ).fetchone()
         return AppContext(app_id=row[0], overdraft_limit=row[1]) if row else None
 
-    def account_snapshot(self, app_id: str, user_id: str) -> tuple[int, datetime | None]:
-        """The balance the ledger holds for an account, and when it last changed (None: never)."""
+    def account_snapshot(self, app_id: str, user_id: str) -> tuple[int, int, datetime | None]:
+        """An account as its ledger holds it: balance, last seq, last change (None: never)."""
         with connection(self._pool) as conn:
             row = conn.execute(
-                "SELECT coalesce(sum(amount), 0), max(created_at) FROM ledger_entries"
-                " WHERE app_id = %s AND user_id = %s",
+                "SELECT coalesce(sum(amount), 0), coalesce(max(seq), 0), max(created_at)"
+                " FROM ledger_entries WHERE app_id = %s AND user_id = %s",
                 (app_id, user_id),
             ).fetchone()
         assert row is not None  # an aggregate always returns one row
-        return int(row[0]), row[1]
+        return int(row[0]), int(row[1]), row[2]
+
+    def find_entry(self, ledger_id: UUID) -> LedgerEntry | None:
+        with connection(self._pool) as conn:
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE ledger_id = %s", (ledger_id,)
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def refund_of(self, ledger_id: UUID) -> str | None:
+        """The ledger id of the persisted refund of `ledger_id`, if there is one."""
+        with connection(self._pool) as conn:
+            row = conn.execute(
+                "SELECT ledger_id::text FROM ledger_entries WHERE refund_of = %s", (ledger_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def history(self, app_id: str, user_id: str, newest: int) -> list[LedgerEntry]:
+        """The account's `newest` latest entries, newest first."""
+        with connection(self._pool) as conn:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE app_id = %s AND user_id = %s"
+                " ORDER BY seq DESC LIMIT %s",
+                (app_id, user_id, newest),
+            ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def insert_entries(
+        self, entries: list[LedgerEntry], dead: list[tuple[int, str, str, str]]
+    ) -> int:
+        """Insert entries not yet present and record dead letters, in one transaction.
+
+        Returns how many entries were new. An entry PostgreSQL refuses makes the whole batch
+        go again one entry at a time, the refused ones into `outbox_dead_letters`
+        (shard, ref, payload, error) instead of blocking the stream.
+        """
+        with connection(self._pool) as conn:
+            try:
+                with conn.transaction():
+                    inserted = _insert(conn, entries)
+                    _insert_dead(conn, dead)
+                    return inserted
+            except (psycopg.DataError, psycopg.IntegrityError):
+                log.exception("batch refused; inserting entry by entry")
+            inserted = 0
+            with conn.transaction():
+                for entry in entries:
+                    try:
+                        with conn.transaction():
+                            inserted += _insert(conn, [entry])
+                    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                        payload = json.dumps(asdict(entry))
+                        dead.append((_shard(entry), entry.ledger_id, payload, str(exc)))
+                _insert_dead(conn, dead)
+            return inserted
+
+    def ledger_totals(
+        self, accounts: list[tuple[str, str, int]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """For (app_id, user_id, seq) triples: (entries with seq <= it, their sum) per account."""
+        with connection(self._pool) as conn:
+            rows = conn.execute(
+                "SELECT t.app_id, t.user_id, count(l.ledger_id), coalesce(sum(l.amount), 0)"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(app_id, user_id, seq)"
+                " LEFT JOIN ledger_entries l ON l.app_id = t.app_id AND l.user_id = t.user_id"
+                "  AND l.seq <= t.seq"
+                " GROUP BY t.app_id, t.user_id",
+                ([a[0] for a in accounts], [a[1] for a in accounts], [a[2] for a in accounts]),
+            ).fetchall()
+        return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in rows}
+
+    def save_report(self, report: dict[str, Any]) -> int:
+        with connection(self._pool) as conn:
+            row = conn.execute(
+                "INSERT INTO reconciliation_reports (started_at, finished_at, accounts_checked,"
+                " accounts_skipped, drifted, repaired, drift)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING report_id",
+                (
+                    report["started_at"],
+                    report["finished_at"],
+                    report["accounts_checked"],
+                    report["accounts_skipped"],
+                    len(report["drift"]),
+                    report["repaired"],
+                    Jsonb(report["drift"]),
+                ),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+_ENTRY_COLUMNS = (
+    "ledger_id::text, app_id, user_id, kind, amount, balance_after, description, reference_id,"
+    " metadata, idempotency_key, refund_of::text, seq,"
+    " (extract(epoch FROM created_at) * 1000)::bigint"
+)
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(*row)
+
+
+def _insert(conn: psycopg.Connection, entries: list[LedgerEntry]) -> int:
+    if not entries:
+        return 0
+    columns: list[tuple[Any, ...]] = list(zip(*(astuple(e) for e in entries), strict=True))
+    metadata = [None if m is None else json.dumps(m) for m in columns[8]]
+    cursor = conn.execute(
+        "INSERT INTO ledger_entries (ledger_id, app_id, user_id, kind, amount, balance_after,"
+        " description, reference_id, metadata, idempotency_key, refund_of, seq, created_at)"
+        " SELECT l, a, u, k, am, ba, d, r, m::jsonb, i, rf, s,"
+        "  timestamptz 'epoch' + c * interval '1 millisecond'"
+        " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+        "  %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::uuid[],"
+        "  %s::bigint[], %s::bigint[]) AS t(l, a, u, k, am, ba, d, r, m, i, rf, s, c)"
+        # No conflict target: a replayed entry (same ledger_id) is skipped, and so is a second
+        # refund of one entry, which the scripts already refuse; reconciliation would show it.
+        " ON CONFLICT DO NOTHING",
+        [list(c) for c in columns[:8]] + [metadata] + [list(c) for c in columns[9:]],
+    )
+    return cursor.rowcount
+
+
+def _insert_dead(conn: psycopg.Connection, dead: list[tuple[int, str, str, str]]) -> None:
+    if dead:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO outbox_dead_letters (shard, ref, payload, error)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                dead,
+            )
+
+
+def _shard(entry: LedgerEntry) -> int:
+    return shard_of(entry.app_id, entry.user_id)
 
 
 def _one(row: T | None) -> T:

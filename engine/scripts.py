@@ -18,3 +18,4 @@ class Scripts:
     def __init__(self, redis: "Redis") -> None:
         self.apply_entry: AsyncScript = redis.register_script(source("apply_entry"))
         self.hydrate: AsyncScript = redis.register_script(source("hydrate"))
+        self.repair_account: AsyncScript = redis.register_script(source("repair_account"))

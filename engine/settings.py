@@ -20,3 +20,10 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=256, ge=1)
     database_pool_size: int = Field(default=4, ge=1)
     log_level: str = "info"
+
+    # Write-through to PostgreSQL (see docs/write-through.md).
+    outbox_batch_size: int = Field(default=1_000, ge=1, le=10_000)
+    # How long an entry may sit unacknowledged with one writer before another takes it over.
+    outbox_reclaim_ms: int = Field(default=30_000, ge=100)
+    outbox_sweep_ms: int = Field(default=50, ge=5)
+    reconcile_interval_seconds: int = Field(default=3_600, ge=0)  # 0: never scheduled

@@ -3,7 +3,8 @@
 --
 -- KEYS[1] account hash
 -- ARGV[1] balance from the ledger
--- ARGV[2] updated_at, epoch milliseconds, or "" for an account with no entries yet
+-- ARGV[2] seq: the highest entry sequence number in the ledger (0 for none)
+-- ARGV[3] updated_at, epoch milliseconds, or "" for an account with no entries yet
 --
 -- Returns 1 when it wrote the account, 0 when the account already existed (a concurrent request
 -- hydrated or changed it first; its state wins).
@@ -11,5 +12,5 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-redis.call('HSET', KEYS[1], 'balance', ARGV[1], 'updated_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'balance', ARGV[1], 'seq', ARGV[2], 'updated_at', ARGV[3])
 return 1

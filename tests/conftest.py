@@ -1,10 +1,12 @@
 """Real Redis and PostgreSQL for the whole session, started here on loopback, random ports."""
 
+import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -57,6 +59,10 @@ def tally_env(settings: Settings) -> dict[str, str]:
         "TALLY_REDIS_URL": settings.redis_url,
         "TALLY_DATABASE_URL": settings.database_url,
         "TALLY_LOG_LEVEL": "warning",
+        # Workers in tests take over a killed writer's entries quickly and sweep often.
+        "TALLY_OUTBOX_RECLAIM_MS": "500",
+        "TALLY_OUTBOX_SWEEP_MS": "20",
+        "TALLY_RECONCILE_INTERVAL_SECONDS": "0",
     }
 
 
@@ -89,6 +95,48 @@ class ApiServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class WorkerProcess:
+    """A long-running `tally worker`, killable like a crash."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def fire(
+    url: str, api_key: str, requests: list[tuple[str, dict[str, Any]]], **extra_headers: str
+) -> list[httpx.Response]:
+    """POST concurrently, 64 in flight at a time (httpx slows down with longer queues)."""
+
+    async def run() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {api_key}"} | extra_headers
+        gate = asyncio.Semaphore(64)
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+
+            async def send(path: str, body: dict[str, Any]) -> httpx.Response:
+                async with gate:
+                    return await client.post(path, json=body)
+
+            return await asyncio.gather(*(send(path, body) for path, body in requests))
+
+    return asyncio.run(run())
+
+
+def drain(settings: Settings) -> None:
+    """Persist everything in the outboxes, as an operator would: `tally worker --burst`."""
+    tally(settings, "worker", "--burst")
 
 
 @pytest.fixture(scope="session")

@@ -46,8 +46,7 @@ def main() -> None:
         port = args.port if _port_free(args.port) else free_port()
         serve = [*tally, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         processes.append(subprocess.Popen(serve, env=env))
-        for command in _worker_commands(tally):
-            processes.append(subprocess.Popen(command, env=env))
+        processes.append(subprocess.Popen([*tally, "worker"], env=env))
         wait_for_port(port)
         key = created["api_key"]
         print(
@@ -80,10 +79,6 @@ Ctrl-C stops everything and deletes its data.
         redis.stop()
         postgres.stop()
         subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-def _worker_commands(tally: list[str]) -> list[list[str]]:
-    return []
 
 
 def _port_free(port: int) -> bool:

@@ -1,6 +1,5 @@
 """The credits HTTP API against a real `tally serve`, Redis and PostgreSQL."""
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -9,7 +8,7 @@ import pytest
 from engine.apps import Apps
 from engine.models import MAX_AMOUNT
 from engine.repository import Repository
-from tests.conftest import ApiServer, AppUnderTest
+from tests.conftest import ApiServer, AppUnderTest, fire
 
 
 def add(client: httpx.Client, user: str, amount: int, **extra: Any) -> httpx.Response:
@@ -285,18 +284,10 @@ def test_forty_concurrent_requests_with_one_key_apply_once(
     api_server: ApiServer, test_app: AppUnderTest, client: httpx.Client
 ) -> None:
     add(client, "u", 1000)
-
-    async def fire() -> list[httpx.Response]:
-        headers = {"Authorization": f"Bearer {test_app.api_key}", "Idempotency-Key": "burst"}
-        async with httpx.AsyncClient(base_url=api_server.url, headers=headers) as http:
-            return await asyncio.gather(
-                *(
-                    http.post("/credits/deduct", json={"user_id": "u", "amount": 7})
-                    for _ in range(40)
-                )
-            )
-
-    responses = asyncio.run(fire())
+    request = ("/credits/deduct", {"user_id": "u", "amount": 7})
+    responses = fire(
+        api_server.url, test_app.api_key, [request] * 40, **{"Idempotency-Key": "burst"}
+    )
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["ledger_id"] for r in responses}) == 1
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 39
@@ -310,21 +301,8 @@ def test_500_concurrent_deducts_on_300_credits(
     api_server: ApiServer, test_app: AppUnderTest, client: httpx.Client
 ) -> None:
     add(client, "racer", 300)
-
-    async def fire() -> list[httpx.Response]:
-        headers = {"Authorization": f"Bearer {test_app.api_key}"}
-        limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(
-            base_url=api_server.url, headers=headers, limits=limits, timeout=60
-        ) as http:
-            return await asyncio.gather(
-                *(
-                    http.post("/credits/deduct", json={"user_id": "racer", "amount": 1})
-                    for _ in range(500)
-                )
-            )
-
-    responses = asyncio.run(fire())
+    request = ("/credits/deduct", {"user_id": "racer", "amount": 1})
+    responses = fire(api_server.url, test_app.api_key, [request] * 500)
     codes = [r.status_code for r in responses]
     assert codes.count(200) == 300
     assert codes.count(402) == 200

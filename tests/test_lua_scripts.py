@@ -40,21 +40,38 @@ async def apply_entry(
     delta: int,
     *,
     idempotency_key: str | None = None,
+    refund_of: str | None = None,
     floor: int = 0,
     fingerprint: str = "fp",
     ledger_id: str = "L1",
     recent: int = 5,
 ) -> list[Any]:
-    keys = [KEYS.account, KEYS.recent, KEYS.outbox]
+    keys = [KEYS.account, KEYS.recent, KEYS.outbox, KEYS.unpersisted]
     if idempotency_key:
         keys.append(KEYS.idempotency(idempotency_key))
-    args = [delta, floor, MAX_AMOUNT, _entry(ledger_id, delta), fingerprint, 86_400, recent, 1234]
+    if refund_of:
+        keys.append(KEYS.refund_marker(refund_of))
+    args = [
+        delta,
+        floor,
+        MAX_AMOUNT,
+        _entry(ledger_id, delta),
+        fingerprint,
+        86_400,
+        recent,
+        1234,
+        "1" if idempotency_key else "0",
+        "1" if refund_of else "0",
+        ledger_id,
+    ]
     reply: list[Any] = await Scripts(redis).apply_entry(keys=keys, args=args)
     return reply
 
 
-async def hydrate(redis: "Redis", balance: int, updated_at: str = "99") -> int:
-    written: int = await Scripts(redis).hydrate(keys=[KEYS.account], args=[balance, updated_at])
+async def hydrate(redis: "Redis", balance: int, updated_at: str = "99", seq: int = 0) -> int:
+    written: int = await Scripts(redis).hydrate(
+        keys=[KEYS.account], args=[balance, seq, updated_at]
+    )
     return written
 
 
@@ -66,25 +83,29 @@ async def test_missing_account_is_reported_not_read_as_zero(redis: "Redis") -> N
 async def test_hydrate_writes_only_a_missing_account(redis: "Redis") -> None:
     assert await hydrate(redis, 50) == 1
     assert await hydrate(redis, 7) == 0
-    assert await redis.hgetall(KEYS.account) == {"balance": "50", "updated_at": "99"}
+    assert await redis.hgetall(KEYS.account) == {"balance": "50", "seq": "0", "updated_at": "99"}
 
 
 async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis") -> None:
-    await hydrate(redis, 100)
+    await hydrate(redis, 100, seq=41)
     status, before, entry = await apply_entry(redis, -30)
     assert (status, int(before)) == ("ok", 100)
     assert orjson.loads(entry)["balance_after"] == 70
-    assert await redis.hgetall(KEYS.account) == {"balance": "70", "updated_at": "1234"}
+    assert orjson.loads(entry)["seq"] == 42
+    assert await redis.hgetall(KEYS.account) == {"balance": "70", "seq": "42", "updated_at": "1234"}
     outbox = await redis.xrange(KEYS.outbox)
     assert [fields["e"] for _, fields in outbox] == [entry]
     assert await redis.lrange(KEYS.recent, 0, -1) == [entry]
+    assert await redis.hgetall(KEYS.unpersisted) == {"L1": entry}
 
 
 async def test_insufficient_writes_nothing(redis: "Redis") -> None:
     await hydrate(redis, 5)
     assert await apply_entry(redis, -6, idempotency_key="k") == ["insufficient", "5"]
     assert await redis.hget(KEYS.account, "balance") == "5"
-    assert await redis.exists(KEYS.outbox, KEYS.recent, KEYS.idempotency("k")) == 0
+    assert (
+        await redis.exists(KEYS.outbox, KEYS.recent, KEYS.unpersisted, KEYS.idempotency("k")) == 0
+    )
 
 
 async def test_exact_balance_can_be_spent_to_the_floor(redis: "Redis") -> None:
@@ -154,3 +175,39 @@ async def test_scripts_survive_script_flush(redis: "Redis") -> None:
     await hydrate(redis, 10)
     await redis.script_flush()
     assert (await apply_entry(redis, -1))[0] == "ok"  # NOSCRIPT: reloaded and run
+
+
+async def test_an_entry_is_refunded_once(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    await apply_entry(redis, -10, ledger_id="D1")
+    assert (await apply_entry(redis, 10, refund_of="D1", ledger_id="R1"))[0] == "ok"
+    assert await apply_entry(redis, 10, refund_of="D1", ledger_id="R2") == ["refunded", "R1"]
+    assert await redis.hget(KEYS.account, "balance") == "100"
+    assert await redis.get(KEYS.refund_marker("D1")) == "R1"
+    assert await redis.ttl(KEYS.refund_marker("D1")) == -1  # never expires
+
+
+async def test_refund_replay_beats_the_refund_marker(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    await apply_entry(redis, -10, ledger_id="D1")
+    first = await apply_entry(redis, 10, refund_of="D1", idempotency_key="r", ledger_id="R1")
+    again = await apply_entry(redis, 10, refund_of="D1", idempotency_key="r", ledger_id="R2")
+    assert (first[0], again[0], again[2]) == ("ok", "replay", first[2])
+
+
+async def test_refused_refund_leaves_no_marker(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    await apply_entry(redis, 100, ledger_id="A1")
+    await apply_entry(redis, -150, ledger_id="D1")
+    assert await apply_entry(redis, -100, refund_of="A1") == ["insufficient", "50"]
+    assert await redis.exists(KEYS.refund_marker("A1")) == 0
+
+
+async def test_repair_account_only_when_seq_unchanged(redis: "Redis") -> None:
+    scripts = Scripts(redis)
+    await hydrate(redis, 100, seq=7)
+    assert await scripts.repair_account(keys=[KEYS.account], args=[6, 5]) == 0
+    assert await redis.hget(KEYS.account, "balance") == "100"
+    assert await scripts.repair_account(keys=[KEYS.account], args=[7, 5]) == 1
+    assert await redis.hget(KEYS.account, "balance") == "5"
+    assert await scripts.repair_account(keys=[KEYS.account + "x"], args=[7, 5]) == 0

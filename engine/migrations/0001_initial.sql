@@ -1,4 +1,4 @@
--- Apps, their API keys and settings, and the ledger.
+-- Apps, their API keys and settings, the ledger, and what the workers report.
 
 CREATE TABLE apps (
     app_id                      text PRIMARY KEY,
@@ -37,7 +37,36 @@ CREATE TABLE ledger_entries (
     reference_id    text,
     metadata        jsonb,
     idempotency_key text,
-    refund_of       uuid UNIQUE REFERENCES ledger_entries (ledger_id),
+    -- One refund per entry. No foreign key: an entry that PostgreSQL would refuse must never
+    -- block the outbox behind it; reconciliation reports what does not add up.
+    refund_of       uuid UNIQUE,
+    -- Position in the account's history, gapless from 1: orders entries written in the same
+    -- millisecond, and tells reconciliation whether every entry up to a point has arrived.
+    seq             bigint NOT NULL CHECK (seq > 0),
     created_at      timestamptz NOT NULL
 );
 CREATE INDEX ledger_entries_account ON ledger_entries (app_id, user_id, created_at DESC);
+CREATE INDEX ledger_entries_account_seq ON ledger_entries (app_id, user_id, seq DESC);
+
+-- Outbox entries PostgreSQL refused: kept whole, so nothing acknowledged is ever dropped.
+CREATE TABLE outbox_dead_letters (
+    shard       integer NOT NULL,
+    -- The entry's ledger_id, or the stream id of a payload that did not even parse.
+    ref         text NOT NULL,
+    payload     text NOT NULL,
+    error       text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (shard, ref)
+);
+
+CREATE TABLE reconciliation_reports (
+    report_id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    started_at       timestamptz NOT NULL,
+    finished_at      timestamptz NOT NULL,
+    accounts_checked integer NOT NULL,
+    accounts_skipped integer NOT NULL,
+    drifted          integer NOT NULL,
+    repaired         integer NOT NULL,
+    -- One object per drifted account: app_id, user_id, redis_balance, ledger_balance, seq, ...
+    drift            jsonb NOT NULL
+);

@@ -1,0 +1,95 @@
+"""Crashes of the backing services, each on servers of its own."""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from engine.apps import Apps
+from engine.db import migrate, open_pool
+from engine.repository import Repository
+from engine.settings import Settings
+from tests.conftest import ApiServer, WorkerProcess, fire, tally_env
+from tests.servers import PostgresServer, RedisServer
+from tests.test_ledger import ledger, wait_until
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    postgres: PostgresServer
+    settings: Settings
+    api: ApiServer
+    api_key: str
+    app_id: str
+
+    def client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        return httpx.Client(base_url=self.api.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    redis = RedisServer(appendonly=True).start()
+    postgres = PostgresServer().start()
+    settings = Settings(redis_url=redis.url, database_url=postgres.url)
+    pool = open_pool(settings.database_url, 1, wait=True)
+    migrate(pool)
+    app, new_key = Apps(Repository(pool)).create("faults")
+    pool.close()
+    api = ApiServer(tally_env(settings))
+    yield Stack(redis, postgres, settings, api, new_key.api_key, app.app_id)
+    api.stop()
+    redis.stop()
+    postgres.stop()
+
+
+def test_postgresql_down_does_not_stop_deducts_and_entries_arrive_after(stack: Stack) -> None:
+    worker = WorkerProcess(tally_env(stack.settings))
+    try:
+        with stack.client() as client:
+            client.post("/credits/add", json={"user_id": "u", "amount": 1_000})
+            wait_until(lambda: len(ledger(stack.settings, stack.app_id)) == 1, 15, "the add")
+            stack.postgres.halt()
+            responses = fire(
+                stack.api.url,
+                stack.api_key,
+                [("/credits/deduct", {"user_id": "u", "amount": 1})] * 200,
+            )
+            assert [r.status_code for r in responses] == [200] * 200
+            assert client.get("/credits/balance", params={"user_id": "u"}).json()["balance"] == 800
+            # History still shows every entry: PostgreSQL's share is not needed for page one.
+            page = client.get("/credits/history", params={"user_id": "u", "limit": 10}).json()
+            assert [e["balance_after"] for e in page["entries"]] == list(range(800, 810))
+            assert httpx.get(stack.api.url + "/healthz").json()["postgres"] == "unavailable"
+            stack.postgres.start()
+            wait_until(lambda: len(ledger(stack.settings, stack.app_id)) == 201, 60, "201 rows")
+        rows = ledger(stack.settings, stack.app_id)
+        assert sum(r["amount"] for r in rows) == 800
+        assert [r["seq"] for r in rows] == list(range(1, 202))
+    finally:
+        worker.stop()
+
+
+def test_redis_killed_and_restarted_with_aof_keeps_balances(stack: Stack) -> None:
+    with stack.client() as client:
+        for user, amount in [("a", 100), ("b", 250)]:
+            client.post("/credits/add", json={"user_id": user, "amount": amount})
+        client.post("/credits/deduct", json={"user_id": "a", "amount": 30})
+        wait_until(lambda: (stack.redis.root / "appendonlydir").exists(), 5, "the append-only file")
+        time.sleep(1.5)  # appendfsync everysec: what the last second wrote may be lost
+        stack.redis.kill()
+        assert client.get("/credits/balance", params={"user_id": "a"}).status_code == 503
+        stack.redis.start()
+        # The same API process reconnects by itself.
+        wait_until(
+            lambda: client.get("/credits/balance", params={"user_id": "a"}).status_code == 200,
+            10,
+            "the API to reconnect",
+        )
+        assert client.get("/credits/balance", params={"user_id": "a"}).json()["balance"] == 70
+        assert client.get("/credits/balance", params={"user_id": "b"}).json()["balance"] == 250
+        deducted = client.post("/credits/deduct", json={"user_id": "b", "amount": 50}).json()
+        assert deducted["balance_after"] == 200

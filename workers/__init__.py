@@ -1,0 +1,1 @@
+"""RQ jobs and the `tally worker` process that runs them."""

@@ -1,0 +1,31 @@
+"""What a worker process holds: built once per process, on first use by a job."""
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cache
+
+from redis import Redis
+
+from engine.db import open_pool
+from engine.outbox import OutboxWriter
+from engine.repository import Repository
+from engine.settings import Settings
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    redis: "Redis"
+    repository: Repository
+    outbox: OutboxWriter
+
+
+@cache
+def context() -> Context:
+    settings = Settings()
+    redis: Redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    repository = Repository(open_pool(settings.database_url, 2))
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    outbox = OutboxWriter(redis, repository, consumer, settings.outbox_batch_size)
+    return Context(settings, redis, repository, outbox)

@@ -1,0 +1,56 @@
+"""RQ jobs: thin, they take ids and call the engine."""
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.asyncio import Redis as AsyncRedis
+
+from engine.errors import UnavailableError
+from engine.keys import flush_key
+from engine.reconcile import reconcile
+from workers.context import context
+
+log = logging.getLogger(__name__)
+
+# A flush runs this long at most, so one busy shard cannot starve the others.
+FLUSH_BUDGET_SECONDS = 2.0
+# With PostgreSQL down, a shard is tried again this often instead of on every sweep.
+UNAVAILABLE_BACKOFF_MS = 1_000
+
+
+def flush_shard(shard: int, reclaim_idle_ms: int) -> dict[str, Any]:
+    ctx = context()
+    try:
+        result = ctx.outbox.flush(shard, reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
+    except UnavailableError as exc:
+        log.warning("shard %s not flushed: %s", shard, exc.message)
+        ctx.redis.set(flush_key(shard), "backoff", px=UNAVAILABLE_BACKOFF_MS)
+        return {"shard": shard, "error": exc.message}
+    ctx.redis.delete(flush_key(shard))
+    if result.dead_letters:
+        log.error("shard %s: %s entries dead-lettered", shard, result.dead_letters)
+    return {
+        "shard": shard,
+        "persisted": result.persisted,
+        "duplicates": result.duplicates,
+        "dead_letters": result.dead_letters,
+        "lag_ms_max": max(result.lag_ms, default=0),
+    }
+
+
+def reconcile_accounts(repair: bool = False) -> dict[str, Any]:
+    ctx = context()
+
+    async def run() -> dict[str, Any]:
+        redis = AsyncRedis.from_url(ctx.settings.redis_url, decode_responses=True)
+        try:
+            report = await reconcile(redis, ctx.repository, repair=repair)
+        finally:
+            await redis.aclose()
+        return report.as_dict()
+
+    report = asyncio.run(run())
+    if report["drifted"]:
+        log.error("reconciliation found %s drifted accounts", report["drifted"])
+    return report
