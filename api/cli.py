@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = command(commands, "status", _status, "show the write-through lag per shard")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--max-lag",
+        type=float,
+        metavar="SECONDS",
+        help="exit 1 when the oldest unpersisted entry is older than this (a health check)",
+    )
 
     reconcile = command(
         commands, "reconcile", _reconcile, "compare Redis balances with the PostgreSQL ledger"
@@ -163,6 +169,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> None:
     ]
     text = f"outbox: {view['outbox_depth']} entries, oldest {view['oldest_age_seconds']:.1f}s"
     _print(args, view, "\n".join([text, *busy]))
+    if args.max_lag is not None and view["oldest_age_seconds"] > args.max_lag:
+        sys.exit(1)
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> None:

@@ -11,8 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
+import threading
 
 from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
 
@@ -21,19 +20,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="tally-stack-"))
-    redis = RedisServer(root / "redis", appendonly=True)
-    (root / "redis").mkdir()
-    postgres = PostgresServer(root / "postgres")
-    (root / "postgres").mkdir()
+    redis = RedisServer(appendonly=True)
+    postgres = PostgresServer()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         redis.start()
         postgres.start()
+        port = args.port if _port_free(args.port) else free_port()
         env = os.environ | {
             "TALLY_REDIS_URL": redis.url,
             "TALLY_DATABASE_URL": postgres.url,
-            "TALLY_PUBLIC_URL": f"http://127.0.0.1:{args.port}",
+            "TALLY_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "TALLY_LOG_LEVEL": os.environ.get("TALLY_LOG_LEVEL", "warning"),
         }
         tally = [sys.executable, "-m", "api.cli"]
         subprocess.run([*tally, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -43,7 +41,6 @@ def main() -> None:
                 env=env, check=True, capture_output=True, text=True,
             ).stdout
         )  # fmt: skip
-        port = args.port if _port_free(args.port) else free_port()
         serve = [*tally, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         processes.append(subprocess.Popen(serve, env=env))
         processes.append(subprocess.Popen([*tally, "worker"], env=env))
@@ -70,7 +67,7 @@ Ctrl-C stops everything and deletes its data.
 """,
             flush=True,
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        _wait_for_ctrl_c()
     finally:
         for process in processes:
             process.terminate()
@@ -78,7 +75,14 @@ Ctrl-C stops everything and deletes its data.
             process.wait()
         redis.stop()
         postgres.stop()
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def _wait_for_ctrl_c() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
 
 
 def _port_free(port: int) -> bool:
@@ -89,5 +93,4 @@ def _port_free(port: int) -> bool:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     main()

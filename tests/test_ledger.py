@@ -404,6 +404,8 @@ def test_status_and_health_show_outbox_lag(
     assert status["outbox_depth"] == 1 and status["oldest_age_seconds"] >= 1
     busy = [s for s in status["shards"] if s["depth"]]
     assert len(busy) == 1 and busy[0]["oldest_age_seconds"] >= 1
+    assert tally(settings, "status", "--max-lag", "0.5", check=False).returncode == 1
+    assert tally(settings, "status", "--max-lag", "60").returncode == 0
     health = httpx.get(api_server.url + "/healthz").json()
     assert health["status"] == "ok" and health["postgres"] == "ok"
     assert health["outbox"]["depth"] == 1 and health["outbox"]["oldest_age_seconds"] >= 1

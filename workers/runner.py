@@ -43,7 +43,9 @@ def run(settings: Settings, *, burst: bool) -> int:
     )
     sweeper.start()
     try:
-        worker.work(logging_level=settings.log_level.upper())
+        # RQ logs every job at INFO: at a flush every few milliseconds that drowns everything.
+        level = "DEBUG" if settings.log_level.lower() == "debug" else "WARNING"
+        worker.work(logging_level=level)
     finally:
         stop.set()
     return 0
@@ -75,9 +77,7 @@ def outbox_depth(redis: "Redis") -> int:
     return sum(pipe.execute())
 
 
-def _sweep_forever(
-    redis: "Redis", queue: Queue, settings: Settings, stop: threading.Event
-) -> None:
+def _sweep_forever(redis: "Redis", queue: Queue, settings: Settings, stop: threading.Event) -> None:
     while not stop.wait(settings.outbox_sweep_ms / 1000):
         try:
             sweep(redis, queue, settings.outbox_reclaim_ms)
