@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from api import credits, health
+from api import credits, health, webhooks
 from api.errors import HANDLERS
 from api.services import Services
 from engine.settings import Settings
@@ -31,5 +31,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/credits/balance", credits.balance, methods=["GET"]),
         Route("/credits/history", credits.history, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]
     return Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)

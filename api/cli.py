@@ -19,6 +19,8 @@ from engine.outbox import outbox_lag
 from engine.reconcile import reconcile
 from engine.repository import Repository
 from engine.settings import Settings
+from engine.webhook_repository import WebhookEvent, WebhookRepository
+from engine.webhooks import Webhooks
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
 
@@ -76,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--json", action="store_true", help="print JSON")
 
+    webhooks = commands.add_parser(
+        "webhooks", help="list and retry received payment webhooks"
+    ).add_subparsers(required=True, metavar="ACTION")
+    hooks_list = command(webhooks, "list", _webhooks_list, "list received webhook events")
+    hooks_list.add_argument("--app", metavar="APP_ID", help="only this app's events")
+    hooks_list.add_argument("--failed", action="store_true", help="only events that failed")
+    hooks_list.add_argument("--status", help="only events with this status")
+    hooks_list.add_argument("--limit", type=int, default=100)
+    hooks_retry = command(webhooks, "retry", _webhooks_retry, "apply a failed event again")
+    hooks_retry.add_argument("event_pk", type=int, metavar="EVENT_ID")
+
     apps = commands.add_parser("apps", help="create, show and configure apps").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -101,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = command(keys, "revoke", _keys_revoke, "revoke an API key")
     revoke.add_argument("key_id")
 
-    for action in (apps, keys):
+    for action in (apps, keys, webhooks):
         for sub in action.choices.values():
             sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -192,6 +205,44 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> None:
     _print(args, report, text)
     if report["drifted"] and not args.repair:
         sys.exit(3)
+
+
+def _webhooks(settings: Settings) -> Webhooks:
+    pool = open_pool(settings.database_url, 1, wait=True)
+    return Webhooks(Repository(pool), WebhookRepository(pool))
+
+
+def _webhooks_list(args: argparse.Namespace, settings: Settings) -> None:
+    status = "failed" if args.failed else args.status
+    events = _webhooks(settings).list_events(args.app, status, args.limit)
+    views = [_event_view(event) for event in events]
+    lines = (
+        f"{e['id']}  {e['received_at']}  {e['app_id']}  {e['provider']}  {e['event_type']}"
+        f"  payment={e['payment_id']}  {e['status']}{'  ' + e['reason'] if e['reason'] else ''}"
+        for e in views
+    )
+    _print(args, views, "\n".join(lines))
+
+
+def _webhooks_retry(args: argparse.Namespace, settings: Settings) -> None:
+    from redis import Redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from workers.runner import QUEUE, enqueue_webhook
+
+    event = _webhooks(settings).reopen(args.event_pk)
+    queue = Queue(QUEUE, connection=Redis.from_url(settings.redis_url), serializer=JSONSerializer)
+    enqueue_webhook(queue, event.event_pk)
+    _print(args, _event_view(event), f"event {event.event_pk} queued again")
+
+
+def _event_view(event: WebhookEvent) -> dict[str, Any]:
+    view = asdict(event)
+    view["id"] = view.pop("event_pk")
+    view["received_at"] = event.received_at.isoformat()
+    view["updated_at"] = event.updated_at.isoformat()
+    return view
 
 
 def _apps_create(args: argparse.Namespace, settings: Settings) -> None:

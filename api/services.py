@@ -7,6 +7,8 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from rq import Queue
+from rq.serializers import JSONSerializer
 from starlette.requests import Request
 
 from api.auth import KeyCache
@@ -14,6 +16,9 @@ from engine.credits import Credits
 from engine.db import open_pool
 from engine.repository import Repository
 from engine.settings import Settings
+from engine.webhook_repository import WebhookRepository
+from engine.webhooks import Webhooks
+from workers.runner import QUEUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +29,8 @@ class Services:
     pool: ConnectionPool
     credits: Credits
     auth: KeyCache
+    webhooks: Webhooks
+    queue: Queue
 
     @classmethod
     def start(cls, settings: Settings) -> "Services":
@@ -40,6 +47,7 @@ class Services:
         )
         pool = open_pool(settings.database_url, settings.database_pool_size)
         repository = Repository(pool)
+        raw_redis = SyncRedis.from_url(settings.redis_url, socket_timeout=2)
         return cls(
             settings=settings,
             redis=redis,
@@ -49,11 +57,14 @@ class Services:
             pool=pool,
             credits=Credits(redis, repository, settings),
             auth=KeyCache(repository, settings.auth_cache_seconds),
+            webhooks=Webhooks(repository, WebhookRepository(pool)),
+            queue=Queue(QUEUE, connection=raw_redis, serializer=JSONSerializer),
         )
 
     async def close(self) -> None:
         await self.redis.aclose()
         self.sync_redis.close()
+        self.queue.connection.close()
         self.pool.close()
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.errors import InvalidRequestError, NotFoundError
 from engine.models import ApiKey, App
+from engine.payments import PROVIDERS
 from engine.repository import Repository
 
 KEY_PREFIX = "tally_"
@@ -17,9 +18,6 @@ KEY_PATTERN = re.compile(r"tally_[A-Za-z0-9_-]{32,128}")
 
 def hash_key(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode()).digest()
-
-
-PROVIDERS = ("stripe", "polar", "lemonsqueezy")
 
 
 def webhook_urls(app_id: str, public_url: str = "") -> dict[str, str]:

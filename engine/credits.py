@@ -86,6 +86,36 @@ class Credits:
             app, "deduct", user_id, -amount, description, reference_id, metadata, idempotency_key
         )
 
+    async def take_back(
+        self,
+        app: AppContext,
+        user_id: str,
+        amount: int,
+        *,
+        description: str | None = None,
+        reference_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> EntryResult | None:
+        """Take up to `amount` credits back (a refunded payment), never below the balance floor.
+
+        Returns the entry, whose amount says what was taken, or None when the balance was
+        already at its floor and nothing could be.
+        """
+        try:
+            return await self._apply_entry(
+                app,
+                "payment_refund",
+                user_id,
+                -amount,
+                description,
+                reference_id,
+                None,
+                idempotency_key,
+                clamp=True,
+            )
+        except InsufficientCreditsError:
+            return None
+
     async def refund(
         self,
         app: AppContext,
@@ -190,6 +220,7 @@ class Credits:
         metadata: dict[str, Any] | None,
         idempotency_key: str | None,
         refund_of: str | None = None,
+        clamp: bool = False,
     ) -> EntryResult:
         _check_text("user_id", user_id, 256, required=True)
         _check_amount(abs(delta))
@@ -206,7 +237,6 @@ class Credits:
                 "app_id": app.app_id,
                 "user_id": user_id,
                 "kind": kind,
-                "amount": delta,
                 "description": description,
                 "reference_id": reference_id,
                 "metadata": orjson.Fragment(metadata_json),
@@ -236,6 +266,7 @@ class Credits:
             "1" if idempotency_key is not None else "0",
             "1" if refund_of is not None else "0",
             ledger_id,
+            "1" if clamp else "0",
         )
         for _ in range(_HYDRATE_ATTEMPTS):
             reply = await _call(self._scripts.apply_entry, script_keys, args)

@@ -12,7 +12,8 @@
 -- ARGV[1]  delta: signed integer, |delta| in 1..2^53-1
 -- ARGV[2]  floor: lowest balance a negative delta may leave (0, or -overdraft limit)
 -- ARGV[3]  ceiling: highest balance a positive delta may leave (2^53-1)
--- ARGV[4]  entry JSON without its closing brace; the script appends balance_after and seq
+-- ARGV[4]  entry JSON without amount and closing brace; the script appends amount,
+--          balance_after and seq
 -- ARGV[5]  request fingerprint (compared on a repeated idempotency key)
 -- ARGV[6]  idempotency TTL in seconds
 -- ARGV[7]  length of the recent-entries list
@@ -20,6 +21,7 @@
 -- ARGV[9]  "1" when KEYS holds an idempotency key
 -- ARGV[10] "1" when KEYS holds a refund marker
 -- ARGV[11] ledger_id of the entry
+-- ARGV[12] "1" to take only what the floor allows when a negative delta would cross it
 --
 -- Returns one of:
 --   {"ok", balance_before, entry_json}       applied
@@ -27,7 +29,8 @@
 --   {"conflict"}                             the key was used with a different request
 --   {"refunded", ledger_id}                  the refunded entry already has this refund
 --   {"missing"}                              no account in Redis: hydrate it, then call again
---   {"insufficient", balance}                below the floor; nothing written
+--   {"insufficient", balance}                below the floor (or at it, when clamping); nothing
+--                                            written
 --   {"overflow", balance}                    above the ceiling; nothing written
 --
 -- Every check comes before the first write: Redis never rolls a script back. Numbers are turned
@@ -66,18 +69,23 @@ if not raw then
 end
 
 local delta = tonumber(ARGV[1])
+local floor = tonumber(ARGV[2])
 local after = tonumber(raw) + delta
-if delta < 0 and after < tonumber(ARGV[2]) then
-  return {'insufficient', raw}
+if delta < 0 and after < floor then
+  if ARGV[12] ~= '1' or tonumber(raw) <= floor then
+    return {'insufficient', raw}
+  end
+  delta = floor - tonumber(raw)
 end
 if delta > 0 and after > tonumber(ARGV[3]) then
   return {'overflow', raw}
 end
 
-after = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[1])
+delta = string.format('%d', delta)
+after = redis.call('HINCRBY', KEYS[1], 'balance', delta)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
-local entry = ARGV[4] .. ',"balance_after":' .. string.format('%d', after)
+local entry = ARGV[4] .. ',"amount":' .. delta .. ',"balance_after":' .. string.format('%d', after)
   .. ',"seq":' .. string.format('%d', seq) .. '}'
 redis.call('XADD', KEYS[3], '*', 'e', entry)
 redis.call('HSET', KEYS[4], ARGV[11], entry)

@@ -11,7 +11,7 @@ from engine.apps import Apps
 from engine.db import migrate, open_pool
 from engine.repository import Repository
 from engine.settings import Settings
-from tests.conftest import ApiServer, WorkerProcess, fire, tally_env
+from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
 from tests.servers import PostgresServer, RedisServer
 from tests.test_ledger import ledger, wait_until
 
@@ -93,3 +93,24 @@ def test_redis_killed_and_restarted_with_aof_keeps_balances(stack: Stack) -> Non
         assert client.get("/credits/balance", params={"user_id": "b"}).json()["balance"] == 250
         deducted = client.post("/credits/deduct", json={"user_id": "b", "amount": 50}).json()
         assert deducted["balance_after"] == 200
+
+
+def test_webhook_received_while_redis_is_down_is_applied_when_it_is_back(stack: Stack) -> None:
+    from tests.test_webhooks import STRIPE_SECRET, Hooks, stripe_intent
+
+    pool = open_pool(stack.settings.database_url, 1, wait=True)
+    Apps(Repository(pool)).update(stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
+    pool.close()
+    hooks = Hooks(stack.settings, stack.api, AppUnderTest(stack.app_id, stack.api_key, ""))
+    stack.redis.kill()
+    event = stripe_intent("evt_down", "pi_down", {"tally_user_id": "u", "tally_credits": "42"})
+    response = hooks.stripe(event)
+    assert response.status_code == 200 and response.json()["status"] == "pending"
+    stack.redis.start()
+    worker = WorkerProcess(tally_env(stack.settings))
+    try:
+        hooks.settled(1)
+        assert hooks.events()[0]["status"] == "credited"
+        assert hooks.balance("u") == 42
+    finally:
+        worker.stop()

@@ -30,9 +30,8 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator["Redis"]:
     await client.aclose()
 
 
-def _entry(ledger_id: str = "L1", amount: int = -10) -> bytes:
-    body = {"ledger_id": ledger_id, "user_id": "user_1", "kind": "x", "amount": amount}
-    return orjson.dumps(body)[:-1]
+def _entry(ledger_id: str = "L1") -> bytes:
+    return orjson.dumps({"ledger_id": ledger_id, "user_id": "user_1", "kind": "x"})[:-1]
 
 
 async def apply_entry(
@@ -41,6 +40,7 @@ async def apply_entry(
     *,
     idempotency_key: str | None = None,
     refund_of: str | None = None,
+    clamp: bool = False,
     floor: int = 0,
     fingerprint: str = "fp",
     ledger_id: str = "L1",
@@ -55,7 +55,7 @@ async def apply_entry(
         delta,
         floor,
         MAX_AMOUNT,
-        _entry(ledger_id, delta),
+        _entry(ledger_id),
         fingerprint,
         86_400,
         recent,
@@ -63,6 +63,7 @@ async def apply_entry(
         "1" if idempotency_key else "0",
         "1" if refund_of else "0",
         ledger_id,
+        "1" if clamp else "0",
     ]
     reply: list[Any] = await Scripts(redis).apply_entry(keys=keys, args=args)
     return reply
@@ -90,6 +91,7 @@ async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis"
     await hydrate(redis, 100, seq=41)
     status, before, entry = await apply_entry(redis, -30)
     assert (status, int(before)) == ("ok", 100)
+    assert orjson.loads(entry)["amount"] == -30
     assert orjson.loads(entry)["balance_after"] == 70
     assert orjson.loads(entry)["seq"] == 42
     assert await redis.hgetall(KEYS.account) == {"balance": "70", "seq": "42", "updated_at": "1234"}
@@ -211,3 +213,12 @@ async def test_repair_account_only_when_seq_unchanged(redis: "Redis") -> None:
     assert await scripts.repair_account(keys=[KEYS.account], args=[7, 5]) == 1
     assert await redis.hget(KEYS.account, "balance") == "5"
     assert await scripts.repair_account(keys=[KEYS.account + "x"], args=[7, 5]) == 0
+
+
+async def test_clamp_takes_only_what_the_floor_allows(redis: "Redis") -> None:
+    await hydrate(redis, 30)
+    status, before, entry = await apply_entry(redis, -50, clamp=True, floor=-5)
+    assert (status, int(before), orjson.loads(entry)["amount"]) == ("ok", 30, -35)
+    assert await redis.hget(KEYS.account, "balance") == "-5"
+    assert await apply_entry(redis, -1, clamp=True, floor=-5) == ["insufficient", "-5"]
+    assert await redis.xlen(KEYS.outbox) == 1

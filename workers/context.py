@@ -11,6 +11,8 @@ from engine.db import open_pool
 from engine.outbox import OutboxWriter
 from engine.repository import Repository
 from engine.settings import Settings
+from engine.webhook_repository import WebhookRepository
+from engine.webhooks import Webhooks
 
 
 @dataclass(frozen=True)
@@ -19,13 +21,16 @@ class Context:
     redis: "Redis"
     repository: Repository
     outbox: OutboxWriter
+    webhooks: Webhooks
 
 
 @cache
 def context() -> Context:
     settings = Settings()
     redis: Redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    repository = Repository(open_pool(settings.database_url, 2))
+    pool = open_pool(settings.database_url, 3)
+    repository = Repository(pool)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     outbox = OutboxWriter(redis, repository, consumer, settings.outbox_batch_size)
-    return Context(settings, redis, repository, outbox)
+    webhooks = Webhooks(repository, WebhookRepository(pool))
+    return Context(settings, redis, repository, outbox, webhooks)

@@ -6,6 +6,7 @@ from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 
+from engine.credits import Credits
 from engine.errors import UnavailableError
 from engine.keys import flush_key
 from engine.reconcile import reconcile
@@ -37,6 +38,20 @@ def flush_shard(shard: int, reclaim_idle_ms: int) -> dict[str, Any]:
         "dead_letters": result.dead_letters,
         "lag_ms_max": max(result.lag_ms, default=0),
     }
+
+
+def apply_webhook_event(event_pk: int) -> str | None:
+    ctx = context()
+
+    async def run() -> str | None:
+        redis = AsyncRedis.from_url(ctx.settings.redis_url, decode_responses=True)
+        try:
+            event = await ctx.webhooks.apply(Credits(redis, ctx.repository, ctx.settings), event_pk)
+        finally:
+            await redis.aclose()
+        return event.status if event else None
+
+    return asyncio.run(run())
 
 
 def reconcile_accounts(repair: bool = False) -> dict[str, Any]:

@@ -15,8 +15,10 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
+from engine.errors import UnavailableError
 from engine.keys import SHARDS, flush_key, outbox_key
 from engine.settings import Settings
+from workers.context import context
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ QUEUE = "tally"
 FLUSH_LOCK_MS = 30_000
 _RECONCILE_KEY = "tally:reconcile:scheduled"
 _DRAIN_STALLS = 10
+_WEBHOOK_SWEEP_SECONDS = 1.0
 
 
 def run(settings: Settings, *, burst: bool) -> int:
@@ -70,6 +73,10 @@ def sweep(redis: "Redis", queue: Queue, reclaim_idle_ms: int) -> list[int]:
     return queued
 
 
+def enqueue_webhook(queue: Queue, event_pk: int) -> None:
+    queue.enqueue("workers.jobs.apply_webhook_event", event_pk, result_ttl=600, job_timeout=120)
+
+
 def outbox_depth(redis: "Redis") -> int:
     pipe = redis.pipeline(transaction=False)
     for shard in range(SHARDS):
@@ -78,14 +85,24 @@ def outbox_depth(redis: "Redis") -> int:
 
 
 def _sweep_forever(redis: "Redis", queue: Queue, settings: Settings, stop: threading.Event) -> None:
+    next_webhook_sweep = 0.0
     while not stop.wait(settings.outbox_sweep_ms / 1000):
         try:
             sweep(redis, queue, settings.outbox_reclaim_ms)
             interval = settings.reconcile_interval_seconds
             if interval and redis.set(_RECONCILE_KEY, "1", nx=True, ex=interval):
                 queue.enqueue("workers.jobs.reconcile_accounts", job_timeout=3_600)
-        except RedisError as exc:
+            if time.monotonic() >= next_webhook_sweep:
+                # Webhook events whose job was never queued (Redis was down), and retries due.
+                next_webhook_sweep = time.monotonic() + _WEBHOOK_SWEEP_SECONDS
+                for event_pk in context().webhooks.claim_due():
+                    enqueue_webhook(queue, event_pk)
+        except (RedisError, UnavailableError) as exc:
             log.warning("sweep failed, retrying: %s", exc)
+            stop.wait(1)
+        except Exception:
+            # The sweeper must outlive any surprise: without it nothing gets persisted.
+            log.exception("sweep failed, retrying")
             stop.wait(1)
 
 
