@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/credits/add", credits.add, methods=["POST"]),
         Route("/credits/deduct", credits.deduct, methods=["POST"]),
         Route("/credits/refund", credits.refund, methods=["POST"]),
+        Route("/credits/batch", credits.batch, methods=["POST"]),
         Route("/credits/balance", credits.balance, methods=["GET"]),
         Route("/credits/history", credits.history, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),

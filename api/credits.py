@@ -5,8 +5,10 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.errors import error_body, status_of
 from api.responses import JSONResponse
 from api.schemas import (
+    BatchRequest,
     EntryRequest,
     HistoryQuery,
     RefundRequest,
@@ -16,8 +18,11 @@ from api.schemas import (
     read_body,
 )
 from api.services import services
-from engine.errors import InvalidRequestError
-from engine.models import EntryResult
+from engine.errors import InvalidRequestError, TallyError
+from engine.models import EntryResult, Operation
+
+# A full batch of 1,000 operations with descriptions and metadata.
+MAX_BATCH_BYTES = 1_048_576
 
 
 async def add(request: Request) -> Response:
@@ -45,6 +50,40 @@ async def deduct(request: Request) -> Response:
         },
         result,
     )
+
+
+async def batch(request: Request) -> Response:
+    svc = services(request)
+    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    body = parse_body(BatchRequest, await read_body(request, MAX_BATCH_BYTES))
+    operations = [
+        Operation(
+            kind=op.type,
+            user_id=op.user_id,
+            amount=op.amount,
+            description=op.description,
+            reference_id=op.reference_id,
+            metadata=op.metadata,
+            idempotency_key=op.idempotency_key,
+        )
+        for op in body.operations
+    ]
+    outcomes = await svc.credits.batch(app, operations)
+    return JSONResponse({"success": True, "results": [_outcome(o) for o in outcomes]})
+
+
+def _outcome(outcome: EntryResult | TallyError) -> dict[str, object]:
+    if isinstance(outcome, TallyError):
+        return error_body(outcome) | {"status": status_of(outcome)}
+    return {
+        "success": True,
+        "ledger_id": outcome.ledger_id,
+        "user_id": outcome.user_id,
+        "amount": outcome.amount,
+        "balance_before": outcome.balance_before,
+        "balance_after": outcome.balance_after,
+        "replayed": outcome.replayed,
+    }
 
 
 async def refund(request: Request) -> Response:

@@ -40,16 +40,21 @@ def status_of(exc: TallyError) -> int:
     return 500
 
 
-async def tally_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, TallyError)
-    status = status_of(exc)
+def error_body(exc: TallyError) -> dict[str, object]:
     body: dict[str, object] = {"success": False, "error": exc.message}
-    headers = {}
     if isinstance(exc, InsufficientCreditsError):
         body["balance"] = exc.balance
     elif isinstance(exc, AlreadyRefundedError):
         body["refund_ledger_id"] = exc.refund_ledger_id
-    elif isinstance(exc, UnavailableError):
+    return body
+
+
+async def tally_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TallyError)
+    status = status_of(exc)
+    body = error_body(exc)
+    headers = {}
+    if isinstance(exc, UnavailableError):
         headers["Retry-After"] = "1"
         log.warning("%s %s: %s", request.method, request.url.path, exc.message)
     elif isinstance(exc, AuthenticationError):

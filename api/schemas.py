@@ -1,6 +1,6 @@
 """Request bodies and query strings, validated strictly, with errors that name the field."""
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
@@ -11,6 +11,8 @@ from engine.models import MAX_AMOUNT
 
 Model = TypeVar("Model", bound=BaseModel)
 
+MAX_BATCH = 1000
+
 _FIELD_RULES = {
     "user_id": "user_id must be a non-empty string of at most 256 characters",
     "amount": f"amount must be an integer from 1 to {MAX_AMOUNT}",
@@ -20,6 +22,9 @@ _FIELD_RULES = {
     "ledger_id": "ledger_id must be a UUID string",
     "limit": "limit must be an integer from 1 to 1000",
     "offset": "offset must be an integer from 0 to 1000000",
+    "operations": f"operations must be a list of 1 to {MAX_BATCH} operations",
+    "type": 'type must be "add" or "deduct"',
+    "idempotency_key": "idempotency_key must be a string of 1 to 255 characters",
 }
 
 
@@ -35,6 +40,15 @@ class EntryRequest(_Strict):
     description: Annotated[str, Field(max_length=1000)] | None = None
     reference_id: Annotated[str, Field(max_length=256)] | None = None
     metadata: dict[str, Any] | None = None
+
+
+class BatchOperation(EntryRequest):
+    type: Literal["add", "deduct"]
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+
+
+class BatchRequest(_Strict):
+    operations: Annotated[list[BatchOperation], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 class RefundRequest(_Strict):
@@ -85,9 +99,13 @@ def _message(exc: ValidationError, where: str = "") -> str:
     error = exc.errors()[0]
     if not error["loc"]:
         return "invalid query string" if where else "request body must be a JSON object"
-    field = str(error["loc"][0])
+    loc = error["loc"]
+    prefix = ""
+    if loc[0] == "operations" and len(loc) > 2:  # a field of one operation of a batch
+        prefix, loc = f"operations[{loc[1]}].", loc[2:]
+    field = str(loc[0])
     if error["type"] == "missing":
-        return f"{where}{field} is required"
+        return f"{where}{prefix}{field} is required"
     if error["type"] == "extra_forbidden":
-        return f"unknown {where or 'field '}{field}"
-    return _FIELD_RULES.get(field, f"{field} is invalid")
+        return f"unknown {where or 'field '}{prefix}{field}"
+    return prefix + _FIELD_RULES.get(field, f"{field} is invalid")

@@ -5,8 +5,6 @@ from dataclasses import dataclass
 from psycopg_pool import ConnectionPool
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rq import Queue
 from rq.serializers import JSONSerializer
 from starlette.requests import Request
@@ -14,6 +12,7 @@ from starlette.requests import Request
 from api.auth import KeyCache
 from engine.credits import Credits
 from engine.db import open_pool
+from engine.redis_client import hot_path_redis
 from engine.repository import Repository
 from engine.settings import Settings
 from engine.webhook_repository import WebhookRepository
@@ -34,17 +33,7 @@ class Services:
 
     @classmethod
     def start(cls, settings: Settings) -> "Services":
-        redis = Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            max_connections=settings.redis_max_connections,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            # Never resend a command on its own: a script whose reply was lost may have run, and
-            # running it again would apply a write twice. The caller gets 503 and retries with
-            # its Idempotency-Key, which is exactly-once.
-            retry=Retry(NoBackoff(), 0),
-        )
+        redis = hot_path_redis(settings.redis_url, settings.redis_max_connections)
         pool = open_pool(settings.database_url, settings.database_pool_size)
         repository = Repository(pool)
         raw_redis = SyncRedis.from_url(settings.redis_url, socket_timeout=2)

@@ -7,12 +7,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import (
@@ -21,6 +23,7 @@ from engine.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
+    TallyError,
     UnavailableError,
 )
 from engine.keys import (
@@ -37,11 +40,14 @@ from engine.models import (
     EntryResult,
     HistoryPage,
     LedgerEntry,
+    Operation,
     RefundResult,
 )
 from engine.repository import Repository
 from engine.scripts import Scripts
 from engine.settings import Settings
+
+BatchOutcome = EntryResult | TallyError
 
 # A hydration races only with another hydration or a write, both of which leave the account in
 # place; a third miss in a row means something is deleting accounts under us.
@@ -209,6 +215,70 @@ class Credits:
             entry = await asyncio.to_thread(self._repository.find_entry, ledger_id)
         return entry if entry is not None and entry.app_id == app.app_id else None
 
+    async def batch(self, app: AppContext, operations: list[Operation]) -> list[BatchOutcome]:
+        """Apply many adds and deducts in as few round trips as possible: one pipeline of
+        script calls, plus one more for the accounts that had to be rebuilt from the ledger.
+
+        Each operation is all-or-nothing on its own, in order; the batch as a whole is not:
+        one refused deduct does not stop the others. Returns per operation its EntryResult or
+        the TallyError that refused it.
+        """
+        outcomes: list[BatchOutcome | None] = [None] * len(operations)
+        calls: dict[int, _Call] = {}
+        for index, op in enumerate(operations):
+            try:
+                delta = op.amount if op.kind == "add" else -op.amount
+                calls[index] = self._prepare(
+                    app, op.kind, op.user_id, delta, op.description, op.reference_id,
+                    op.metadata, op.idempotency_key,
+                )  # fmt: skip
+            except TallyError as exc:
+                outcomes[index] = exc
+        pending = list(calls)
+        for _ in range(_HYDRATE_ATTEMPTS):
+            if not pending:
+                break
+            replies = await self._pipeline([calls[i] for i in pending])
+            missing = []
+            for index, reply in zip(pending, replies, strict=True):
+                if reply[0] == "missing":
+                    missing.append(index)
+                    continue
+                try:
+                    outcomes[index] = calls[index].result(reply)
+                except TallyError as exc:
+                    outcomes[index] = exc
+            accounts = {(calls[i].user_id, calls[i].keys.account): calls[i] for i in missing}
+            await asyncio.gather(
+                *(
+                    self._hydrate(app.app_id, call.user_id, call.keys, create=True)
+                    for call in accounts.values()
+                )
+            )
+            pending = missing
+        gone = UnavailableError("account keeps disappearing from Redis; retry shortly")
+        return [gone if outcome is None else outcome for outcome in outcomes]
+
+    async def _pipeline(self, calls: "list[_Call]") -> list[Any]:
+        script = self._scripts.apply_entry
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(script.sha, len(call.script_keys), *call.script_keys, *call.args)
+            try:
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise UnavailableError("Redis is unavailable; retry shortly") from exc
+            if not any(isinstance(reply, NoScriptError) for reply in replies) or attempt:
+                break
+            # The script cache was flushed: load it once and send the batch again. No call
+            # ran: every one of them was refused for the same missing script.
+            await self._redis.script_load(script.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def _apply_entry(
         self,
         app: AppContext,
@@ -222,6 +292,31 @@ class Credits:
         refund_of: str | None = None,
         clamp: bool = False,
     ) -> EntryResult:
+        call = self._prepare(
+            app, kind, user_id, delta, description, reference_id, metadata, idempotency_key,
+            refund_of, clamp,
+        )  # fmt: skip
+        for _ in range(_HYDRATE_ATTEMPTS):
+            reply = await _call(self._scripts.apply_entry, call.script_keys, call.args)
+            if reply[0] != "missing":
+                return call.result(reply)
+            await self._hydrate(app.app_id, user_id, call.keys, create=True)
+        raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+
+    def _prepare(
+        self,
+        app: AppContext,
+        kind: str,
+        user_id: str,
+        delta: int,
+        description: str | None,
+        reference_id: str | None,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        refund_of: str | None = None,
+        clamp: bool = False,
+    ) -> "_Call":
+        """Validate an entry and build its apply_entry.lua call."""
         _check_text("user_id", user_id, 256, required=True)
         _check_amount(abs(delta))
         _check_text("description", description, 1000)
@@ -245,59 +340,31 @@ class Credits:
                 "created_at": now_ms,
             }
         )
-        fingerprint = hashlib.sha256(
-            orjson.dumps([kind, user_id, delta, description, reference_id, refund_of])
-            + metadata_json.encode()
-        ).hexdigest()
         script_keys = [keys.account, keys.recent, keys.outbox, keys.unpersisted]
+        mode = "c" if clamp else ""
+        fingerprint = ""
         if idempotency_key is not None:
             script_keys.append(keys.idempotency(idempotency_key))
+            mode += "i"
+            fingerprint = hashlib.sha256(
+                orjson.dumps([kind, user_id, delta, description, reference_id, refund_of])
+                + metadata_json.encode()
+            ).hexdigest()
         if refund_of is not None:
             script_keys.append(keys.refund_marker(refund_of))
+            mode += "r"
         args = (
             delta,
             -app.overdraft_limit,
-            MAX_AMOUNT,
             entry[:-1],
             fingerprint,
             self._idempotency_ttl,
             self._recent_entries,
             now_ms,
-            "1" if idempotency_key is not None else "0",
-            "1" if refund_of is not None else "0",
             ledger_id,
-            "1" if clamp else "0",
+            mode,
         )
-        for _ in range(_HYDRATE_ATTEMPTS):
-            reply = await _call(self._scripts.apply_entry, script_keys, args)
-            status = reply[0]
-            if status == "ok" or status == "replay":
-                stored = orjson.loads(reply[2])
-                return EntryResult(
-                    ledger_id=stored["ledger_id"],
-                    user_id=stored["user_id"],
-                    kind=stored["kind"],
-                    amount=stored["amount"],
-                    balance_before=int(reply[1]),
-                    balance_after=stored["balance_after"],
-                    created_at_ms=stored["created_at"],
-                    replayed=status == "replay",
-                )
-            if status == "missing":
-                await self._hydrate(app.app_id, user_id, keys, create=True)
-            elif status == "insufficient":
-                raise InsufficientCreditsError(balance=int(reply[1]), floor=-app.overdraft_limit)
-            elif status == "conflict":
-                raise IdempotencyConflictError()
-            elif status == "refunded":
-                raise AlreadyRefundedError(str(refund_of), reply[1])
-            elif status == "overflow":
-                raise InvalidRequestError(
-                    f"amount would take the balance above {MAX_AMOUNT}; balance is {reply[1]}"
-                )
-            else:
-                raise RuntimeError(f"apply_entry.lua returned {reply!r}")
-        raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+        return _Call(user_id, keys, script_keys, args, -app.overdraft_limit, refund_of)
 
     async def _hydrate(self, app_id: str, user_id: str, keys: AccountKeys, *, create: bool) -> bool:
         """Rebuild a missing account from the ledger; never read a missing account as 0.
@@ -315,9 +382,49 @@ class Credits:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One prepared apply_entry.lua call, and how to read its reply."""
+
+    user_id: str
+    keys: AccountKeys
+    script_keys: list[str]
+    args: tuple[Any, ...]
+    floor: int
+    refund_of: str | None
+
+    def result(self, reply: list[Any]) -> EntryResult:
+        status = reply[0]
+        if status == "ok" or status == "replay":
+            stored = orjson.loads(reply[2])
+            return EntryResult(
+                ledger_id=stored["ledger_id"],
+                user_id=stored["user_id"],
+                kind=stored["kind"],
+                amount=stored["amount"],
+                balance_before=int(reply[1]),
+                balance_after=stored["balance_after"],
+                created_at_ms=stored["created_at"],
+                replayed=status == "replay",
+            )
+        if status == "insufficient":
+            raise InsufficientCreditsError(balance=int(reply[1]), floor=self.floor)
+        if status == "conflict":
+            raise IdempotencyConflictError()
+        if status == "refunded":
+            raise AlreadyRefundedError(str(self.refund_of), reply[1])
+        if status == "overflow":
+            raise InvalidRequestError(
+                f"amount would take the balance above {MAX_AMOUNT}; balance is {reply[1]}"
+            )
+        raise RuntimeError(f"apply_entry.lua returned {reply!r}")
+
+
 async def _call(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    async with _redis_errors():
+    try:
         return await script(keys=keys, args=args)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise UnavailableError("Redis is unavailable; retry shortly") from exc
 
 
 @asynccontextmanager

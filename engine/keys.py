@@ -38,15 +38,23 @@ def flush_key(shard: int) -> str:
     return f"{_tag(shard)}:flush"
 
 
+# Version 4 in bits 76-79, RFC 4122 variant in bits 62-63, the shard in bits 0-5.
+_UUID4_KEEP = ~((0xF << 76) | (0x3 << 62) | 0x3F) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
 def new_ledger_id(shard: int) -> str:
     """A random UUID (version 4) whose last six bits name the shard of its account.
 
     A refund names only the ledger id; the shard tells where to look for an entry that has not
     reached PostgreSQL yet, without an index outside the shard's slot.
     """
-    raw = bytearray(os.urandom(16))
-    raw[15] = (raw[15] & 0xC0) | shard
-    return str(uuid.UUID(bytes=bytes(raw), version=4))
+    # Integer arithmetic on the random bits: several times cheaper than uuid.UUID, and this
+    # runs on every write.
+    n = int.from_bytes(os.urandom(16))
+    n = (n & _UUID4_KEEP) | _UUID4_SET | shard
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def shard_of_ledger_id(ledger_id: uuid.UUID) -> int:

@@ -96,3 +96,16 @@ class HistoryPage:
     limit: int
     offset: int
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One add or deduct of a batch."""
+
+    kind: str  # "add" or "deduct"
+    user_id: str
+    amount: int
+    description: str | None = None
+    reference_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    idempotency_key: str | None = None

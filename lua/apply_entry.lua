@@ -6,22 +6,22 @@
 -- KEYS[2] recent-entries list of the account
 -- KEYS[3] outbox stream of the account's shard
 -- KEYS[4] unpersisted-entries hash of the shard (ledger_id -> entry JSON)
--- KEYS[5] idempotency hash, when ARGV[9] is "1"
--- KEYS[5 or 6] refund marker of the refunded entry, when ARGV[10] is "1"
+-- KEYS[5] idempotency hash, when ARGV[9] has "i"
+-- KEYS[5 or 6] refund marker of the refunded entry, when ARGV[9] has "r"
 --
--- ARGV[1]  delta: signed integer, |delta| in 1..2^53-1
--- ARGV[2]  floor: lowest balance a negative delta may leave (0, or -overdraft limit)
--- ARGV[3]  ceiling: highest balance a positive delta may leave (2^53-1)
--- ARGV[4]  entry JSON without amount and closing brace; the script appends amount,
---          balance_after and seq
--- ARGV[5]  request fingerprint (compared on a repeated idempotency key)
--- ARGV[6]  idempotency TTL in seconds
--- ARGV[7]  length of the recent-entries list
--- ARGV[8]  now, epoch milliseconds (the account's updated_at)
--- ARGV[9]  "1" when KEYS holds an idempotency key
--- ARGV[10] "1" when KEYS holds a refund marker
--- ARGV[11] ledger_id of the entry
--- ARGV[12] "1" to take only what the floor allows when a negative delta would cross it
+-- ARGV[1] delta: signed integer, |delta| in 1..2^53-1
+-- ARGV[2] floor: lowest balance a negative delta may leave (0, or -overdraft limit)
+-- ARGV[3] entry JSON without amount and closing brace; the script appends amount,
+--         balance_after and seq
+-- ARGV[4] request fingerprint (compared on a repeated idempotency key)
+-- ARGV[5] idempotency TTL in seconds
+-- ARGV[6] length of the recent-entries list
+-- ARGV[7] now, epoch milliseconds (the account's updated_at)
+-- ARGV[8] ledger_id of the entry
+-- ARGV[9] mode, any of: "i" KEYS holds an idempotency key, "r" KEYS holds a refund marker,
+--         "c" take only what the floor allows when a negative delta would cross it
+--
+-- A positive delta may not take the balance above 2^53-1 (exact in doubles and JavaScript).
 --
 -- Returns one of:
 --   {"ok", balance_before, entry_json}       applied
@@ -36,20 +36,22 @@
 -- Every check comes before the first write: Redis never rolls a script back. Numbers are turned
 -- into text with %d only, because Lua's tostring rounds past 14 digits.
 
+local CEILING = 9007199254740991
+local mode = ARGV[9]
 local next_key = 5
 local idem, marker
-if ARGV[9] == '1' then
+if string.find(mode, 'i', 1, true) then
   idem = KEYS[next_key]
   next_key = next_key + 1
 end
-if ARGV[10] == '1' then
+if string.find(mode, 'r', 1, true) then
   marker = KEYS[next_key]
 end
 
 if idem then
   local stored = redis.call('HMGET', idem, 'fingerprint', 'balance_before', 'entry')
   if stored[1] then
-    if stored[1] ~= ARGV[5] then
+    if stored[1] ~= ARGV[4] then
       return {'conflict'}
     end
     return {'replay', stored[2], stored[3]}
@@ -72,30 +74,30 @@ local delta = tonumber(ARGV[1])
 local floor = tonumber(ARGV[2])
 local after = tonumber(raw) + delta
 if delta < 0 and after < floor then
-  if ARGV[12] ~= '1' or tonumber(raw) <= floor then
+  if not string.find(mode, 'c', 1, true) or tonumber(raw) <= floor then
     return {'insufficient', raw}
   end
   delta = floor - tonumber(raw)
 end
-if delta > 0 and after > tonumber(ARGV[3]) then
+if delta > 0 and after > CEILING then
   return {'overflow', raw}
 end
 
 delta = string.format('%d', delta)
 after = redis.call('HINCRBY', KEYS[1], 'balance', delta)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[8])
-local entry = ARGV[4] .. ',"amount":' .. delta .. ',"balance_after":' .. string.format('%d', after)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[7])
+local entry = ARGV[3] .. ',"amount":' .. delta .. ',"balance_after":' .. string.format('%d', after)
   .. ',"seq":' .. string.format('%d', seq) .. '}'
 redis.call('XADD', KEYS[3], '*', 'e', entry)
-redis.call('HSET', KEYS[4], ARGV[11], entry)
+redis.call('HSET', KEYS[4], ARGV[8], entry)
 redis.call('LPUSH', KEYS[2], entry)
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
 if idem then
-  redis.call('HSET', idem, 'fingerprint', ARGV[5], 'balance_before', raw, 'entry', entry)
-  redis.call('EXPIRE', idem, ARGV[6])
+  redis.call('HSET', idem, 'fingerprint', ARGV[4], 'balance_before', raw, 'entry', entry)
+  redis.call('EXPIRE', idem, ARGV[5])
 end
 if marker then
-  redis.call('SET', marker, ARGV[11])
+  redis.call('SET', marker, ARGV[8])
 end
 return {'ok', raw, entry}

@@ -51,20 +51,8 @@ async def apply_entry(
         keys.append(KEYS.idempotency(idempotency_key))
     if refund_of:
         keys.append(KEYS.refund_marker(refund_of))
-    args = [
-        delta,
-        floor,
-        MAX_AMOUNT,
-        _entry(ledger_id),
-        fingerprint,
-        86_400,
-        recent,
-        1234,
-        "1" if idempotency_key else "0",
-        "1" if refund_of else "0",
-        ledger_id,
-        "1" if clamp else "0",
-    ]
+    mode = ("i" if idempotency_key else "") + ("r" if refund_of else "") + ("c" if clamp else "")
+    args = [delta, floor, _entry(ledger_id), fingerprint, 86_400, recent, 1234, ledger_id, mode]
     reply: list[Any] = await Scripts(redis).apply_entry(keys=keys, args=args)
     return reply
 
