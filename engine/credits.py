@@ -238,7 +238,10 @@ class Credits:
         for _ in range(_HYDRATE_ATTEMPTS):
             if not pending:
                 break
-            replies = await self._pipeline([calls[i] for i in pending])
+            replies = await self._pipeline(
+                self._scripts.apply_entry,
+                [(calls[i].script_keys, calls[i].args) for i in pending],
+            )
             missing = []
             for index, reply in zip(pending, replies, strict=True):
                 if reply[0] == "missing":
@@ -248,31 +251,29 @@ class Credits:
                     outcomes[index] = calls[index].result(reply)
                 except TallyError as exc:
                     outcomes[index] = exc
-            accounts = {(calls[i].user_id, calls[i].keys.account): calls[i] for i in missing}
-            await asyncio.gather(
-                *(
-                    self._hydrate(app.app_id, call.user_id, call.keys, create=True)
-                    for call in accounts.values()
-                )
-            )
+            if missing:
+                accounts = {calls[i].user_id: calls[i].keys for i in missing}
+                await self._hydrate_many(app.app_id, accounts, create=True)
             pending = missing
         gone = UnavailableError("account keeps disappearing from Redis; retry shortly")
         return [gone if outcome is None else outcome for outcome in outcomes]
 
-    async def _pipeline(self, calls: "list[_Call]") -> list[Any]:
-        script = self._scripts.apply_entry
+    async def _pipeline(
+        self, script: AsyncScript, calls: list[tuple[list[str], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """Run many calls of one script in one round trip; replies in order."""
         for attempt in range(2):
             pipe = self._redis.pipeline(transaction=False)
-            for call in calls:
-                pipe.evalsha(script.sha, len(call.script_keys), *call.script_keys, *call.args)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             try:
                 replies: list[Any] = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 raise UnavailableError("Redis is unavailable; retry shortly") from exc
             if not any(isinstance(reply, NoScriptError) for reply in replies) or attempt:
                 break
-            # The script cache was flushed: load it once and send the batch again. No call
-            # ran: every one of them was refused for the same missing script.
+            # The script cache was flushed: load it once and send them all again. None ran:
+            # every call was refused for the same missing script.
             await self._redis.script_load(script.script)
         for reply in replies:
             if isinstance(reply, Exception):
@@ -372,14 +373,24 @@ class Credits:
         With create=False an account the ledger has never seen is left absent (a balance read of
         an unknown user must not allocate memory); returns whether the account now exists.
         """
-        balance, seq, updated_at = await asyncio.to_thread(
-            self._repository.account_snapshot, app_id, user_id
+        return user_id in await self._hydrate_many(app_id, {user_id: keys}, create=create)
+
+    async def _hydrate_many(
+        self, app_id: str, accounts: dict[str, AccountKeys], *, create: bool
+    ) -> set[str]:
+        """_hydrate for many accounts: one PostgreSQL query, one Redis round trip."""
+        snapshots = await asyncio.to_thread(
+            self._repository.account_snapshots, app_id, list(accounts)
         )
-        if updated_at is None and not create:
-            return False
-        updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
-        await _call(self._scripts.hydrate, [keys.account], (balance, seq, updated_ms))
-        return True
+        calls = []
+        for user_id, (balance, seq, updated_at) in snapshots.items():
+            if updated_at is None and not create:
+                continue
+            updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
+            calls.append(([accounts[user_id].account], (balance, seq, updated_ms)))
+        if calls:
+            await self._pipeline(self._scripts.hydrate, calls)
+        return {user_id for user_id in snapshots if create or snapshots[user_id][2] is not None}
 
 
 @dataclass(frozen=True, slots=True)

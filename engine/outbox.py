@@ -15,7 +15,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from engine.keys import SHARDS, outbox_key, unpersisted_key
+from engine.keys import SHARDS, outbox_key, shard_of, unpersisted_key
 from engine.models import LedgerEntry
 from engine.repository import Repository
 
@@ -28,7 +28,6 @@ _Message = tuple[str, dict[str, str] | None]
 
 @dataclass(frozen=True, slots=True)
 class FlushResult:
-    shard: int
     persisted: int  # new rows in PostgreSQL
     duplicates: int  # entries PostgreSQL already had (a replay after a crash)
     dead_letters: int
@@ -44,55 +43,77 @@ class OutboxWriter:
         self._consumer = consumer
         self._batch_size = batch_size
 
-    def flush(self, shard: int, reclaim_idle_ms: int, budget_seconds: float) -> FlushResult:
-        """Persist the shard's entries until the stream is empty or the time budget is spent."""
-        key = outbox_key(shard)
+    def flush(self, shards: list[int], reclaim_idle_ms: int, budget_seconds: float) -> FlushResult:
+        """Persist the shards' entries until their streams are empty or the budget is spent.
+
+        Each round reads every shard in one pipelined round trip, inserts what it read in one
+        transaction, then acknowledges and deletes it in one more round trip.
+        """
         deadline = time.monotonic() + budget_seconds
         persisted = duplicates = dead_letters = 0
         lag_ms: list[int] = []
-        while time.monotonic() < deadline:
-            batch = self._read(key, reclaim_idle_ms)
-            if not batch:
+        while shards and time.monotonic() < deadline:
+            batches = self._read(shards, reclaim_idle_ms)
+            if not batches:
                 break
-            entries, dead = _parse(shard, batch)
-            inserted = self._repository.insert_entries(entries, dead) if entries or dead else 0
+            entries: list[LedgerEntry] = []
+            dead: list[tuple[int, str, str, str]] = []
+            for shard, batch in batches.items():
+                shard_entries, shard_dead = _parse(shard, batch)
+                entries += shard_entries
+                dead += shard_dead
+            inserted = self._repository.insert_entries(entries, dead)
             committed_ms = time.time_ns() // 1_000_000
-            ids = [message_id for message_id, _ in batch]
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xack(key, GROUP, *ids)
-            pipe.xdel(key, *ids)
-            if entries:
-                pipe.hdel(unpersisted_key(shard), *(entry.ledger_id for entry in entries))
+            for shard, batch in batches.items():
+                ids = [message_id for message_id, _ in batch]
+                pipe.xack(outbox_key(shard), GROUP, *ids)
+                pipe.xdel(outbox_key(shard), *ids)
+            for entry in entries:
+                pipe.hdel(unpersisted_key(shard_of(entry.app_id, entry.user_id)), entry.ledger_id)
             pipe.execute()
             persisted += inserted
             duplicates += len(entries) - inserted
             dead_letters += len(dead)
             lag_ms.extend(committed_ms - entry.created_at_ms for entry in entries)
-        return FlushResult(shard, persisted, duplicates, dead_letters, lag_ms)
+            shards = list(batches)  # a shard that had nothing this round is done
+        return FlushResult(persisted, duplicates, dead_letters, lag_ms)
 
-    def _read(self, key: str, reclaim_idle_ms: int) -> list[_Message]:
-        """This writer's own unacknowledged entries, else abandoned ones, else new ones."""
-        try:
-            return self._read_once(key, reclaim_idle_ms)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # A new stream, or Redis lost its data: start the group at the beginning.
-            ensure_group(self._redis, key)
-            return self._read_once(key, reclaim_idle_ms)
+    def _read(self, shards: list[int], reclaim_idle_ms: int) -> dict[int, list[_Message]]:
+        """Per shard: this writer's own unacknowledged entries, else entries a writer that
+        died was holding, else new ones."""
+        count = max(1, self._batch_size // len(shards))
+        own = self._each(shards, lambda pipe, key: pipe.xreadgroup(
+            GROUP, self._consumer, {key: "0"}, count=count))  # fmt: skip
+        found = {
+            shard: _messages(reply[0][1]) for shard, reply in own.items() if reply and reply[0][1]
+        }
+        if found:
+            return found
+        claimed = self._each(shards, lambda pipe, key: pipe.xautoclaim(
+            key, GROUP, self._consumer, min_idle_time=reclaim_idle_ms, count=count))  # fmt: skip
+        found = {shard: _messages(reply[1]) for shard, reply in claimed.items() if reply[1]}
+        if found:
+            return found
+        new = self._each(shards, lambda pipe, key: pipe.xreadgroup(
+            GROUP, self._consumer, {key: ">"}, count=count))  # fmt: skip
+        return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
 
-    def _read_once(self, key: str, reclaim_idle_ms: int) -> list[_Message]:
-        count = self._batch_size
-        own: Any = self._redis.xreadgroup(GROUP, self._consumer, {key: "0"}, count=count)
-        if own and own[0][1]:
-            return _messages(own[0][1])
-        claimed: Any = self._redis.xautoclaim(
-            key, GROUP, self._consumer, min_idle_time=reclaim_idle_ms, count=count
-        )
-        if claimed[1]:
-            return _messages(claimed[1])
-        new: Any = self._redis.xreadgroup(GROUP, self._consumer, {key: ">"}, count=count)
-        return _messages(new[0][1]) if new else []
+    def _each(self, shards: list[int], command: Any) -> dict[int, Any]:
+        """One command per shard in one round trip; a shard without its consumer group (a new
+        stream, or Redis lost its data) gets the group and answers nothing this time."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in shards:
+            command(pipe, outbox_key(shard))
+        replies = {}
+        for shard, reply in zip(shards, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                ensure_group(self._redis, outbox_key(shard))
+            elif isinstance(reply, Exception):
+                raise reply
+            else:
+                replies[shard] = reply
+        return replies
 
 
 def ensure_group(redis: "Redis", key: str) -> None:

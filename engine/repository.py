@@ -102,16 +102,19 @@ class Repository:
             ).fetchone()
         return AppContext(app_id=row[0], overdraft_limit=row[1]) if row else None
 
-    def account_snapshot(self, app_id: str, user_id: str) -> tuple[int, int, datetime | None]:
-        """An account as its ledger holds it: balance, last seq, last change (None: never)."""
+    def account_snapshots(
+        self, app_id: str, user_ids: list[str]
+    ) -> dict[str, tuple[int, int, datetime | None]]:
+        """Accounts as their ledger holds them: balance, last seq, last change (None: never)."""
         with connection(self._pool) as conn:
-            row = conn.execute(
-                "SELECT coalesce(sum(amount), 0), coalesce(max(seq), 0), max(created_at)"
-                " FROM ledger_entries WHERE app_id = %s AND user_id = %s",
-                (app_id, user_id),
-            ).fetchone()
-        assert row is not None  # an aggregate always returns one row
-        return int(row[0]), int(row[1]), row[2]
+            rows = conn.execute(
+                "SELECT t.user_id, coalesce(sum(l.amount), 0), coalesce(max(l.seq), 0),"
+                " max(l.created_at) FROM unnest(%s::text[]) AS t(user_id)"
+                " LEFT JOIN ledger_entries l ON l.app_id = %s AND l.user_id = t.user_id"
+                " GROUP BY t.user_id",
+                (user_ids, app_id),
+            ).fetchall()
+        return {row[0]: (int(row[1]), int(row[2]), row[3]) for row in rows}
 
     def find_entry(self, ledger_id: UUID) -> LedgerEntry | None:
         with connection(self._pool) as conn:

@@ -100,7 +100,7 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(
         ],
     )
     expected = sum(1_000 for _ in users) - sum(1 + i % 7 for i in range(2_970))
-    env = tally_env(settings) | {"TALLY_OUTBOX_BATCH_SIZE": "50"}
+    env = tally_env(settings) | {"TALLY_OUTBOX_BATCH_SIZE": "10"}
     seen = 0
     for _ in range(3):
         worker = WorkerProcess(env)

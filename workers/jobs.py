@@ -20,19 +20,22 @@ FLUSH_BUDGET_SECONDS = 2.0
 UNAVAILABLE_BACKOFF_MS = 1_000
 
 
-def flush_shard(shard: int, reclaim_idle_ms: int) -> dict[str, Any]:
+def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
     ctx = context()
     try:
-        result = ctx.outbox.flush(shard, reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
+        result = ctx.outbox.flush(shards, reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
     except UnavailableError as exc:
-        log.warning("shard %s not flushed: %s", shard, exc.message)
-        ctx.redis.set(flush_key(shard), "backoff", px=UNAVAILABLE_BACKOFF_MS)
-        return {"shard": shard, "error": exc.message}
-    ctx.redis.delete(flush_key(shard))
+        log.warning("shards %s not flushed: %s", shards, exc.message)
+        pipe = ctx.redis.pipeline(transaction=False)
+        for shard in shards:
+            pipe.set(flush_key(shard), "backoff", px=UNAVAILABLE_BACKOFF_MS)
+        pipe.execute()
+        return {"shards": shards, "error": exc.message}
+    ctx.redis.delete(*(flush_key(shard) for shard in shards))
     if result.dead_letters:
-        log.error("shard %s: %s entries dead-lettered", shard, result.dead_letters)
+        log.error("shards %s: %s entries dead-lettered", shards, result.dead_letters)
     return {
-        "shard": shard,
+        "shards": shards,
         "persisted": result.persisted,
         "duplicates": result.duplicates,
         "dead_letters": result.dead_letters,

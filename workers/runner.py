@@ -55,7 +55,7 @@ def run(settings: Settings, *, burst: bool) -> int:
 
 
 def sweep(redis: "Redis", queue: Queue, reclaim_idle_ms: int) -> list[int]:
-    """Queue a flush for every shard with entries and no flush queued; return those shards."""
+    """Queue one flush of every shard with entries and no flush queued; return those shards."""
     pipe = redis.pipeline(transaction=False)
     for shard in range(SHARDS):
         pipe.xlen(outbox_key(shard))
@@ -66,9 +66,9 @@ def sweep(redis: "Redis", queue: Queue, reclaim_idle_ms: int) -> list[int]:
     for shard in busy:
         pipe.set(flush_key(shard), "queued", nx=True, px=FLUSH_LOCK_MS)
     queued = [shard for shard, acquired in zip(busy, pipe.execute(), strict=True) if acquired]
-    for shard in queued:
+    if queued:
         queue.enqueue(
-            "workers.jobs.flush_shard", shard, reclaim_idle_ms, result_ttl=60, job_timeout=120
+            "workers.jobs.flush_shards", queued, reclaim_idle_ms, result_ttl=60, job_timeout=120
         )
     return queued
 

@@ -26,7 +26,12 @@ function request()
   local body = template:gsub("{user}", user)
   local headers = nil
   if idempotent then
-    headers = {["Idempotency-Key"] = salt .. "-" .. counter .. "-" .. math.random(1, 2000000000)}
+    -- wrk.format uses the table given instead of wrk.headers, not on top of it.
+    headers = {}
+    for name, value in pairs(wrk.headers) do
+      headers[name] = value
+    end
+    headers["Idempotency-Key"] = salt .. "-" .. counter .. "-" .. math.random(1, 2000000000)
   end
   local target = path:gsub("{user}", user)
   if method == "GET" then

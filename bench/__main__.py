@@ -1,0 +1,246 @@
+"""Run every benchmark scenario: `python -m bench` (about 8 minutes) or `--quick` (under 2).
+
+Starts its own Redis and PostgreSQL, serves Tally, the floor and the PostgreSQL-only peer with
+the same uvicorn settings, drives them with wrk, and writes docs/benchmarks.md, plus
+docs/benchmarks/results.json and chart.png.
+"""
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from bench import engine_bench, load, report
+from bench.stack import USERS, Stack, burst, server, stack, worker
+
+DEDUCT = '{"user_id":"{user}","amount":1}'
+ADD = '{"user_id":"{user}","amount":1,"description":"top-up"}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 2 min)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = parser.parse_args()
+    seconds = 2 if args.quick else 6
+    levels = [16, 64] if args.quick else [1, 16, 64]
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    started = time.monotonic()
+    machine = _machine(args.workers)
+    print(f"{command}: {machine['cpu']}, {machine['cores']} cores; {machine['load_generator']}")
+
+    rows: list[dict[str, Any]] = []
+
+    def measure(name: str, url: str, path: str, users: int, conns: int, **kw: Any) -> None:
+        result = load.run(url, path, connections=conns, seconds=seconds, users=users, **kw)
+        rows.append(
+            {
+                "scenario": name,
+                "users": users,
+                "connections": conns,
+                "rps": result.rps,
+                "p50_ms": result.p50_ms,
+                "p90_ms": result.p90_ms,
+                "p99_ms": result.p99_ms,
+                "errors": result.non2xx + result.socket_errors,
+            }
+        )
+        print(f"  {name:<34} users={users:<6} conns={conns:<3} {result.rps:>9.0f} req/s"
+              f"  p99 {result.p99_ms:.1f} ms")  # fmt: skip
+
+    with stack() as s:
+        key = s.api_key
+        with server("floor", s, args.workers) as url:
+            for users in (USERS, 1):
+                for conns in levels:
+                    measure("floor (bare EVALSHA)", url, "/deduct", users, conns, body=DEDUCT)
+        with server("tally", s, args.workers) as url:
+            for users in (USERS, 1):
+                for conns in levels:
+                    measure(
+                        "tally deduct", url, "/credits/deduct", users, conns, body=DEDUCT, key=key
+                    )
+            for conns in levels:
+                measure("tally deduct + Idempotency-Key", url, "/credits/deduct", USERS, conns,
+                        body=DEDUCT, key=key, idempotent=True)  # fmt: skip
+                measure("tally add", url, "/credits/add", USERS, conns, body=ADD, key=key)
+                measure("tally balance", url, "/credits/balance?user_id={user}", USERS, conns,
+                        key=key, method="GET")  # fmt: skip
+            _batch(url, key, measure)
+            peak = max(r["rps"] for r in rows if r["scenario"] == "tally deduct")
+            write_through = _write_through(s, url, key, peak, seconds)
+            aof = _aof(s, url, key, seconds)
+        with server("pg_peer", s, args.workers) as url:
+            for users in (USERS, 1):
+                for conns in levels:
+                    measure("pg peer deduct", url, "/credits/deduct", users, conns, body=DEDUCT,
+                            key=key)  # fmt: skip
+        engine = engine_bench.run(s, seconds)
+        for name, rate in engine.items():
+            print(f"  engine {name:<27} {rate:>9.0f} deducts/s")
+
+    results = {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine,
+        "http": rows,
+        "engine": engine,
+        "write_through": write_through | aof,
+    }
+    results["summary"] = _summary(rows, write_through, aof, peak)
+    print()
+    print(report.table(rows))
+    print()
+    for name, value in results["summary"].items():
+        print(f"{name}: {value}")
+    report.write(args.out, results, command)
+    print(f"\nwrote {args.out}/results.json, {args.out}/chart.png and "
+          f"{args.out.parent}/benchmarks.md in {time.monotonic() - started:.0f}s")  # fmt: skip
+
+
+def _batch(url: str, key: str, measure: Any) -> None:
+    operations = ",".join(
+        f'{{"type":"deduct","user_id":"u{i * 7 % USERS + 1}","amount":1}}' for i in range(1000)
+    )
+    measure("tally batch (1000 deducts)", url, "/credits/batch", USERS, 4,
+            body=f'{{"operations":[{operations}]}}', key=key)  # fmt: skip
+
+
+def _write_through(s: Stack, url: str, key: str, peak: float, seconds: float) -> dict[str, str]:
+    r = redis.Redis.from_url(s.settings.redis_url)
+    burst(s)  # start from empty outboxes
+    # One worker's rate: fill the outbox with no worker running, then drain it.
+    load.run(url, "/credits/deduct", connections=64, seconds=seconds * 2, users=USERS,
+             body=DEDUCT, key=key)  # fmt: skip
+    pending = sum(r.xlen(f"tally:{{s{i}}}:outbox") for i in range(64))
+    began = time.monotonic()
+    burst(s)
+    drain = time.monotonic() - began
+    began = time.monotonic()
+    burst(s)  # nothing left: what starting the process costs
+    startup = time.monotonic() - began
+    persisted = pending / max(drain - startup, 1e-3)
+    # Lag while the API runs at 80% of its peak, with one worker running.
+    with worker(s):
+        time.sleep(1)
+        since = datetime.now(UTC)
+        conns = 16
+        delay_ms = max(conns / (0.8 * peak) * 1000 - 1, 0)
+        paced = load.run(url, "/credits/deduct", connections=conns, seconds=seconds * 2,
+                         users=USERS, body=DEDUCT, key=key, delay_ms=delay_ms)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while (
+            sum(r.xlen(f"tally:{{s{i}}}:outbox") for i in range(64)) and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+    with psycopg.connect(s.settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),"
+            " percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), count(*)"
+            " FROM (SELECT extract(epoch FROM persisted_at - created_at) * 1000 AS lag"
+            "  FROM ledger_entries WHERE created_at >= %s) t",
+            (since,),
+        ).fetchone()
+    assert row is not None
+    return {
+        "entries persisted per second, one worker": f"{persisted:,.0f} ({pending:,} entries"
+        f" in {drain - startup:.2f}s after {startup:.2f}s of process start)",
+        "API deduct peak (req/s)": f"{peak:,.0f}",
+        "paced load (req/s, target 80% of peak)": f"{paced.rps:,.0f}",
+        "lag enqueue to COMMIT, p50 / p99 (ms)": f"{row[0] or 0:.0f} / {row[1] or 0:.0f}"
+        f" over {row[2]:,} entries",
+        "_persisted_per_second": f"{persisted:.0f}",
+        "_lag_p99_ms": f"{row[1] or 0:.0f}",
+    }
+
+
+def _aof(s: Stack, url: str, key: str, seconds: float) -> dict[str, str]:
+    r = redis.Redis.from_url(s.settings.redis_url)
+    rates = {}
+    for policy in ("everysec", "always"):
+        r.config_set("appendfsync", policy)
+        result = load.run(url, "/credits/deduct", connections=64, seconds=seconds, users=USERS,
+                          body=DEDUCT, key=key)  # fmt: skip
+        rates[policy] = result
+    r.config_set("appendfsync", "everysec")
+    every, always = rates["everysec"], rates["always"]
+    return {
+        "deduct, AOF everysec (req/s, p99 ms)": f"{every.rps:,.0f}, {every.p99_ms:.1f}",
+        "deduct, AOF always (req/s, p99 ms)": f"{always.rps:,.0f}, {always.p99_ms:.1f}",
+        "AOF always / everysec throughput": f"{always.rps / every.rps:.2f}",
+    }
+
+
+def _summary(
+    rows: list[dict[str, Any]], wt: dict[str, str], aof: dict[str, str], peak: float
+) -> dict[str, str]:
+    def get(scenario: str, users: int, conns: int) -> dict[str, Any]:
+        return next(
+            r for r in rows
+            if r["scenario"] == scenario and r["users"] == users and r["connections"] == conns
+        )  # fmt: skip
+
+    out = {}
+    for conns in (16, 64):
+        tally, floor = get("tally deduct", USERS, conns), get("floor (bare EVALSHA)", USERS, conns)
+        out[f"deduct / floor throughput, {conns} conns (target >= 0.8)"] = (
+            f"{tally['rps'] / floor['rps']:.2f}"
+        )
+    tally, floor = get("tally deduct", USERS, 16), get("floor (bare EVALSHA)", USERS, 16)
+    out["deduct / floor p99, 16 conns (target <= 1.5)"] = f"{tally['p99_ms'] / floor['p99_ms']:.2f}"
+    for users, target in ((1, 5), (USERS, 1.5)):
+        best_tally = max(
+            r["rps"] for r in rows if r["scenario"] == "tally deduct" and r["users"] == users
+        )
+        best_peer = max(
+            r["rps"] for r in rows if r["scenario"] == "pg peer deduct" and r["users"] == users
+        )
+        label = "one hot user" if users == 1 else f"{USERS:,} users"
+        out[f"deduct / pg peer, {label} (target >= {target})"] = f"{best_tally / best_peer:.1f}"
+    batch = next(r for r in rows if r["scenario"] == "tally batch (1000 deducts)")
+    out["batch deducts per second (target >= 50,000)"] = f"{batch['rps'] * 1000:,.0f}"
+    persisted = float(wt["_persisted_per_second"])
+    out["one worker persists / API deduct peak (target >= 3)"] = f"{persisted / peak:.1f}"
+    out["write-through lag p99 at 80% of peak, ms (target < 250)"] = wt["_lag_p99_ms"]
+    out["AOF always / everysec throughput"] = aof["AOF always / everysec throughput"]
+    return out
+
+
+def _machine(workers: int) -> dict[str, Any]:
+    def first_line(command: list[str]) -> str:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "redis": first_line(["redis-server", "--version"]),
+        "postgres": first_line(["psql", "--version"]),
+        "load_generator": load.wrk_version(),
+        "workers": workers,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The servers a benchmark run starts: Redis (AOF on), PostgreSQL, and the HTTP apps."""
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+import redis
+
+from engine.apps import Apps
+from engine.credits import Credits
+from engine.db import migrate, open_pool
+from engine.models import AppContext, Operation
+from engine.redis_client import hot_path_redis
+from engine.repository import Repository
+from engine.settings import Settings
+from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
+
+USERS = 10_000
+FUNDS = 10**12  # per user: no run can drain it
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    postgres: PostgresServer
+    settings: Settings
+    app: AppContext
+    api_key: str
+
+    def env(self) -> dict[str, str]:
+        return os.environ | {
+            "TALLY_REDIS_URL": self.settings.redis_url,
+            "TALLY_DATABASE_URL": self.settings.database_url,
+            "TALLY_LOG_LEVEL": "warning",
+            "PEER_KEY": self.api_key,
+        }
+
+
+@contextmanager
+def stack() -> Iterator[Stack]:
+    redis_server = RedisServer(appendonly=True).start()
+    postgres = PostgresServer().start()
+    try:
+        settings = Settings(redis_url=redis_server.url, database_url=postgres.url)
+        pool = open_pool(settings.database_url, 2, wait=True)
+        migrate(pool)
+        app, key = Apps(Repository(pool)).create("bench")
+        context = AppContext(app.app_id, 0)
+        asyncio.run(_fund(settings, Repository(pool), context))
+        pool.close()
+        _fund_peers(settings)
+        yield Stack(redis_server, postgres, settings, context, key.api_key)
+    finally:
+        redis_server.stop()
+        postgres.stop()
+
+
+async def _fund(settings: Settings, repository: Repository, app: AppContext) -> None:
+    client = hot_path_redis(settings.redis_url, 8)
+    credits = Credits(client, repository, settings)
+    users = ["hot", *(f"u{i}" for i in range(1, USERS + 1))]
+    for start in range(0, len(users), 1000):
+        ops = [Operation("add", user, FUNDS) for user in users[start : start + 1000]]
+        await credits.batch(app, ops)
+    await client.aclose()
+
+
+def _fund_peers(settings: Settings) -> None:
+    from bench.apps.pg_peer import SCHEMA
+
+    users = ["hot", *(f"u{i}" for i in range(1, USERS + 1))]
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(SCHEMA)  # type: ignore[arg-type]
+        with conn.cursor().copy("COPY peer_accounts FROM STDIN") as copy:
+            for user in users:
+                copy.write_row((user, FUNDS, "now"))
+    floor = redis.Redis.from_url(settings.redis_url)
+    pipe = floor.pipeline(transaction=False)
+    for user in users:
+        pipe.hset(f"floor:{{{user}}}", "balance", FUNDS)
+    pipe.execute()
+
+
+@contextmanager
+def server(kind: str, stack: Stack, workers: int) -> Iterator[str]:
+    """Serve `kind` (tally, floor or peer) with the same uvicorn settings; yield its URL."""
+    port = free_port()
+    if kind == "tally":
+        command = [sys.executable, "-m", "api.cli", "serve", "--workers", str(workers)]
+    else:
+        command = [
+            sys.executable, "-m", "uvicorn", f"bench.apps.{kind}:create_app", "--factory",
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)], env=stack.env()
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextmanager
+def worker(stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=stack.env())
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def burst(stack: Stack) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "api.cli", "worker", "--burst"], env=stack.env(), check=True
+    )
