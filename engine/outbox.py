@@ -69,8 +69,12 @@ class OutboxWriter:
                 ids = [message_id for message_id, _ in batch]
                 pipe.xack(outbox_key(shard), GROUP, *ids)
                 pipe.xdel(outbox_key(shard), *ids)
+            persisted_ids: dict[int, list[str]] = {}
             for entry in entries:
-                pipe.hdel(unpersisted_key(shard_of(entry.app_id, entry.user_id)), entry.ledger_id)
+                shard = shard_of(entry.app_id, entry.user_id)
+                persisted_ids.setdefault(shard, []).append(entry.ledger_id)
+            for shard, ledger_ids in persisted_ids.items():
+                pipe.hdel(unpersisted_key(shard), *ledger_ids)
             pipe.execute()
             persisted += inserted
             duplicates += len(entries) - inserted

@@ -2,7 +2,7 @@
 
 import json
 import logging
-from dataclasses import asdict, astuple, fields
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -219,8 +219,10 @@ def _entry(row: Any) -> LedgerEntry:
 def _insert(conn: psycopg.Connection, entries: list[LedgerEntry]) -> int:
     if not entries:
         return 0
-    columns: list[tuple[Any, ...]] = list(zip(*(astuple(e) for e in entries), strict=True))
-    metadata = [None if m is None else json.dumps(m) for m in columns[8]]
+    columns = [[getattr(entry, name) for entry in entries] for name in _INSERT_FIELDS]
+    columns[_INSERT_FIELDS.index("metadata")] = [
+        None if entry.metadata is None else json.dumps(entry.metadata) for entry in entries
+    ]
     cursor = conn.execute(
         "INSERT INTO ledger_entries (ledger_id, app_id, user_id, kind, amount, balance_after,"
         " description, reference_id, metadata, idempotency_key, refund_of, seq, created_at)"
@@ -232,9 +234,15 @@ def _insert(conn: psycopg.Connection, entries: list[LedgerEntry]) -> int:
         # No conflict target: a replayed entry (same ledger_id) is skipped, and so is a second
         # refund of one entry, which the scripts already refuse; reconciliation would show it.
         " ON CONFLICT DO NOTHING",
-        [list(c) for c in columns[:8]] + [metadata] + [list(c) for c in columns[9:]],
+        columns,
     )
     return cursor.rowcount
+
+
+_INSERT_FIELDS = (
+    "ledger_id", "app_id", "user_id", "kind", "amount", "balance_after", "description",
+    "reference_id", "metadata", "idempotency_key", "refund_of", "seq", "created_at_ms",
+)  # fmt: skip
 
 
 def _insert_dead(conn: psycopg.Connection, dead: list[tuple[int, str, str, str]]) -> None:

@@ -9,6 +9,7 @@ from redis import Redis
 
 from engine.db import open_pool
 from engine.outbox import OutboxWriter
+from engine.redis_client import worker_redis
 from engine.repository import Repository
 from engine.settings import Settings
 from engine.webhook_repository import WebhookRepository
@@ -27,7 +28,7 @@ class Context:
 @cache
 def context() -> Context:
     settings = Settings()
-    redis: Redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = worker_redis(settings.redis_url)
     pool = open_pool(settings.database_url, 3)
     repository = Repository(pool)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
