@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from engine.apps import KEY_PATTERN, hash_key
 from engine.errors import AuthenticationError, UnavailableError
@@ -17,14 +18,21 @@ _MAX_ENTRIES = 100_000
 _DEGRADED_SECONDS = 5.0
 _LOOKUP_TIMEOUT = 0.5
 
-_Entry = tuple[float, AppContext | None]  # (fresh until, per time.monotonic; app or unknown)
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    app: AppContext | None  # None: no such key, or revoked
+    refresh_after: float  # time.monotonic(): look it up again in the background from here...
+    expires: float  # ...and stop trusting it from here
 
 
 class KeyCache:
-    """Resolves keys with at most one PostgreSQL lookup per key per `ttl` seconds per process.
+    """Resolves keys with about one PostgreSQL lookup per key per `ttl / 2` seconds per process.
 
-    A revoked key stops working once its entry is older than `ttl` (at most a second), except
-    while PostgreSQL is unreachable: then known keys keep working and unknown ones get 503.
+    An entry older than half its ttl is refreshed in the background while it keeps serving, so
+    requests never wait on the lookup under steady traffic; one older than `ttl` is not trusted
+    and the request waits. A revoked key therefore stops working within `ttl` (under a second),
+    except while PostgreSQL is unreachable: then known keys keep working and unknown ones get 503.
     """
 
     def __init__(self, repository: Repository, ttl: float) -> None:
@@ -41,33 +49,43 @@ class KeyCache:
             raise AuthenticationError("malformed Authorization header: expected Bearer tally_...")
         key_hash = hash_key(token)
         entry = self._entries.get(key_hash)
-        if entry is None or entry[0] <= time.monotonic():
+        now = time.monotonic()
+        if entry is None or entry.expires <= now:
             entry = await self._refresh(key_hash, entry)
-        if entry[1] is None:
+        elif entry.refresh_after <= now:
+            self._refresh_in_background(key_hash, entry)
+        if entry.app is None:
             raise AuthenticationError("invalid API key")
-        return entry[1]
+        return entry.app
+
+    def _refresh_in_background(self, key_hash: bytes, entry: _Entry) -> None:
+        if key_hash not in self._inflight:
+            self._start(key_hash, entry)
 
     async def _refresh(self, key_hash: bytes, stale: _Entry | None) -> _Entry:
-        task = self._inflight.get(key_hash)
-        if task is None:
-            task = asyncio.create_task(self._lookup(key_hash, stale))
-            self._inflight[key_hash] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        task = self._inflight.get(key_hash) or self._start(key_hash, stale)
         return await asyncio.shield(task)
+
+    def _start(self, key_hash: bytes, stale: _Entry | None) -> "asyncio.Task[_Entry]":
+        task = asyncio.create_task(self._lookup(key_hash, stale))
+        self._inflight[key_hash] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        return task
 
     async def _lookup(self, key_hash: bytes, stale: _Entry | None) -> _Entry:
         try:
             app = await asyncio.to_thread(self._repository.app_for_key, key_hash, _LOOKUP_TIMEOUT)
             ttl = self._ttl
         except UnavailableError:
-            if stale is None or stale[1] is None:
+            if stale is None or stale.app is None:
                 raise
             log.warning(
                 "PostgreSQL unreachable; serving a cached API key for %ss", _DEGRADED_SECONDS
             )
-            app, ttl = stale[1], _DEGRADED_SECONDS
+            app, ttl = stale.app, _DEGRADED_SECONDS
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()
-        entry = (time.monotonic() + ttl, app)
+        now = time.monotonic()
+        entry = _Entry(app, refresh_after=now + ttl / 2, expires=now + ttl)
         self._entries[key_hash] = entry
         return entry

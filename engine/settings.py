@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
     recent_entries: int = Field(default=200, ge=1, le=10_000)
     # How stale an API key lookup may be: bounds how long a revoked key keeps working.
-    auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
+    auth_cache_seconds: float = Field(default=0.8, ge=0, le=1)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     redis_max_connections: int = Field(default=256, ge=1)
     database_pool_size: int = Field(default=4, ge=1)
