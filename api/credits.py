@@ -55,6 +55,10 @@ async def deduct(request: Request) -> Response:
 async def batch(request: Request) -> Response:
     svc = services(request)
     app = await svc.auth.authenticate(request.headers.get("authorization"))
+    if "idempotency-key" in request.headers:
+        raise InvalidRequestError(
+            "a batch takes no Idempotency-Key header: give each operation its idempotency_key"
+        )
     body = parse_body(BatchRequest, await read_body(request, MAX_BATCH_BYTES))
     operations = [
         Operation(

@@ -75,7 +75,7 @@ def _fund_peers(settings: Settings) -> None:
 
     users = ["hot", *(f"u{i}" for i in range(1, USERS + 1))]
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(SCHEMA)  # type: ignore[arg-type]
+        conn.execute(SCHEMA)
         with conn.cursor().copy("COPY peer_accounts FROM STDIN") as copy:
             for user in users:
                 copy.write_row((user, FUNDS, "now"))

@@ -139,7 +139,7 @@ class PostgresServer:
         if fresh:
             admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
             with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{self.dbname}"')  # type: ignore[arg-type]
+                conn.execute(f'CREATE DATABASE "{self.dbname}"')
         return self
 
     def halt(self) -> None:

@@ -46,6 +46,10 @@ def test_idempotency_keys_work_per_operation(client: httpx.Client) -> None:
     assert client.get("/credits/balance", params={"user_id": "u"}).json()["balance"] == 70
     changed = {"type": "deduct", "user_id": "u", "amount": 31, "idempotency_key": "use-1"}
     assert batch(client, changed).json()["results"][0]["status"] == 422
+    with_header = client.post(
+        "/credits/batch", json={"operations": ops}, headers={"Idempotency-Key": "whole"}
+    )
+    assert with_header.status_code == 400 and "idempotency_key" in with_header.json()["error"]
 
 
 def test_a_malformed_batch_is_refused_whole_naming_the_operation(client: httpx.Client) -> None:

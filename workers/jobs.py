@@ -8,7 +8,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from engine.credits import Credits
 from engine.errors import UnavailableError
-from engine.keys import flush_key
+from engine.keys import SHARDS, flush_key
 from engine.reconcile import reconcile
 from workers.context import context
 
@@ -21,9 +21,14 @@ UNAVAILABLE_BACKOFF_MS = 1_000
 
 
 def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
+    """Persist every shard's outbox; `shards` are the ones whose flush marker this job holds.
+
+    Reading all shards, not just those, keeps an entry that lands in another shard meanwhile
+    from waiting for the next job: RQ runs one job at a time per worker.
+    """
     ctx = context()
     try:
-        result = ctx.outbox.flush(shards, reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
+        result = ctx.outbox.flush(list(range(SHARDS)), reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
     except UnavailableError as exc:
         log.warning("shards %s not flushed: %s", shards, exc.message)
         pipe = ctx.redis.pipeline(transaction=False)
