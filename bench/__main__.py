@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import redis
 
-from bench import engine_bench, load, report
+from bench import cpu, engine_bench, load, report
 from bench.stack import USERS, Stack, burst, server, stack, worker
 
 DEDUCT = '{"user_id":"{user}","amount":1}'
@@ -86,6 +86,9 @@ def main() -> None:
         engine = engine_bench.run(s, seconds)
         for name, rate in engine.items():
             print(f"  engine {name:<27} {rate:>9.0f} deducts/s")
+        cpu_us = cpu.run(s, 2_000 if args.quick else 10_000)
+        print("  CPU per request, in-process: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in cpu_us.items()))  # fmt: skip
 
     results: dict[str, Any] = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -93,9 +96,13 @@ def main() -> None:
         "machine": machine,
         "http": rows,
         "engine": engine,
+        "cpu_us_per_request": cpu_us,
         "write_through": write_through | aof,
     }
     results["summary"] = _summary(rows, write_through, aof, peak)
+    results["summary"]["CPU per deduct, in-process: tally / floor"] = (
+        f"{cpu_us['tally / floor']:.2f} ({cpu_us['tally deduct']:.0f} vs {cpu_us['floor']:.0f} µs)"
+    )
     print()
     print(report.table(rows))
     print()
@@ -131,11 +138,17 @@ def _write_through(s: Stack, url: str, key: str, peak: float, seconds: float) ->
     # Lag while the API runs at 80% of its peak, with one worker running.
     with worker(s):
         time.sleep(1)
+        # wrk paces each connection by a pause between its requests; a short run tells how
+        # much the response time adds to the pause, the real run subtracts it.
+        conns, target = 64, 0.8 * peak
+        period_ms = conns / target * 1000
+        probe = load.run(url, "/credits/deduct", connections=conns, seconds=2, users=USERS,
+                         body=DEDUCT, key=key, delay_ms=period_ms)  # fmt: skip
+        response_ms = max(conns / probe.rps * 1000 - period_ms, 0)
         since = datetime.now(UTC)
-        conns = 16
-        delay_ms = max(conns / (0.8 * peak) * 1000 - 1, 0)
         paced = load.run(url, "/credits/deduct", connections=conns, seconds=seconds * 2,
-                         users=USERS, body=DEDUCT, key=key, delay_ms=delay_ms)  # fmt: skip
+                         users=USERS, body=DEDUCT, key=key,
+                         delay_ms=max(period_ms - response_ms, 0))  # fmt: skip
         deadline = time.monotonic() + 60
         while (
             sum(r.xlen(f"tally:{{s{i}}}:outbox") for i in range(64)) and time.monotonic() < deadline

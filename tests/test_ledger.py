@@ -378,7 +378,7 @@ def test_scheduled_reconciliation_job_runs_in_the_worker(settings: Settings) -> 
     with psycopg.connect(settings.database_url) as conn:
         before = conn.execute("SELECT count(*) FROM reconciliation_reports").fetchone()
     redis.Redis.from_url(settings.redis_url).delete("tally:reconcile:scheduled")
-    worker = WorkerProcess(tally_env(settings) | {"TALLY_RECONCILE_INTERVAL_SECONDS": "3600"})
+    worker = WorkerProcess(tally_env(settings) | {"TALLY_RECONCILE_INTERVAL_SECONDS": "2"})
     try:
 
         def reported() -> bool:

@@ -40,6 +40,10 @@ def run(settings: Settings, *, burst: bool) -> int:
     text.delete(*(flush_key(shard) for shard in range(SHARDS)))
     if burst:
         return _drain(text, queue, worker)
+    if settings.reconcile_interval_seconds:
+        # The first reconciliation comes one interval after the first worker ever started, not
+        # at every start: while it runs, this worker persists nothing.
+        text.set(_RECONCILE_KEY, "1", nx=True, ex=settings.reconcile_interval_seconds)
     stop = threading.Event()
     sweeper = threading.Thread(
         target=_sweep_forever, args=(text, queue, settings, stop), name="sweeper", daemon=True

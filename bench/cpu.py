@@ -1,0 +1,66 @@
+"""CPU per request, in-process: the ASGI app called directly, no HTTP server, no load
+generator. Far steadier than wrk on a shared machine, and it isolates what the app itself
+costs: the floor and Tally's deduct, side by side."""
+
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+import uvloop
+from starlette.applications import Starlette
+
+from bench.stack import Stack
+
+_BODY = b'{"user_id":"hot","amount":1}'
+
+
+def run(stack: Stack, requests: int) -> dict[str, float]:
+    return uvloop.run(_run(stack, requests))
+
+
+async def _run(stack: Stack, requests: int) -> dict[str, float]:
+    import os
+
+    from api.app import create_app as tally
+    from bench.apps.floor import create_app as floor
+
+    os.environ["TALLY_REDIS_URL"] = stack.settings.redis_url
+    results = {}
+    for name, app, path, key in [
+        ("floor", floor(), "/deduct", None),
+        ("tally deduct", tally(stack.settings), "/credits/deduct", stack.api_key),
+    ]:
+        async with app.router.lifespan_context(app):
+            results[name] = await _cpu_per_request(app, path, key, requests)
+    results["tally / floor"] = results["tally deduct"] / results["floor"]
+    return results
+
+
+async def _cpu_per_request(app: Starlette, path: str, key: str | None, n: int) -> float:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_BODY))]
+    if key:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    statuses = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": _BODY, "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    for _ in range(200):  # warm up: connections, caches
+        await app(dict(scope, state={}), receive, send)
+    started = time.process_time()
+    for _ in range(n):
+        await app(dict(scope, state={}), receive, send)
+    cpu = (time.process_time() - started) / n * 1e6
+    if statuses != {200}:
+        raise RuntimeError(f"{path} answered {statuses}")
+    return cpu
