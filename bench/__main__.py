@@ -12,6 +12,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import psycopg
@@ -28,9 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 2 min)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per HTTP scenario, medians reported"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
-    seconds = 2 if args.quick else 6
+    seconds = 2 if args.quick else 5
+    args.repeat = args.repeat or (1 if args.quick else 3)
     levels = [16, 64] if args.quick else [1, 16, 64]
     command = "python -m bench" + (" --quick" if args.quick else "")
     started = time.monotonic()
@@ -40,21 +45,24 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def measure(name: str, url: str, path: str, users: int, conns: int, **kw: Any) -> None:
-        result = load.run(url, path, connections=conns, seconds=seconds, users=users, **kw)
-        rows.append(
-            {
-                "scenario": name,
-                "users": users,
-                "connections": conns,
-                "rps": result.rps,
-                "p50_ms": result.p50_ms,
-                "p90_ms": result.p90_ms,
-                "p99_ms": result.p99_ms,
-                "errors": result.non2xx + result.socket_errors,
-            }
-        )
-        print(f"  {name:<34} users={users:<6} conns={conns:<3} {result.rps:>9.0f} req/s"
-              f"  p99 {result.p99_ms:.1f} ms")  # fmt: skip
+        runs = [
+            load.run(url, path, connections=conns, seconds=seconds, users=users, **kw)
+            for _ in range(args.repeat)
+        ]
+        row = {
+            "scenario": name,
+            "users": users,
+            "connections": conns,
+            "rps": median(r.rps for r in runs),
+            "p50_ms": median(r.p50_ms for r in runs),
+            "p90_ms": median(r.p90_ms for r in runs),
+            "p99_ms": median(r.p99_ms for r in runs),
+            "errors": sum(r.non2xx + r.socket_errors for r in runs),
+            "runs": len(runs),
+        }
+        rows.append(row)
+        print(f"  {name:<34} users={users:<6} conns={conns:<3} {row['rps']:>9.0f} req/s"
+              f"  p99 {row['p99_ms']:.1f} ms")  # fmt: skip
 
     with stack() as s:
         key = s.api_key
@@ -86,7 +94,8 @@ def main() -> None:
         engine = engine_bench.run(s, seconds)
         for name, rate in engine.items():
             print(f"  engine {name:<27} {rate:>9.0f} deducts/s")
-        cpu_us = cpu.run(s, 2_000 if args.quick else 10_000)
+        cpu_runs = [cpu.run(s, 2_000 if args.quick else 10_000) for _ in range(args.repeat)]
+        cpu_us = {name: median(run[name] for run in cpu_runs) for name in cpu_runs[0]}
         print("  CPU per request, in-process: " + ", ".join(
             f"{name} {value:.2f}" for name, value in cpu_us.items()))  # fmt: skip
 

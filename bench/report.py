@@ -71,9 +71,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
     )
     return f"""# Benchmarks
 
-Produced by `{command}` on {results["finished_at"]}; every figure comes from that one run, and
-ratios compare runs of the same session. Treat figures as ±30%: the machine is shared and the
-load generator runs on the same cores as the servers.
+Produced by `{command}` on {results["finished_at"]}; every figure comes from that one session
+and ratios compare runs of it. HTTP figures are medians of {results["http"][0]["runs"]} runs of
+each scenario. Treat them as ±30%: the machine is shared and the load generator runs on the
+same cores as the servers.
 
 **Machine:** {machine["cpu"]}, {machine["cores"]} cores, {machine["memory"]}; {machine["os"]};
 Python {machine["python"]}; {machine["redis"]}; {machine["postgres"]}; load generator
