@@ -47,13 +47,19 @@ class OutboxWriter:
         """Persist the shards' entries until their streams are empty or the budget is spent.
 
         Each round reads every shard in one pipelined round trip, inserts what it read in one
-        transaction, then acknowledges and deletes it in one more round trip.
+        transaction, then acknowledges and deletes it in one more round trip. The batch is
+        shared among the shards that had entries last round; the others are still probed, so
+        an entry landing anywhere waits one round, not one job.
         """
         deadline = time.monotonic() + budget_seconds
         persisted = duplicates = dead_letters = 0
         lag_ms: list[int] = []
-        while shards and time.monotonic() < deadline:
-            batches = self._read(shards, reclaim_idle_ms)
+        probe = max(1, min(10, self._batch_size // len(shards)))
+        busy = set(shards)
+        while time.monotonic() < deadline:
+            share = max(probe, self._batch_size // len(busy))
+            counts = {shard: share if shard in busy else probe for shard in shards}
+            batches = self._read(counts, reclaim_idle_ms)
             if not batches:
                 break
             entries: list[LedgerEntry] = []
@@ -80,35 +86,36 @@ class OutboxWriter:
             duplicates += len(entries) - inserted
             dead_letters += len(dead)
             lag_ms.extend(committed_ms - entry.created_at_ms for entry in entries)
-            shards = list(batches)  # a shard that had nothing this round is done
+            busy = set(batches)
         return FlushResult(persisted, duplicates, dead_letters, lag_ms)
 
-    def _read(self, shards: list[int], reclaim_idle_ms: int) -> dict[int, list[_Message]]:
-        """Per shard: this writer's own unacknowledged entries, else entries a writer that
-        died was holding, else new ones."""
-        count = max(1, self._batch_size // len(shards))
-        own = self._each(shards, lambda pipe, key: pipe.xreadgroup(
+    def _read(self, counts: dict[int, int], reclaim_idle_ms: int) -> dict[int, list[_Message]]:
+        """Up to counts[shard] entries per shard: this writer's own unacknowledged entries,
+        else entries a writer that died was holding, else new ones."""
+        own = self._each(counts, lambda pipe, key, count: pipe.xreadgroup(
             GROUP, self._consumer, {key: "0"}, count=count))  # fmt: skip
         found = {
             shard: _messages(reply[0][1]) for shard, reply in own.items() if reply and reply[0][1]
         }
         if found:
             return found
-        claimed = self._each(shards, lambda pipe, key: pipe.xautoclaim(
+        claimed = self._each(counts, lambda pipe, key, count: pipe.xautoclaim(
             key, GROUP, self._consumer, min_idle_time=reclaim_idle_ms, count=count))  # fmt: skip
         found = {shard: _messages(reply[1]) for shard, reply in claimed.items() if reply[1]}
         if found:
             return found
-        new = self._each(shards, lambda pipe, key: pipe.xreadgroup(
+        new = self._each(counts, lambda pipe, key, count: pipe.xreadgroup(
             GROUP, self._consumer, {key: ">"}, count=count))  # fmt: skip
         return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
 
-    def _each(self, shards: list[int], command: Any) -> dict[int, Any]:
-        """One command per shard in one round trip; a shard without its consumer group (a new
-        stream, or Redis lost its data) gets the group and answers nothing this time."""
+    def _each(self, counts: dict[int, int], command: Any) -> dict[int, Any]:
+        """One command per shard, given its count, in one round trip; a shard without its
+        consumer group (a new stream, or Redis lost its data) gets the group and answers
+        nothing this time."""
+        shards = list(counts)
         pipe = self._redis.pipeline(transaction=False)
         for shard in shards:
-            command(pipe, outbox_key(shard))
+            command(pipe, outbox_key(shard), counts[shard])
         replies = {}
         for shard, reply in zip(shards, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
