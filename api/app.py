@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from api import credits, health, webhooks
+from api import config, credits, health, webhooks
 from api.errors import HANDLERS
 from api.services import Services
 from engine.settings import Settings
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/credits/batch", credits.batch, methods=["POST"]),
         Route("/credits/balance", credits.balance, methods=["GET"]),
         Route("/credits/history", credits.history, methods=["GET"]),
+        Route("/credits/config", config.get_config, methods=["GET"]),
+        Route("/credits/config", config.patch_config, methods=["PATCH"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]

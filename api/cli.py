@@ -14,7 +14,7 @@ from typing import Any
 from engine.apps import Apps, webhook_urls
 from engine.db import migrate, open_pool
 from engine.errors import TallyError
-from engine.models import MAX_AMOUNT, ApiKey, App
+from engine.models import CREDITS_CONFIG, MAX_AMOUNT, ApiKey, App
 from engine.outbox import outbox_lag
 from engine.reconcile import reconcile
 from engine.repository import Repository
@@ -23,6 +23,12 @@ from engine.webhook_repository import WebhookEvent, WebhookRepository
 from engine.webhooks import Webhooks
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
+_FLAGS = (
+    "credits_enabled",
+    "overdraft_enabled",
+    "manual_top_up_available",
+    "auto_top_up_available",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -103,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         update.add_argument("--" + secret.replace("_", "-"), dest=secret, metavar="SECRET")
     update.add_argument("--credit-rate", type=_credit_rate, metavar="R")
     update.add_argument("--overdraft-limit", type=_overdraft_limit, metavar="N")
+    # The credits configuration (also PATCH /credits/config).
+    update.add_argument("--credits-per-dollar", type=_credit_rate, metavar="R")
+    update.add_argument("--display-name", metavar="TEXT")
+    update.add_argument("--display-symbol", metavar="TEXT")
+    update.add_argument("--display-symbol-position", choices=("left", "right"))
+    update.add_argument("--display-decimals", type=int, metavar="N")
+    update.add_argument("--min-purchase-cents", type=int, metavar="N")
+    update.add_argument("--max-purchase-cents", type=int, metavar="N")
+    for flag in _FLAGS:
+        update.add_argument("--" + flag.replace("_", "-"), type=_boolean, metavar="true|false")
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
         required=True, metavar="ACTION"
@@ -118,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
         for sub in action.choices.values():
             sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError("must be true or false")
+    return text.lower() == "true"
 
 
 def _credit_rate(text: str) -> Decimal:
@@ -264,7 +286,7 @@ def _apps_show(args: argparse.Namespace, settings: Settings) -> None:
 def _apps_update(args: argparse.Namespace, settings: Settings) -> None:
     changes = {
         name: getattr(args, name)
-        for name in (*_SECRETS, "credit_rate", "overdraft_limit")
+        for name in (*_SECRETS, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
         if getattr(args, name) is not None
     }
     view = _app_view(_apps(settings).update(args.app_id, changes), settings)
@@ -294,6 +316,8 @@ def _app_view(app: App, settings: Settings) -> dict[str, Any]:
         # Secrets are write-only: show whether one is set, never its value.
         view[secret.replace("_secret", "_secret_set")] = view.pop(secret) is not None
     view["credit_rate"] = None if app.credit_rate is None else str(app.credit_rate)
+    rate = app.credits_per_dollar
+    view["credits_per_dollar"] = None if rate is None else str(rate)
     view["created_at"] = app.created_at.isoformat()
     view["webhook_urls"] = webhook_urls(app.app_id, settings.public_url)
     return view

@@ -124,6 +124,9 @@ async def history(request: Request) -> Response:
                     "ledger_id": entry.ledger_id,
                     "kind": entry.kind,
                     "amount": entry.amount,
+                    # The same two under the names the reauth credits API uses.
+                    "amount_delta": entry.amount,
+                    "reason": entry.description,
                     "balance_after": entry.balance_after,
                     "description": entry.description,
                     "reference_id": entry.reference_id,

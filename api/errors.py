@@ -44,6 +44,9 @@ def error_body(exc: TallyError) -> dict[str, object]:
     body: dict[str, object] = {"success": False, "error": exc.message}
     if isinstance(exc, InsufficientCreditsError):
         body["balance"] = exc.balance
+        if exc.floor:
+            # With overdraft the user may go below zero: say how far.
+            body["floor"] = exc.floor
     elif isinstance(exc, AlreadyRefundedError):
         body["refund_ledger_id"] = exc.refund_ledger_id
     return body

@@ -25,16 +25,28 @@ _FIELD_RULES = {
     "operations": f"operations must be a list of 1 to {MAX_BATCH} operations",
     "type": 'type must be "add" or "deduct"',
     "idempotency_key": "idempotency_key must be a string of 1 to 255 characters",
+    "credits_enabled": "credits_enabled must be true or false",
+    "credits_per_dollar": "credits_per_dollar must be a number above 0",
+    "display_name": "display_name must be a string of 1 to 50 characters",
+    "display_symbol": "display_symbol must be a string of 1 to 8 characters, or null",
+    "display_symbol_position": 'display_symbol_position must be "left" or "right"',
+    "display_decimals": "display_decimals must be an integer from 0 to 8",
+    "min_purchase_cents": "min_purchase_cents must be an integer of 0 or more",
+    "max_purchase_cents": "max_purchase_cents must be an integer of 0 or more",
+    "overdraft_enabled": "overdraft_enabled must be true or false",
+    "overdraft_limit": f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}",
+    "manual_top_up_available": "manual_top_up_available must be true or false",
+    "auto_top_up_available": "auto_top_up_available must be true or false",
 }
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # Strict: "10", 10.0 and true are not amounts. Unknown fields are refused, so a typo in an
     # optional field is an error instead of silently dropped data.
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-class EntryRequest(_Strict):
+class EntryRequest(Strict):
     user_id: Annotated[str, Field(min_length=1, max_length=256)]
     amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
     description: Annotated[str, Field(max_length=1000)] | None = None
@@ -47,16 +59,16 @@ class BatchOperation(EntryRequest):
     idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
 
 
-class BatchRequest(_Strict):
+class BatchRequest(Strict):
     operations: Annotated[list[BatchOperation], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-class RefundRequest(_Strict):
+class RefundRequest(Strict):
     ledger_id: Annotated[str, Field(min_length=1, max_length=64)]
     description: Annotated[str, Field(max_length=1000)] | None = None
 
 
-class UserQuery(_Strict):
+class UserQuery(Strict):
     user_id: Annotated[str, Field(min_length=1, max_length=256)]
 
 

@@ -10,6 +10,7 @@ from rq.serializers import JSONSerializer
 from starlette.requests import Request
 
 from api.auth import KeyCache
+from engine.apps import Apps
 from engine.credits import Credits
 from engine.db import open_pool
 from engine.redis_client import hot_path_redis
@@ -30,6 +31,7 @@ class Services:
     auth: KeyCache
     webhooks: Webhooks
     queue: Queue
+    apps: Apps
 
     @classmethod
     def start(cls, settings: Settings) -> "Services":
@@ -48,6 +50,7 @@ class Services:
             auth=KeyCache(repository, settings.auth_cache_seconds),
             webhooks=Webhooks(repository, WebhookRepository(pool)),
             queue=Queue(QUEUE, connection=raw_redis, serializer=JSONSerializer),
+            apps=Apps(repository),
         )
 
     async def close(self) -> None:

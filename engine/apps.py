@@ -3,11 +3,12 @@
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 
 from engine.errors import InvalidRequestError, NotFoundError
-from engine.models import ApiKey, App
+from engine.models import MAX_AMOUNT, ApiKey, App
 from engine.payments import PROVIDERS
 from engine.repository import Repository
 
@@ -34,6 +35,32 @@ class NewKey:
     key: ApiKey
 
 
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Every rule of an app's settings, checked on the merged result before anything is saved."""
+    problems = []
+    if not 1 <= len(settings["display_name"]) <= 50:
+        problems.append("display_name must be 1 to 50 characters")
+    symbol = settings["display_symbol"]
+    if symbol is not None and not 1 <= len(symbol) <= 8:
+        problems.append("display_symbol must be 1 to 8 characters")
+    if settings["display_symbol_position"] not in ("left", "right"):
+        problems.append('display_symbol_position must be "left" or "right"')
+    if not 0 <= settings["display_decimals"] <= 8:
+        problems.append("display_decimals must be an integer from 0 to 8")
+    if not 0 <= settings["min_purchase_cents"] <= MAX_AMOUNT:
+        problems.append("min_purchase_cents must be 0 or more")
+    if settings["max_purchase_cents"] < settings["min_purchase_cents"]:
+        problems.append("max_purchase_cents must not be below min_purchase_cents")
+    if not 0 <= settings["overdraft_limit"] <= MAX_AMOUNT:
+        problems.append(f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}")
+    for rate in ("credit_rate", "credits_per_dollar"):
+        value = settings[rate]
+        if value is not None and not (Decimal(value).is_finite() and Decimal(value) > 0):
+            problems.append(f"{rate} must be a number above 0")
+    if problems:
+        raise InvalidRequestError("; ".join(problems))
+
+
 class Apps:
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
@@ -56,6 +83,12 @@ class Apps:
     def update(self, app_id: str, changes: dict[str, Any]) -> App:
         if not changes:
             raise InvalidRequestError("nothing to update: pass at least one setting")
+        current = self.get(app_id)
+        changes = dict(changes)
+        if "overdraft_limit" in changes and "overdraft_enabled" not in changes:
+            # Setting a limit alone is how overdraft was always switched on.
+            changes["overdraft_enabled"] = changes["overdraft_limit"] > 0
+        _check_settings(asdict(current) | changes)
         app = self._repository.update_app(app_id, changes)
         if app is None:
             raise NotFoundError(f"no app {app_id}")

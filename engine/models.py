@@ -8,6 +8,21 @@ from typing import Any
 
 MAX_AMOUNT = 2**53 - 1  # exact in Lua's doubles and in JavaScript clients
 
+# An app's credits configuration, as GET /credits/config shows it (with overdraft_limit).
+CREDITS_CONFIG = (
+    "credits_enabled",
+    "credits_per_dollar",
+    "display_name",
+    "display_symbol",
+    "display_symbol_position",
+    "display_decimals",
+    "min_purchase_cents",
+    "max_purchase_cents",
+    "overdraft_enabled",
+    "manual_top_up_available",
+    "auto_top_up_available",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class AppContext:
@@ -27,6 +42,25 @@ class App:
     polar_webhook_secret: str | None
     lemonsqueezy_webhook_secret: str | None
     created_at: datetime
+    credits_enabled: bool
+    credits_per_dollar: Decimal | None
+    display_name: str
+    display_symbol: str | None
+    display_symbol_position: str
+    display_decimals: int
+    min_purchase_cents: int
+    max_purchase_cents: int
+    overdraft_enabled: bool
+    manual_top_up_available: bool
+    auto_top_up_available: bool
+
+    def context(self) -> AppContext:
+        return AppContext(self.app_id, self.overdraft_limit if self.overdraft_enabled else 0)
+
+    @property
+    def webhook_credit_rate(self) -> Decimal | None:
+        """Credits per major currency unit for payments without tally_credits."""
+        return self.credit_rate if self.credit_rate is not None else self.credits_per_dollar
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from engine.db import connection
 from engine.keys import shard_of
-from engine.models import ApiKey, App, AppContext, LedgerEntry
+from engine.models import CREDITS_CONFIG, ApiKey, App, AppContext, LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +23,14 @@ T = TypeVar("T")
 _APP_COLUMNS = ", ".join(f.name for f in fields(App))
 _KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
 
-# The app columns `tally apps update` may change.
+# The app columns `tally apps update` and PATCH /credits/config may change.
 APP_SETTINGS = (
     "overdraft_limit",
     "credit_rate",
     "stripe_webhook_secret",
     "polar_webhook_secret",
     "lemonsqueezy_webhook_secret",
+    *CREDITS_CONFIG,
 )
 
 
@@ -96,7 +97,8 @@ class Repository:
     def app_for_key(self, key_hash: bytes, timeout: float | None = None) -> AppContext | None:
         with connection(self._pool, timeout) as conn:
             row = conn.execute(
-                "SELECT a.app_id, a.overdraft_limit FROM api_keys k JOIN apps a USING (app_id)"
+                "SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END"
+                " FROM api_keys k JOIN apps a USING (app_id)"
                 " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
                 (key_hash,),
             ).fetchone()

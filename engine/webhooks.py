@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from engine.credits import Credits
 from engine.errors import InvalidRequestError, NotFoundError, TallyError, UnavailableError
-from engine.models import App, AppContext
+from engine.models import App
 from engine.payments import PROVIDERS, PaymentEvent, credits_for, parse, verify
 from engine.repository import Repository
 from engine.webhook_repository import PaymentTransaction, WebhookEvent, WebhookRepository
@@ -107,16 +107,17 @@ class Webhooks:
             return
         amount = payment.credits
         if amount is None:
-            if app.credit_rate is None or payment.amount_minor is None or not payment.currency:
+            rate = app.webhook_credit_rate
+            if rate is None or payment.amount_minor is None or not payment.currency:
                 reason = "no tally_credits in the metadata and no credit_rate set for the app"
                 tx.finish(event.event_pk, "ignored", reason)
                 return
-            amount = credits_for(payment.amount_minor, payment.currency, Decimal(app.credit_rate))
+            amount = credits_for(payment.amount_minor, payment.currency, Decimal(rate))
             if amount < 1:
                 tx.finish(event.event_pk, "ignored", "payment buys less than one credit")
                 return
         result = await credits.add(
-            AppContext(app.app_id, app.overdraft_limit),
+            app.context(),
             payment.user_id,
             amount,
             description=f"{event.provider} payment",
@@ -156,7 +157,7 @@ class Webhooks:
             )
             return
         result = await credits.take_back(
-            AppContext(app.app_id, app.overdraft_limit),
+            app.context(),
             credit.user_id,
             wanted,
             description=f"{event.provider} refund",

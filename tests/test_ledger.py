@@ -142,6 +142,8 @@ def test_history_newest_first_with_documented_fields(
     )  # fmt: skip
     assert (add["kind"], add["amount"], add["metadata"]) == ("add", 10, {"a": 1})
     assert deduct["created_at"].endswith("Z")
+    # The reauth-style names of the same facts.
+    assert (deduct["amount_delta"], deduct["reason"]) == (-3, "AI")
 
 
 def test_history_pages_merge_persisted_and_recent_without_gaps(
