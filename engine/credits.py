@@ -73,8 +73,11 @@ class Credits:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> EntryResult:
-        return await self._apply_entry(
-            app, "add", user_id, amount, description, reference_id, metadata, idempotency_key
+        return await self._apply(
+            app,
+            self._prepare(
+                app, "add", user_id, amount, description, reference_id, metadata, idempotency_key
+            ),
         )
 
     async def deduct(
@@ -88,9 +91,13 @@ class Credits:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> EntryResult:
-        return await self._apply_entry(
-            app, "deduct", user_id, -amount, description, reference_id, metadata, idempotency_key
-        )
+        return await self._apply(
+            app,
+            self._prepare(
+                app, "deduct", user_id, -amount, description, reference_id, metadata,
+                idempotency_key,
+            ),
+        )  # fmt: skip
 
     async def take_back(
         self,
@@ -108,17 +115,11 @@ class Credits:
         already at its floor and nothing could be.
         """
         try:
-            return await self._apply_entry(
-                app,
-                "payment_refund",
-                user_id,
-                -amount,
-                description,
-                reference_id,
-                None,
-                idempotency_key,
-                clamp=True,
-            )
+            call = self._prepare(
+                app, "payment_refund", user_id, -amount, description, reference_id, None,
+                idempotency_key, clamp=True,
+            )  # fmt: skip
+            return await self._apply(app, call)
         except InsufficientCreditsError:
             return None
 
@@ -147,17 +148,11 @@ class Credits:
         if refund_id is not None:
             async with _redis_errors():
                 await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
-        result = await self._apply_entry(
-            app,
-            "refund",
-            original.user_id,
-            -original.amount,
-            description,
-            None,
-            None,
-            idempotency_key,
-            refund_of=original.ledger_id,
-        )
+        call = self._prepare(
+            app, "refund", original.user_id, -original.amount, description, None, None,
+            idempotency_key, refund_of=original.ledger_id,
+        )  # fmt: skip
+        result = await self._apply(app, call)
         return RefundResult(refund=result, refunded_ledger_id=original.ledger_id)
 
     async def balance(self, app: AppContext, user_id: str) -> Balance:
@@ -280,28 +275,13 @@ class Credits:
                 raise reply
         return replies
 
-    async def _apply_entry(
-        self,
-        app: AppContext,
-        kind: str,
-        user_id: str,
-        delta: int,
-        description: str | None,
-        reference_id: str | None,
-        metadata: dict[str, Any] | None,
-        idempotency_key: str | None,
-        refund_of: str | None = None,
-        clamp: bool = False,
-    ) -> EntryResult:
-        call = self._prepare(
-            app, kind, user_id, delta, description, reference_id, metadata, idempotency_key,
-            refund_of, clamp,
-        )  # fmt: skip
+    async def _apply(self, app: AppContext, call: "_Call") -> EntryResult:
+        """Run one prepared entry, rebuilding its account from the ledger when Redis lacks it."""
         for _ in range(_HYDRATE_ATTEMPTS):
             reply = await _call(self._scripts.apply_entry, call.script_keys, call.args)
             if reply[0] != "missing":
                 return call.result(reply)
-            await self._hydrate(app.app_id, user_id, call.keys, create=True)
+            await self._hydrate(app.app_id, call.user_id, call.keys, create=True)
         raise UnavailableError("account keeps disappearing from Redis; retry shortly")
 
     def _prepare(

@@ -1,6 +1,6 @@
 -- apply_entry.lua: post one ledger entry (add, deduct or refund) to an account, at most once per
 -- idempotency key, and a refund at most once per refunded entry.
--- Called by engine.credits.Credits._apply_entry.
+-- Called by engine.credits.Credits._apply (one entry) and Credits.batch (many, pipelined).
 --
 -- KEYS[1] account hash (balance, seq, updated_at)
 -- KEYS[2] recent-entries list of the account

@@ -1,5 +1,5 @@
 -- hydrate.lua: restore an account missing from Redis from its PostgreSQL ledger.
--- Called by engine.credits.Credits._hydrate.
+-- Called by engine.credits.Credits._hydrate_many.
 --
 -- KEYS[1] account hash
 -- ARGV[1] balance from the ledger
