@@ -5,9 +5,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from api import config, credits, health, webhooks
+from api import client, config, credits, health, webhooks
+from api.cors import ClientCors
 from api.errors import HANDLERS
 from api.services import Services
 from engine.settings import Settings
@@ -38,7 +40,31 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/credits/history", credits.history, methods=["GET"]),
         Route("/credits/config", config.get_config, methods=["GET"]),
         Route("/credits/config", config.patch_config, methods=["PATCH"]),
+        Route("/credits/auto-top-up", client.get_server_auto_top_up, methods=["GET"]),
+        Route("/credits/auto-top-up", client.put_server_auto_top_up, methods=["PUT"]),
+        Route("/client-tokens", client.create_token, methods=["POST"]),
+        Route("/client-tokens/revoke", client.revoke_tokens, methods=["POST"]),
+        Route("/client/balance", client.balance, methods=["GET"]),
+        Route("/client/transactions", client.transactions, methods=["GET"]),
+        Route("/client/config", client.config, methods=["GET"]),
+        Route("/client/payment-methods", client.payment_methods, methods=["GET"]),
+        Route("/client/payment-methods", client.add_payment_method, methods=["POST"]),
+        Route("/client/payment-methods/setup-intent", client.setup_intent, methods=["POST"]),
+        Route("/client/payment-methods/order", client.reorder_payment_methods, methods=["PUT"]),
+        Route(
+            "/client/payment-methods/{payment_method_id}",
+            client.delete_payment_method,
+            methods=["DELETE"],
+        ),
+        Route("/client/purchases", client.purchase, methods=["POST"]),
+        Route("/client/auto-top-up", client.get_auto_top_up, methods=["GET"]),
+        Route("/client/auto-top-up", client.put_auto_top_up, methods=["PUT"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(ClientCors)],
+        exception_handlers=HANDLERS,
+        lifespan=lifespan,
+    )

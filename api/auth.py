@@ -5,9 +5,10 @@ import logging
 import time
 from dataclasses import dataclass
 
+from engine import client_tokens
 from engine.apps import KEY_PATTERN, hash_key
-from engine.errors import AuthenticationError, UnavailableError
-from engine.models import AppContext
+from engine.errors import AuthenticationError, ForbiddenError, UnavailableError
+from engine.models import App, AppContext
 from engine.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class KeyCache:
         if not authorization:
             raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
         scheme, _, token = authorization.partition(" ")
+        if token.startswith(client_tokens.PREFIX):
+            raise ForbiddenError("a client token may only call /client/... endpoints")
         if scheme.lower() != "bearer" or not KEY_PATTERN.fullmatch(token):
             raise AuthenticationError("malformed Authorization header: expected Bearer tally_...")
         key_hash = hash_key(token)
@@ -89,3 +92,63 @@ class KeyCache:
         entry = _Entry(app, refresh_after=now + ttl / 2, expires=now + ttl)
         self._entries[key_hash] = entry
         return entry
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSession:
+    """What a valid client token grants: one user of one app."""
+
+    app: App
+    user_id: str
+
+
+class AppCache:
+    """Apps by id, and which origins any app allows, read at most once per `ttl` seconds each.
+
+    Client tokens are checked against the app's current signing secret from here, so rotating
+    the secret revokes tokens within `ttl`, as revoking a key does.
+    """
+
+    def __init__(self, repository: Repository, ttl: float) -> None:
+        self._repository = repository
+        self._ttl = ttl
+        self._apps: dict[str, tuple[App | None, float]] = {}
+        self._origins: dict[str, tuple[bool, float]] = {}
+
+    async def get(self, app_id: str) -> App | None:
+        cached = self._apps.get(app_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        app = await asyncio.to_thread(self._repository.get_app, app_id)
+        if len(self._apps) >= _MAX_ENTRIES:
+            self._apps.clear()
+        self._apps[app_id] = (app, time.monotonic() + self._ttl)
+        return app
+
+    async def origin_allowed(self, origin: str) -> bool:
+        cached = self._origins.get(origin)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        allowed = await asyncio.to_thread(self._repository.origin_allowed, origin)
+        if len(self._origins) >= _MAX_ENTRIES:
+            self._origins.clear()
+        self._origins[origin] = (allowed, time.monotonic() + self._ttl)
+        return allowed
+
+    async def client_session(self, authorization: str | None, origin: str | None) -> ClientSession:
+        """The user a client token acts for; a browser's origin must be one the app allows."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.startswith(client_tokens.PREFIX):
+            raise AuthenticationError(
+                "missing client token: send Authorization: Bearer tct_... (POST /client-tokens)"
+            )
+        claims = client_tokens.read_unverified(token)
+        app = await self.get(claims.app_id)
+        if app is None:
+            raise AuthenticationError("invalid client token")
+        client_tokens.verify(token, app.client_token_secret)
+        if origin is not None and origin not in app.cors_origins:
+            raise ForbiddenError(
+                f"origin {origin} is not allowed for this app (tally apps update --cors-origins)"
+            )
+        return ClientSession(app, claims.user_id)

@@ -23,6 +23,7 @@ from engine.webhook_repository import WebhookEvent, WebhookRepository
 from engine.webhooks import Webhooks
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
+_BILLING = ("stripe_secret_key", "cors_origins", "auto_top_up_daily_limit_cents")
 _FLAGS = (
     "credits_enabled",
     "overdraft_enabled",
@@ -119,6 +120,23 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--max-purchase-cents", type=int, metavar="N")
     for flag in _FLAGS:
         update.add_argument("--" + flag.replace("_", "-"), type=_boolean, metavar="true|false")
+    update.add_argument("--currency", metavar="CODE", help="purchases' currency (default usd)")
+    # Purchases, stored cards and browser access.
+    update.add_argument("--stripe-secret-key", metavar="KEY", help="the app's Stripe sk_...")
+    update.add_argument(
+        "--cors-origins",
+        type=_origins,
+        metavar="ORIGINS",
+        help="comma-separated origins browsers may call /client/... from ('' for none)",
+    )
+    update.add_argument("--auto-top-up-daily-limit-cents", type=int, metavar="N")
+    rotate = command(
+        apps,
+        "rotate-client-secret",
+        _apps_rotate_client_secret,
+        "sign client tokens with a new secret: every token issued so far stops working",
+    )
+    rotate.add_argument("app_id")
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
         required=True, metavar="ACTION"
@@ -140,6 +158,10 @@ def _boolean(text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError("must be true or false")
     return text.lower() == "true"
+
+
+def _origins(text: str) -> list[str]:
+    return [origin.strip() for origin in text.split(",") if origin.strip()]
 
 
 def _credit_rate(text: str) -> Decimal:
@@ -286,11 +308,16 @@ def _apps_show(args: argparse.Namespace, settings: Settings) -> None:
 def _apps_update(args: argparse.Namespace, settings: Settings) -> None:
     changes = {
         name: getattr(args, name)
-        for name in (*_SECRETS, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
+        for name in (*_SECRETS, *_BILLING, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
         if getattr(args, name) is not None
     }
     view = _app_view(_apps(settings).update(args.app_id, changes), settings)
     _print(args, view, _lines(view))
+
+
+def _apps_rotate_client_secret(args: argparse.Namespace, settings: Settings) -> None:
+    view = _app_view(_apps(settings).rotate_client_secret(args.app_id), settings)
+    _print(args, view, f"app {args.app_id}: client tokens issued so far are revoked")
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> None:
@@ -315,6 +342,8 @@ def _app_view(app: App, settings: Settings) -> dict[str, Any]:
     for secret in _SECRETS:
         # Secrets are write-only: show whether one is set, never its value.
         view[secret.replace("_secret", "_secret_set")] = view.pop(secret) is not None
+    view["stripe_secret_key_set"] = view.pop("stripe_secret_key") is not None
+    del view["client_token_secret"]
     view["credit_rate"] = None if app.credit_rate is None else str(app.credit_rate)
     rate = app.credits_per_dollar
     view["credits_per_dollar"] = None if rate is None else str(rate)

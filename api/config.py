@@ -31,6 +31,7 @@ class ConfigPatch(Strict):
     overdraft_limit: Annotated[int, Field(ge=0, le=MAX_AMOUNT)] | None = None
     manual_top_up_available: bool | None = None
     auto_top_up_available: bool | None = None
+    currency: Annotated[str, Field(pattern=r"^[a-z]{3}$")] | None = None
 
 
 async def get_config(request: Request) -> Response:

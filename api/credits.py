@@ -19,7 +19,7 @@ from api.schemas import (
 )
 from api.services import services
 from engine.errors import InvalidRequestError, TallyError
-from engine.models import EntryResult, Operation
+from engine.models import Balance, EntryResult, LedgerEntry, Operation
 
 # A full batch of 1,000 operations with descriptions and metadata.
 MAX_BATCH_BYTES = 1_048_576
@@ -41,15 +41,15 @@ async def add(request: Request) -> Response:
 
 async def deduct(request: Request) -> Response:
     result = await _apply_entry(request, "deduct")
-    return _entry_response(
-        {
-            "success": True,
-            "ledger_id": result.ledger_id,
-            "balance_before": result.balance_before,
-            "balance_after": result.balance_after,
-        },
-        result,
-    )
+    body: dict[str, object] = {
+        "success": True,
+        "ledger_id": result.ledger_id,
+        "balance_before": result.balance_before,
+        "balance_after": result.balance_after,
+    }
+    if result.top_up_started:
+        body["auto_top_up_started"] = True
+    return _entry_response(body, result)
 
 
 async def batch(request: Request) -> Response:
@@ -119,23 +119,7 @@ async def history(request: Request) -> Response:
     return JSONResponse(
         {
             "user_id": page.user_id,
-            "entries": [
-                {
-                    "ledger_id": entry.ledger_id,
-                    "kind": entry.kind,
-                    "amount": entry.amount,
-                    # The same two under the names the reauth credits API uses.
-                    "amount_delta": entry.amount,
-                    "reason": entry.description,
-                    "balance_after": entry.balance_after,
-                    "description": entry.description,
-                    "reference_id": entry.reference_id,
-                    "metadata": entry.metadata,
-                    "refund_of": entry.refund_of,
-                    "created_at": iso8601(entry.created_at_ms),
-                }
-                for entry in page.entries
-            ],
+            "entries": [entry_view(entry) for entry in page.entries],
             "limit": page.limit,
             "offset": page.offset,
             "has_more": page.has_more,
@@ -143,18 +127,36 @@ async def history(request: Request) -> Response:
     )
 
 
+def entry_view(entry: LedgerEntry) -> dict[str, object]:
+    return {
+        "ledger_id": entry.ledger_id,
+        "kind": entry.kind,
+        "amount": entry.amount,
+        # The same two under the names the reauth credits API uses.
+        "amount_delta": entry.amount,
+        "reason": entry.description,
+        "balance_after": entry.balance_after,
+        "description": entry.description,
+        "reference_id": entry.reference_id,
+        "metadata": entry.metadata,
+        "refund_of": entry.refund_of,
+        "created_at": iso8601(entry.created_at_ms),
+    }
+
+
 async def balance(request: Request) -> Response:
     svc = services(request)
     app = await svc.auth.authenticate(request.headers.get("authorization"))
     query = parse_query(UserQuery, request.query_params)
-    result = await svc.credits.balance(app, query.user_id)
-    return JSONResponse(
-        {
-            "user_id": result.user_id,
-            "balance": result.balance,
-            "updated_at": iso8601(result.updated_at_ms),
-        }
-    )
+    return JSONResponse(balance_view(await svc.credits.balance(app, query.user_id)))
+
+
+def balance_view(result: Balance) -> dict[str, object]:
+    return {
+        "user_id": result.user_id,
+        "balance": result.balance,
+        "updated_at": iso8601(result.updated_at_ms),
+    }
 
 
 async def _apply_entry(request: Request, kind: str) -> EntryResult:

@@ -10,11 +10,15 @@ from api.responses import JSONResponse
 from engine.errors import (
     AlreadyRefundedError,
     AuthenticationError,
+    ConflictError,
+    ForbiddenError,
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    PaymentDeclinedError,
+    PaymentProviderError,
     TallyError,
     UnavailableError,
 )
@@ -25,10 +29,14 @@ STATUS: dict[type[TallyError], int] = {
     InvalidRequestError: 400,
     AuthenticationError: 401,
     InsufficientCreditsError: 402,
+    PaymentDeclinedError: 402,
+    ForbiddenError: 403,
     NotFoundError: 404,
     AlreadyRefundedError: 409,
+    ConflictError: 409,
     PayloadTooLargeError: 413,
     IdempotencyConflictError: 422,
+    PaymentProviderError: 502,
     UnavailableError: 503,
 }
 
@@ -47,6 +55,9 @@ def error_body(exc: TallyError) -> dict[str, object]:
         if exc.floor:
             # With overdraft the user may go below zero: say how far.
             body["floor"] = exc.floor
+    elif isinstance(exc, PaymentDeclinedError):
+        body["decline_code"] = exc.decline_code
+        body["payment_intent_id"] = exc.payment_intent_id
     elif isinstance(exc, AlreadyRefundedError):
         body["refund_ledger_id"] = exc.refund_ledger_id
     return body

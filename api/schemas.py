@@ -37,6 +37,15 @@ _FIELD_RULES = {
     "overdraft_limit": f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}",
     "manual_top_up_available": "manual_top_up_available must be true or false",
     "auto_top_up_available": "auto_top_up_available must be true or false",
+    "currency": "currency must be a three-letter ISO code in lower case, e.g. usd",
+    "ttl_seconds": "ttl_seconds must be an integer from 1 to 86400",
+    "amount_cents": f"amount_cents must be an integer from 1 to {MAX_AMOUNT}",
+    "payment_method_id": "payment_method_id must be a string of 1 to 255 characters",
+    "payment_method_ids": "payment_method_ids must be a list of payment method ids",
+    "setup_intent_id": "setup_intent_id must be a string of 1 to 255 characters",
+    "enabled": "enabled must be true or false",
+    "threshold_cents": f"threshold_cents must be an integer from 0 to {MAX_AMOUNT}",
+    "purchase_amount_cents": f"purchase_amount_cents must be an integer from 0 to {MAX_AMOUNT}",
 }
 
 
@@ -76,6 +85,47 @@ class HistoryQuery(UserQuery):
     # Query values arrive as text: numbers are parsed from it, nothing else is coerced.
     limit: Annotated[int, Field(ge=1, le=1000, strict=False)] = 50
     offset: Annotated[int, Field(ge=0, le=1_000_000, strict=False)] = 0
+
+
+_Id = Annotated[str, Field(min_length=1, max_length=255)]
+_Cents = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
+
+
+class ClientTokenRequest(UserQuery):
+    ttl_seconds: Annotated[int, Field(ge=1, le=86_400)] = 3_600
+
+
+class NoQuery(Strict):
+    pass
+
+
+class TransactionsQuery(Strict):
+    limit: Annotated[int, Field(ge=1, le=1000, strict=False)] = 50
+    offset: Annotated[int, Field(ge=0, le=1_000_000, strict=False)] = 0
+
+
+class PurchaseRequest(Strict):
+    amount_cents: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
+    payment_method_id: _Id
+    idempotency_key: _Id
+
+
+class AddPaymentMethodRequest(Strict):
+    setup_intent_id: _Id
+
+
+class ReorderRequest(Strict):
+    payment_method_ids: Annotated[list[_Id], Field(max_length=100)]
+
+
+class AutoTopUpRequest(Strict):
+    enabled: bool
+    threshold_cents: _Cents
+    purchase_amount_cents: _Cents
+
+
+class ServerAutoTopUpRequest(AutoTopUpRequest):
+    user_id: Annotated[str, Field(min_length=1, max_length=256)]
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:

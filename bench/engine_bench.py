@@ -3,13 +3,14 @@
 import asyncio
 import random
 import time
+from dataclasses import replace
 
 import uvloop
 
 from bench.stack import USERS, Stack
 from engine.credits import Credits
 from engine.db import open_pool
-from engine.models import Operation
+from engine.models import AppContext, Operation
 from engine.redis_client import hot_path_redis
 from engine.repository import Repository
 
@@ -27,12 +28,16 @@ async def _run(stack: Stack, seconds: float) -> dict[str, float]:
     def user() -> str:
         return f"u{random.randint(1, USERS)}"
 
-    async def sequential() -> int:
+    async def sequential(context: AppContext = app) -> int:
         done, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            await credits.deduct(app, user(), 1)
+            await credits.deduct(context, user(), 1)
             done += 1
         return done
+
+    async def with_auto_top_up() -> int:
+        # The app offers auto top-up: every deduct also checks the user's threshold.
+        return await sequential(replace(app, auto_top_up=True))
 
     async def batched() -> int:
         done, deadline = 0, time.perf_counter() + seconds
@@ -56,6 +61,7 @@ async def _run(stack: Stack, seconds: float) -> dict[str, float]:
     results = {}
     for name, scenario in [
         ("sequential", sequential),
+        ("sequential, auto top-up offered", with_auto_top_up),
         ("batched (1000 per call)", batched),
         ("asyncio, 64 concurrent", concurrent),
     ]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
+from engine.client_tokens import new_secret
 from engine.errors import InvalidRequestError, NotFoundError
 from engine.models import MAX_AMOUNT, ApiKey, App
 from engine.payments import PROVIDERS
@@ -15,6 +16,8 @@ from engine.repository import Repository
 KEY_PREFIX = "tally_"
 # tally_ + 43 URL-safe characters (32 random bytes); older or longer keys still parse.
 KEY_PATTERN = re.compile(r"tally_[A-Za-z0-9_-]{32,128}")
+# What browsers send as Origin: scheme://host[:port].
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 def hash_key(api_key: str) -> bytes:
@@ -53,6 +56,16 @@ def _check_settings(settings: dict[str, Any]) -> None:
         problems.append("max_purchase_cents must not be below min_purchase_cents")
     if not 0 <= settings["overdraft_limit"] <= MAX_AMOUNT:
         problems.append(f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}")
+    if not re.fullmatch(r"[a-z]{3}", settings["currency"]):
+        problems.append("currency must be a three-letter ISO code in lower case, e.g. usd")
+    if not 0 <= settings["auto_top_up_daily_limit_cents"] <= MAX_AMOUNT:
+        problems.append("auto_top_up_daily_limit_cents must be 0 or more")
+    origins = settings["cors_origins"]
+    if len(origins) > 50 or not all(_ORIGIN.fullmatch(origin) for origin in origins):
+        problems.append(
+            "cors_origins must be up to 50 origins like https://app.example.com"
+            " (scheme, host and optional port; no path, no trailing slash)"
+        )
     for rate in ("credit_rate", "credits_per_dollar"):
         value = settings[rate]
         if value is not None and not (Decimal(value).is_finite() and Decimal(value) > 0):
@@ -90,6 +103,13 @@ class Apps:
             changes["overdraft_enabled"] = changes["overdraft_limit"] > 0
         _check_settings(asdict(current) | changes)
         app = self._repository.update_app(app_id, changes)
+        if app is None:
+            raise NotFoundError(f"no app {app_id}")
+        return app
+
+    def rotate_client_secret(self, app_id: str) -> App:
+        """A new client token signing secret: every client token issued so far is revoked."""
+        app = self._repository.update_app(app_id, {"client_token_secret": new_secret()})
         if app is None:
             raise NotFoundError(f"no app {app_id}")
         return app

@@ -334,7 +334,7 @@ class Credits:
         if refund_of is not None:
             script_keys.append(keys.refund_marker(refund_of))
             mode += "r"
-        args = (
+        args: tuple[Any, ...] = (
             delta,
             -app.overdraft_limit,
             entry[:-1],
@@ -343,8 +343,13 @@ class Credits:
             self._recent_entries,
             now_ms,
             ledger_id,
-            mode,
         )
+        if kind == "deduct" and app.auto_top_up:
+            # Usage may start the account's auto top-up; refunds and take-backs never do.
+            script_keys += (keys.top_up(), keys.top_up_due())
+            args += (mode + "t", keys.top_up_member())
+        else:
+            args += (mode,)
         return _Call(user_id, keys, script_keys, args, -app.overdraft_limit, refund_of)
 
     async def _hydrate(self, app_id: str, user_id: str, keys: AccountKeys, *, create: bool) -> bool:
@@ -397,6 +402,7 @@ class _Call:
                 balance_after=stored["balance_after"],
                 created_at_ms=stored["created_at"],
                 replayed=status == "replay",
+                top_up_started=len(reply) > 3 and reply[3] == 1,
             )
         if status == "insufficient":
             raise InsufficientCreditsError(balance=int(reply[1]), floor=self.floor)

@@ -21,6 +21,33 @@ class AuthenticationError(TallyError):
     code = "unauthorized"
 
 
+class ForbiddenError(TallyError):
+    """Authenticated, but not allowed: a client token on a server route, a foreign origin."""
+
+    code = "forbidden"
+
+
+class ConflictError(TallyError):
+    code = "conflict"
+
+
+class PaymentDeclinedError(TallyError):
+    """The payment provider refused the charge; `decline_code` is the provider's own."""
+
+    code = "payment_declined"
+
+    def __init__(self, message: str, decline_code: str, payment_intent_id: str | None) -> None:
+        super().__init__(message)
+        self.decline_code = decline_code
+        self.payment_intent_id = payment_intent_id
+
+
+class PaymentProviderError(TallyError):
+    """The payment provider failed or refused the request for a reason other than the card."""
+
+    code = "payment_provider_error"
+
+
 class NotFoundError(TallyError):
     code = "not_found"
 

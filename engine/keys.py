@@ -38,6 +38,22 @@ def flush_key(shard: int) -> str:
     return f"{_tag(shard)}:flush"
 
 
+def top_up_due_key(shard: int) -> str:
+    """Sorted set of the shard's accounts with an auto top-up to run, scored by when (epoch ms)."""
+    return f"{_tag(shard)}:topup-due"
+
+
+def parse_top_up_member(member: str) -> tuple[str, str]:
+    """(app_id, user_id) of an AccountKeys.top_up_member(); app ids never contain ':'."""
+    app_id, _, user_id = member.partition(":")
+    return app_id, user_id
+
+
+def purchase_lock_key(app_id: str, user_id: str, idempotency_key: str) -> str:
+    digest = hashlib.sha256(f"{app_id}\0{user_id}\0{idempotency_key}".encode()).hexdigest()
+    return f"{PREFIX}:purchase-lock:{digest}"
+
+
 # Version 4 in bits 76-79, RFC 4122 variant in bits 62-63, the shard in bits 0-5.
 _UUID4_KEEP = ~((0xF << 76) | (0x3 << 62) | 0x3F) & ((1 << 128) - 1)
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
@@ -74,6 +90,19 @@ class AccountKeys:
     def idempotency(self, key: str) -> str:
         # Hashing keeps the name bounded and unambiguous whatever the user id and key contain.
         return f"{self._tag}:idem:{self._scope}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    # Auto top-up keys, built only when a call needs them (most deducts do not).
+
+    def top_up(self) -> str:
+        """Hash: threshold (credits) while auto top-up is on; pending (what started one)."""
+        return f"{self._tag}:topup:{self._scope}"
+
+    def top_up_due(self) -> str:
+        return top_up_due_key(self.shard)
+
+    def top_up_member(self) -> str:
+        """The account's name in its shard's top-up-due set: app_id:user_id."""
+        return self._scope
 
     def refund_marker(self, refunded_ledger_id: str) -> str:
         """Holds the ledger id of the refund of `refunded_ledger_id`; it never expires."""

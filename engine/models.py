@@ -21,6 +21,7 @@ CREDITS_CONFIG = (
     "overdraft_enabled",
     "manual_top_up_available",
     "auto_top_up_available",
+    "currency",
 )
 
 
@@ -30,6 +31,8 @@ class AppContext:
 
     app_id: str
     overdraft_limit: int
+    # Deducts check the user's auto top-up threshold only in apps that offer auto top-up.
+    auto_top_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +56,18 @@ class App:
     overdraft_enabled: bool
     manual_top_up_available: bool
     auto_top_up_available: bool
+    client_token_secret: str
+    cors_origins: list[str]
+    stripe_secret_key: str | None
+    currency: str
+    auto_top_up_daily_limit_cents: int
 
     def context(self) -> AppContext:
-        return AppContext(self.app_id, self.overdraft_limit if self.overdraft_enabled else 0)
+        return AppContext(
+            self.app_id,
+            self.overdraft_limit if self.overdraft_enabled else 0,
+            self.auto_top_up_available and self.credits_enabled,
+        )
 
     @property
     def webhook_credit_rate(self) -> Decimal | None:
@@ -84,6 +96,7 @@ class EntryResult:
     balance_after: int
     created_at_ms: int
     replayed: bool
+    top_up_started: bool = False  # this deduct left the balance below the auto top-up threshold
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ class PaymentEvent:
     amount_minor: int | None = None  # what was paid, in the currency's minor unit
     currency: str | None = None
     refunded_minor: int | None = None  # for take_back: refunded so far, in total
+    app_id: str | None = None  # tally_app_id: the app the payment was made for, when it says
     reason: str | None = None  # why it is ignored
 
     @property
@@ -220,6 +221,7 @@ def _credit(
         credits=credits,
         amount_minor=_positive_int(amount),
         currency=str(currency).lower() if currency else None,
+        app_id=str(metadata["tally_app_id"]) if metadata.get("tally_app_id") else None,
     )
 
 

@@ -30,6 +30,10 @@ APP_SETTINGS = (
     "stripe_webhook_secret",
     "polar_webhook_secret",
     "lemonsqueezy_webhook_secret",
+    "client_token_secret",
+    "cors_origins",
+    "stripe_secret_key",
+    "auto_top_up_daily_limit_cents",
     *CREDITS_CONFIG,
 )
 
@@ -68,6 +72,14 @@ class Repository:
             )
             return cur.fetchone()
 
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether any app lets browsers at `origin` call /client/... (CORS preflights)."""
+        with connection(self._pool) as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM apps WHERE %s = ANY (cors_origins))", (origin,)
+            ).fetchone()
+        return bool(row and row[0])
+
     def create_key(self, key_id: str, app_id: str, key_hash: bytes, key_prefix: str) -> ApiKey:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:
             cur.execute(
@@ -97,12 +109,13 @@ class Repository:
     def app_for_key(self, key_hash: bytes, timeout: float | None = None) -> AppContext | None:
         with connection(self._pool, timeout) as conn:
             row = conn.execute(
-                "SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END"
+                "SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END,"
+                " a.auto_top_up_available AND a.credits_enabled"
                 " FROM api_keys k JOIN apps a USING (app_id)"
                 " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
                 (key_hash,),
             ).fetchone()
-        return AppContext(app_id=row[0], overdraft_limit=row[1]) if row else None
+        return AppContext(*row) if row else None
 
     def account_snapshots(
         self, app_id: str, user_ids: list[str]

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=256, ge=1)
     database_pool_size: int = Field(default=4, ge=1)
     log_level: str = "info"
+    # Where Stripe's API is: a Stripe-compatible fake (localstripe) in tests.
+    stripe_api_base: str = "https://api.stripe.com"
+    # Auto top-up retries a failed top-up after this, then twice as long (see README).
+    auto_top_up_retry_seconds: float = Field(default=3_600, gt=0)
 
     # Write-through to PostgreSQL (see docs/write-through.md).
     outbox_batch_size: int = Field(default=1_000, ge=1, le=10_000)

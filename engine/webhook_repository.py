@@ -183,6 +183,26 @@ class PaymentTransaction:
             )
             return cur.fetchall()
 
+    def purchase_credit(self, app_id: str, payment_intent_id: str) -> str | None:
+        """The ledger id of the credit a purchase already made for this PaymentIntent."""
+        row = self._conn.execute(
+            "SELECT ledger_id::text FROM purchases WHERE app_id = %s AND payment_intent_id = %s"
+            " AND ledger_id IS NOT NULL",
+            (app_id, payment_intent_id),
+        ).fetchone()
+        return row[0] if row else None
+
+    def purchase_credited(
+        self, app_id: str, payment_intent_id: str, ledger_id: str, balance_after: int | None
+    ) -> None:
+        """Mark the purchase of this PaymentIntent (if Tally made it) as paid and credited."""
+        self._conn.execute(
+            "UPDATE purchases SET status = 'succeeded', ledger_id = %s, balance_after = %s,"
+            " failure_code = NULL, failure_message = NULL, updated_at = now()"
+            " WHERE app_id = %s AND payment_intent_id = %s AND ledger_id IS NULL",
+            (ledger_id, balance_after, app_id, payment_intent_id),
+        )
+
     def finish(
         self,
         event_pk: int,

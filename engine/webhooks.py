@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from engine.credits import Credits
 from engine.errors import InvalidRequestError, NotFoundError, TallyError, UnavailableError
-from engine.models import App
+from engine.models import App, EntryResult
 from engine.payments import PROVIDERS, PaymentEvent, credits_for, parse, verify
 from engine.repository import Repository
 from engine.webhook_repository import PaymentTransaction, WebhookEvent, WebhookRepository
@@ -99,10 +99,19 @@ class Webhooks:
         payment: PaymentEvent,
     ) -> None:
         assert event.payment_id is not None and payment.user_id is not None
+        if payment.app_id not in (None, app.app_id):
+            # Two apps on one Stripe account both hear every payment: each credits its own.
+            tx.finish(event.event_pk, "ignored", f"payment belongs to app {payment.app_id}")
+            return
         applied = tx.applied(app.app_id, event.provider, event.payment_id)
         earlier = next((e for e in applied if e.action == "credit"), None)
         if earlier is not None:
             reason = f"payment {event.payment_id} already credited by event {earlier.event_pk}"
+            tx.finish(event.event_pk, "duplicate", reason)
+            return
+        purchased = tx.purchase_credit(app.app_id, event.payment_id)
+        if purchased is not None:
+            reason = f"payment {event.payment_id} already credited by its purchase ({purchased})"
             tx.finish(event.event_pk, "duplicate", reason)
             return
         amount = payment.credits
@@ -116,18 +125,13 @@ class Webhooks:
             if amount < 1:
                 tx.finish(event.event_pk, "ignored", "payment buys less than one credit")
                 return
-        result = await credits.add(
-            app.context(),
-            payment.user_id,
-            amount,
-            description=f"{event.provider} payment",
-            reference_id=event.payment_id,
-            metadata={"provider": event.provider},
-            idempotency_key=f"{event.provider}:{event.payment_id}",
-        )
+        result = await credit_payment(credits, app, payment.user_id, amount, event.provider,
+                                      event.payment_id)  # fmt: skip
         # A replay here is this event's own credit, applied before a crash lost its COMMIT:
-        # no other event credited the payment (checked above, under the payment's lock).
+        # nothing else credited the payment (checked above, under the payment's lock).
         tx.finish(event.event_pk, "credited", credits=amount, ledger_id=result.ledger_id)
+        # A purchase Tally made whose card needed authentication is paid once this arrives.
+        tx.purchase_credited(app.app_id, event.payment_id, result.ledger_id, result.balance_after)
 
     async def _take_back(
         self,
@@ -189,6 +193,22 @@ class Webhooks:
         delay = min(2 ** (event.attempts + 1), _RETRY_CAP_SECONDS)
         log.warning("webhook event %s: %s; retrying in %ss", event.event_pk, reason, delay)
         tx.finish(event.event_pk, "pending", reason, retry_in_seconds=delay)
+
+
+async def credit_payment(
+    credits: Credits, app: App, user_id: str, amount: int, provider: str, payment_id: str
+) -> EntryResult:
+    """The one way a payment becomes credits, whether a webhook or a purchase reports it: the
+    same entry under the same idempotency key, so whichever comes second replays the first."""
+    return await credits.add(
+        app.context(),
+        user_id,
+        amount,
+        description=f"{provider} payment",
+        reference_id=payment_id,
+        metadata={"provider": provider},
+        idempotency_key=f"{provider}:{payment_id}",
+    )
 
 
 def _secret(app: App, provider: str) -> str | None:

@@ -7,7 +7,9 @@
 -- KEYS[3] outbox stream of the account's shard
 -- KEYS[4] unpersisted-entries hash of the shard (ledger_id -> entry JSON)
 -- KEYS[5] idempotency hash, when ARGV[9] has "i"
--- KEYS[5 or 6] refund marker of the refunded entry, when ARGV[9] has "r"
+-- next:  refund marker of the refunded entry, when ARGV[9] has "r"
+-- next two: the account's auto top-up hash (threshold, pending) and its shard's top-up-due sorted
+--       set, when ARGV[9] has "t"
 --
 -- ARGV[1] delta: signed integer, |delta| in 1..2^53-1
 -- ARGV[2] floor: lowest balance a negative delta may leave (0, or -overdraft limit)
@@ -19,12 +21,15 @@
 -- ARGV[7] now, epoch milliseconds (the account's updated_at)
 -- ARGV[8] ledger_id of the entry
 -- ARGV[9] mode, any of: "i" KEYS holds an idempotency key, "r" KEYS holds a refund marker,
---         "c" take only what the floor allows when a negative delta would cross it
+--         "c" take only what the floor allows when a negative delta would cross it,
+--         "t" start an auto top-up when the entry leaves the balance below the threshold
+-- ARGV[10] the account's member in the top-up-due set, when ARGV[9] has "t"
 --
 -- A positive delta may not take the balance above 2^53-1 (exact in doubles and JavaScript).
 --
 -- Returns one of:
---   {"ok", balance_before, entry_json}       applied
+--   {"ok", balance_before, entry_json, top_up} applied; top_up is 1 when this entry started an
+--                                            auto top-up (at most one is pending per account)
 --   {"replay", balance_before, entry_json}   the stored first result of this idempotency key
 --   {"conflict"}                             the key was used with a different request
 --   {"refunded", ledger_id}                  the refunded entry already has this refund
@@ -39,13 +44,18 @@
 local CEILING = 9007199254740991
 local mode = ARGV[9]
 local next_key = 5
-local idem, marker
+local idem, marker, top_up, top_up_due
 if string.find(mode, 'i', 1, true) then
   idem = KEYS[next_key]
   next_key = next_key + 1
 end
 if string.find(mode, 'r', 1, true) then
   marker = KEYS[next_key]
+  next_key = next_key + 1
+end
+if string.find(mode, 't', 1, true) then
+  top_up = KEYS[next_key]
+  top_up_due = KEYS[next_key + 1]
 end
 
 if idem then
@@ -83,6 +93,11 @@ if delta > 0 and after > CEILING then
   return {'overflow', raw}
 end
 
+local threshold
+if top_up and delta < 0 then
+  threshold = redis.call('HGET', top_up, 'threshold')
+end
+
 delta = string.format('%d', delta)
 after = redis.call('HINCRBY', KEYS[1], 'balance', delta)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
@@ -100,4 +115,12 @@ end
 if marker then
   redis.call('SET', marker, ARGV[8])
 end
-return {'ok', raw, entry}
+-- HSETNX lets exactly one of many concurrent deducts below the threshold start the top-up; the
+-- worker clears `pending` when the top-up is over.
+local started = 0
+if threshold and after < tonumber(threshold)
+    and redis.call('HSETNX', top_up, 'pending', ARGV[8]) == 1 then
+  redis.call('ZADD', top_up_due, ARGV[7], ARGV[10])
+  started = 1
+end
+return {'ok', raw, entry, started}

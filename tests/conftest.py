@@ -15,7 +15,10 @@ from engine.apps import Apps
 from engine.db import migrate, open_pool
 from engine.repository import Repository
 from engine.settings import Settings
-from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
+from tests.servers import LocalStripe, PostgresServer, RedisServer, free_port, wait_for_port
+
+# Auto top-up waits this long after a failed round (then twice as long) in the tests.
+RETRY_SECONDS = 0.5
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +41,22 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_server: RedisServer, postgres_server: PostgresServer) -> Settings:
-    settings = Settings(redis_url=redis_server.url, database_url=postgres_server.url)
+def localstripe() -> Iterator[LocalStripe]:
+    server = LocalStripe().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    redis_server: RedisServer, postgres_server: PostgresServer, localstripe: LocalStripe
+) -> Settings:
+    settings = Settings(
+        redis_url=redis_server.url,
+        database_url=postgres_server.url,
+        stripe_api_base=localstripe.url,
+        auto_top_up_retry_seconds=RETRY_SECONDS,
+    )
     pool = open_pool(settings.database_url, 1, wait=True)
     migrate(pool)
     pool.close()
@@ -63,6 +80,8 @@ def tally_env(settings: Settings) -> dict[str, str]:
         "TALLY_OUTBOX_RECLAIM_MS": "500",
         "TALLY_OUTBOX_SWEEP_MS": "20",
         "TALLY_RECONCILE_INTERVAL_SECONDS": "0",
+        "TALLY_STRIPE_API_BASE": settings.stripe_api_base,
+        "TALLY_AUTO_TOP_UP_RETRY_SECONDS": str(settings.auto_top_up_retry_seconds),
     }
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -150,3 +151,42 @@ class PostgresServer:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# localstripe's own launcher listens on IPv6 and saves its state to /tmp on every write: this
+# one listens on loopback and keeps the state in memory.
+_LOCALSTRIPE = """
+import sys
+from aiohttp import web
+from localstripe import resources
+resources.Store.dump_to_disk = lambda self: None
+from localstripe.server import app
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+"""
+
+
+class LocalStripe:
+    """localstripe, a stateful Stripe fake: customers, SetupIntents, PaymentMethods and
+    PaymentIntents behave as Stripe's test mode does, test cards included."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "LocalStripe":
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _LOCALSTRIPE, str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

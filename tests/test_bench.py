@@ -29,6 +29,7 @@ def test_bench_quick_runs_and_reports_every_scenario(tmp_path: Path) -> None:
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in results["http"])
     assert set(results["engine"]) == {
         "sequential",
+        "sequential, auto top-up offered",
         "batched (1000 per call)",
         "asyncio, 64 concurrent",
     }

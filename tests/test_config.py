@@ -23,6 +23,7 @@ DEFAULTS = {
     "overdraft_limit": 0,
     "manual_top_up_available": False,
     "auto_top_up_available": False,
+    "currency": "usd",
 }
 
 

@@ -45,6 +45,7 @@ async def apply_entry(
     fingerprint: str = "fp",
     ledger_id: str = "L1",
     recent: int = 5,
+    top_up: bool = False,
 ) -> list[Any]:
     keys = [KEYS.account, KEYS.recent, KEYS.outbox, KEYS.unpersisted]
     if idempotency_key:
@@ -53,6 +54,10 @@ async def apply_entry(
         keys.append(KEYS.refund_marker(refund_of))
     mode = ("i" if idempotency_key else "") + ("r" if refund_of else "") + ("c" if clamp else "")
     args = [delta, floor, _entry(ledger_id), fingerprint, 86_400, recent, 1234, ledger_id, mode]
+    if top_up:
+        keys += [KEYS.top_up(), KEYS.top_up_due()]
+        args[-1] += "t"
+        args.append(KEYS.top_up_member())
     reply: list[Any] = await Scripts(redis).apply_entry(keys=keys, args=args)
     return reply
 
@@ -77,7 +82,7 @@ async def test_hydrate_writes_only_a_missing_account(redis: "Redis") -> None:
 
 async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis") -> None:
     await hydrate(redis, 100, seq=41)
-    status, before, entry = await apply_entry(redis, -30)
+    status, before, entry, _ = await apply_entry(redis, -30)
     assert (status, int(before)) == ("ok", 100)
     assert orjson.loads(entry)["amount"] == -30
     assert orjson.loads(entry)["balance_after"] == 70
@@ -119,11 +124,11 @@ async def test_adds_are_allowed_below_the_floor(redis: "Redis") -> None:
 async def test_ceiling_refuses_overflow_and_keeps_exact_big_numbers(redis: "Redis") -> None:
     await hydrate(redis, MAX_AMOUNT - 1)
     assert await apply_entry(redis, 2) == ["overflow", str(MAX_AMOUNT - 1)]
-    _, before, entry = await apply_entry(redis, 1)
+    _, before, entry, _ = await apply_entry(redis, 1)
     assert int(before) == MAX_AMOUNT - 1
     assert orjson.loads(entry)["balance_after"] == MAX_AMOUNT  # not 9.007199254741e+15
     assert await redis.hget(KEYS.account, "balance") == str(MAX_AMOUNT)
-    _, before, entry = await apply_entry(redis, -MAX_AMOUNT)
+    _, before, entry, _ = await apply_entry(redis, -MAX_AMOUNT)
     assert orjson.loads(entry)["balance_after"] == 0
 
 
@@ -205,8 +210,33 @@ async def test_repair_account_only_when_seq_unchanged(redis: "Redis") -> None:
 
 async def test_clamp_takes_only_what_the_floor_allows(redis: "Redis") -> None:
     await hydrate(redis, 30)
-    status, before, entry = await apply_entry(redis, -50, clamp=True, floor=-5)
+    status, before, entry, _ = await apply_entry(redis, -50, clamp=True, floor=-5)
     assert (status, int(before), orjson.loads(entry)["amount"]) == ("ok", 30, -35)
     assert await redis.hget(KEYS.account, "balance") == "-5"
     assert await apply_entry(redis, -1, clamp=True, floor=-5) == ["insufficient", "-5"]
     assert await redis.xlen(KEYS.outbox) == 1
+
+
+async def test_a_deduct_below_the_threshold_starts_one_top_up(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    await redis.hset(KEYS.top_up(), "threshold", 50)
+    assert (await apply_entry(redis, -40, top_up=True, ledger_id="D1"))[3] == 0  # 60 left
+    assert (await apply_entry(redis, -20, top_up=True, ledger_id="D2"))[3] == 1  # 40 left
+    # Further deducts while that top-up is pending start nothing more.
+    assert (await apply_entry(redis, -20, top_up=True, ledger_id="D3"))[3] == 0
+    assert await redis.hget(KEYS.top_up(), "pending") == "D2"
+    assert await redis.zrange(KEYS.top_up_due(), 0, -1, withscores=True) == [
+        (KEYS.top_up_member(), 1234.0)
+    ]
+    # Once the worker clears it, the next deduct below the threshold starts another.
+    await redis.hdel(KEYS.top_up(), "pending")
+    assert (await apply_entry(redis, -1, top_up=True, ledger_id="D4"))[3] == 1
+
+
+async def test_no_top_up_without_a_threshold_or_for_a_refused_deduct(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    assert (await apply_entry(redis, -90, top_up=True))[3] == 0
+    await redis.hset(KEYS.top_up(), "threshold", 50)
+    assert (await apply_entry(redis, -20, top_up=True)) == ["insufficient", "10"]
+    assert await redis.hget(KEYS.top_up(), "pending") is None
+    assert await redis.zcard(KEYS.top_up_due()) == 0

@@ -6,11 +6,10 @@ from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 
-from engine.credits import Credits
 from engine.errors import UnavailableError
 from engine.keys import SHARDS, flush_key
 from engine.reconcile import reconcile
-from workers.context import context
+from workers.context import context, credits_runner
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +49,15 @@ def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
 
 def apply_webhook_event(event_pk: int) -> str | None:
     ctx = context()
+    run = credits_runner(ctx.settings, ctx.repository)
+    event = run(lambda credits: ctx.webhooks.apply(credits, event_pk))
+    return event.status if event else None
 
-    async def run() -> str | None:
-        redis = AsyncRedis.from_url(ctx.settings.redis_url, decode_responses=True)
-        try:
-            event = await ctx.webhooks.apply(Credits(redis, ctx.repository, ctx.settings), event_pk)
-        finally:
-            await redis.aclose()
-        return event.status if event else None
 
-    return asyncio.run(run())
+def auto_top_up(app_id: str, user_id: str) -> str:
+    outcome = context().top_ups.run(app_id, user_id)
+    log.info("auto top-up of %s/%s: %s", app_id, user_id, outcome)
+    return outcome
 
 
 def reconcile_accounts(repair: bool = False) -> dict[str, Any]:

@@ -29,6 +29,10 @@ FLUSH_LOCK_MS = 30_000
 _RECONCILE_KEY = "tally:reconcile:scheduled"
 _DRAIN_STALLS = 10
 _WEBHOOK_SWEEP_SECONDS = 1.0
+# Auto top-up thresholds are put back in Redis this often (and at start): Redis may have lost
+# them; PostgreSQL has the settings.
+_REARM_SECONDS = 600
+_TOP_UP_SWEEP_SECONDS = 0.25
 
 
 def run(settings: Settings, *, burst: bool) -> int:
@@ -89,7 +93,7 @@ def outbox_depth(redis: "Redis") -> int:
 
 
 def _sweep_forever(redis: "Redis", queue: Queue, settings: Settings, stop: threading.Event) -> None:
-    next_webhook_sweep = 0.0
+    next_webhook_sweep = next_top_up_sweep = next_rearm = 0.0
     while not stop.wait(settings.outbox_sweep_ms / 1000):
         try:
             sweep(redis, queue, settings.outbox_reclaim_ms)
@@ -101,6 +105,16 @@ def _sweep_forever(redis: "Redis", queue: Queue, settings: Settings, stop: threa
                 next_webhook_sweep = time.monotonic() + _WEBHOOK_SWEEP_SECONDS
                 for event_pk in context().webhooks.claim_due():
                     enqueue_webhook(queue, event_pk)
+            if time.monotonic() >= next_top_up_sweep:
+                next_top_up_sweep = time.monotonic() + _TOP_UP_SWEEP_SECONDS
+                for app_id, user_id in context().top_ups.claim_due():
+                    queue.enqueue(
+                        "workers.jobs.auto_top_up", app_id, user_id, result_ttl=600,
+                        job_timeout=300,
+                    )  # fmt: skip
+            if time.monotonic() >= next_rearm:
+                next_rearm = time.monotonic() + _REARM_SECONDS
+                context().top_ups.rearm_all()
         except (RedisError, UnavailableError) as exc:
             log.warning("sweep failed, retrying: %s", exc)
             stop.wait(1)
