@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
+from engine.client_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 from engine.errors import InvalidRequestError, PayloadTooLargeError
 from engine.models import MAX_AMOUNT
 
@@ -92,7 +93,7 @@ _Cents = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
 
 
 class ClientTokenRequest(UserQuery):
-    ttl_seconds: Annotated[int, Field(ge=1, le=86_400)] = 3_600
+    ttl_seconds: Annotated[int, Field(ge=1, le=MAX_TTL_SECONDS)] = DEFAULT_TTL_SECONDS
 
 
 class NoQuery(Strict):

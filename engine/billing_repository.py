@@ -178,15 +178,6 @@ class BillingRepository:
         assert found is not None
         return found
 
-    def list_purchases(self, app_id: str, user_id: str, limit: int = 50) -> list[Purchase]:
-        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(Purchase)) as cur:
-            cur.execute(
-                f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE app_id = %s AND user_id = %s"
-                " ORDER BY purchase_id DESC LIMIT %s",
-                (app_id, user_id, limit),
-            )
-            return cur.fetchall()
-
     def auto_top_up_spent_today(self, app_id: str, user_id: str) -> int:
         """Cents auto top-up charged (or has in flight) since midnight UTC."""
         with connection(self._pool) as conn:

@@ -60,6 +60,12 @@ Try it:
     -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
     -d '{{"user_id": "user_001", "amount": 100, "description": "Welcome credits"}}'
 
+The same user as their browser sees them, with a client token:
+  curl -s -X POST http://127.0.0.1:{port}/client-tokens \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"user_id": "user_001"}}'
+  curl -s http://127.0.0.1:{port}/client/balance -H 'Authorization: Bearer <token from above>'
+
 Environment for the tally command in another shell:
   export TALLY_REDIS_URL={redis.url} TALLY_DATABASE_URL={postgres.url}
 

@@ -229,6 +229,20 @@ def test_payments_tally_cannot_use_are_acknowledged_and_recorded_as_ignored(
     assert hooks.balance("u") == 0
 
 
+def test_a_payment_made_for_another_app_is_not_credited_here(hooks: Hooks) -> None:
+    # Two apps sharing a Stripe account both hear every payment Tally made for either.
+    mine = {"tally_user_id": "u", "tally_credits": "5", "tally_app_id": hooks.app.app_id}
+    theirs = mine | {"tally_app_id": "app_someone_else"}
+    hooks.stripe(stripe_intent("evt_mine", "pi_mine", mine))
+    hooks.stripe(stripe_intent("evt_theirs", "pi_theirs", theirs))
+    statuses = {e["payment_id"]: (e["status"], e["reason"]) for e in hooks.settled(2)}
+    assert statuses == {
+        "pi_mine": ("credited", None),
+        "pi_theirs": ("ignored", "payment belongs to app app_someone_else"),
+    }
+    assert hooks.balance("u") == 5
+
+
 def test_unused_event_types_are_ignored_with_reason(hooks: Hooks) -> None:
     response = hooks.stripe({"id": "evt_c", "type": "customer.created", "data": {"object": {}}})
     assert response.status_code == 200 and response.json()["status"] == "ignored"
