@@ -2,6 +2,7 @@
 onto Tally's. Every call that creates something carries an idempotency key, so the client's
 own network retries can never create it twice."""
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,7 +68,11 @@ class StripeGateway:
         with _errors():
             customer = self._client.v1.customers.create(
                 params={"metadata": {"tally_app_id": app_id, "tally_user_id": user_id}},
-                options={"idempotency_key": f"tally-customer:{app_id}:{user_id}"},
+                # Hashed: user ids may be longer than Stripe's 255-character keys.
+                options={
+                    "idempotency_key": "tally-customer:"
+                    + hashlib.sha256(f"{app_id}:{user_id}".encode()).hexdigest()
+                },
             )
         return str(customer.id)
 
