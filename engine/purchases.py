@@ -298,22 +298,8 @@ class Purchases:
         """Credit a paid purchase unless its webhook already did, under the payment's lock."""
         with self._events.payment_transaction() as tx:
             tx.lock_payment(app.app_id, "stripe", payment_intent_id)
-            ledger_id = tx.purchase_credit(app.app_id, payment_intent_id)
-            if ledger_id is None:
-                webhook = next(
-                    (
-                        event.ledger_id
-                        for event in tx.applied(app.app_id, "stripe", payment_intent_id)
-                        if event.action == "credit"
-                    ),
-                    None,
-                )
-                if webhook is not None:
-                    balance = self._run(
-                        lambda credits: credits.balance(app.context(), purchase.user_id)
-                    )
-                    tx.purchase_credited(app.app_id, payment_intent_id, webhook, balance.balance)
-                    return
+            earlier = tx.prior_credit(app.app_id, "stripe", payment_intent_id)
+            if earlier is None:
                 result = self._run(
                     lambda credits: credit_payment(
                         credits,
@@ -324,9 +310,14 @@ class Purchases:
                         payment_intent_id,
                     )
                 )
-                tx.purchase_credited(
-                    app.app_id, payment_intent_id, result.ledger_id, result.balance_after
-                )
+                ledger_id, balance = result.ledger_id, result.balance_after
+            else:
+                # Its webhook came first (a no-op below if it already marked the purchase).
+                ledger_id = earlier.ledger_id
+                balance = self._run(
+                    lambda credits: credits.balance(app.context(), purchase.user_id)
+                ).balance
+            tx.purchase_credited(app.app_id, payment_intent_id, ledger_id, balance)
 
     def _own_card(
         self, app: App, user_id: str, payment_method_id: str, gateway: StripeGateway

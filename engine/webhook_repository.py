@@ -153,6 +153,12 @@ class WebhookRepository:
             yield PaymentTransaction(conn)
 
 
+@dataclass(frozen=True, slots=True)
+class PriorCredit:
+    ledger_id: str
+    by: str  # "event 12", or "its purchase (<ledger id>)"
+
+
 class PaymentTransaction:
     def __init__(self, conn: psycopg.Connection) -> None:
         self._conn = conn
@@ -183,14 +189,22 @@ class PaymentTransaction:
             )
             return cur.fetchall()
 
-    def purchase_credit(self, app_id: str, payment_intent_id: str) -> str | None:
-        """The ledger id of the credit a purchase already made for this PaymentIntent."""
+    def prior_credit(self, app_id: str, provider: str, payment_id: str) -> "PriorCredit | None":
+        """What already credited this payment: one of its webhook events, or the purchase Tally
+        made (a Stripe PaymentIntent). Webhooks and purchases both ask, under the payment's
+        lock, so that the payment is credited once whichever reports it first."""
         row = self._conn.execute(
-            "SELECT ledger_id::text FROM purchases WHERE app_id = %s AND payment_intent_id = %s"
-            " AND ledger_id IS NOT NULL",
-            (app_id, payment_intent_id),
+            "SELECT ledger_id::text, 'event ' || event_pk FROM webhook_events"
+            " WHERE app_id = %(app)s AND provider = %(provider)s AND payment_id = %(payment)s"
+            " AND status = 'credited'"
+            " UNION ALL"
+            " SELECT ledger_id::text, 'its purchase (' || ledger_id || ')' FROM purchases"
+            " WHERE %(provider)s = 'stripe' AND app_id = %(app)s"
+            " AND payment_intent_id = %(payment)s AND ledger_id IS NOT NULL"
+            " LIMIT 1",
+            {"app": app_id, "provider": provider, "payment": payment_id},
         ).fetchone()
-        return row[0] if row else None
+        return PriorCredit(ledger_id=row[0], by=row[1]) if row else None
 
     def purchase_credited(
         self, app_id: str, payment_intent_id: str, ledger_id: str, balance_after: int | None

@@ -103,15 +103,9 @@ class Webhooks:
             # Two apps on one Stripe account both hear every payment: each credits its own.
             tx.finish(event.event_pk, "ignored", f"payment belongs to app {payment.app_id}")
             return
-        applied = tx.applied(app.app_id, event.provider, event.payment_id)
-        earlier = next((e for e in applied if e.action == "credit"), None)
+        earlier = tx.prior_credit(app.app_id, event.provider, event.payment_id)
         if earlier is not None:
-            reason = f"payment {event.payment_id} already credited by event {earlier.event_pk}"
-            tx.finish(event.event_pk, "duplicate", reason)
-            return
-        purchased = tx.purchase_credit(app.app_id, event.payment_id)
-        if purchased is not None:
-            reason = f"payment {event.payment_id} already credited by its purchase ({purchased})"
+            reason = f"payment {event.payment_id} already credited by {earlier.by}"
             tx.finish(event.event_pk, "duplicate", reason)
             return
         amount = payment.credits
