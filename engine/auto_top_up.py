@@ -136,7 +136,7 @@ class AutoTopUps:
                 return "waiting"
             balance = self._run(lambda credits: credits.balance(app.context(), user_id)).balance
             if balance >= self.threshold(app, top_up):
-                self._finish(app_id, user_id)
+                self._finish_armed(app, user_id, top_up)
                 return "not_needed"
             spent = self._billing.auto_top_up_spent_today(app_id, user_id)
             limit = app.auto_top_up_daily_limit_cents
@@ -179,7 +179,7 @@ class AutoTopUps:
                 app.app_id, user_id, status="active", last_failure_reason=None,
                 retries_remaining=MAX_ATTEMPTS, next_retry_at=None, last_top_up_at=now,
             )  # fmt: skip
-            self._finish(app.app_id, user_id)
+            self._finish_armed(app, user_id, top_up)
             return "succeeded"
         reason = "; ".join(failures) or "no payment method on file"
         remaining = top_up.retries_remaining - 1
@@ -217,6 +217,17 @@ class AutoTopUps:
         pipe.hdel(keys.top_up(), "pending", *(["threshold"] if disarm else []))
         pipe.zrem(keys.top_up_due(), keys.top_up_member())
         pipe.execute()
+
+    def _finish_armed(self, app: App, user_id: str, top_up: AutoTopUp) -> None:
+        """_finish, auto top-up staying on. A deduct that went below the threshold while this
+        top-up ran found it pending and started nothing: look at the balance once more."""
+        self._finish(app.app_id, user_id)
+        balance = self._run(lambda credits: credits.balance(app.context(), user_id)).balance
+        keys = account_keys(app.app_id, user_id)
+        if balance < self.threshold(app, top_up) and self._redis.hsetnx(
+            keys.top_up(), "pending", f"job-{uuid.uuid4()}"
+        ):
+            self._schedule(app.app_id, user_id, datetime.now(UTC))
 
 
 def _describe(card: Card) -> str:

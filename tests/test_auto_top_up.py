@@ -218,3 +218,21 @@ def test_thresholds_lost_by_redis_come_back_from_postgresql(
     finally:
         worker.stop()
         redis.close()
+
+
+def test_a_top_up_that_leaves_the_balance_below_the_threshold_starts_another(
+    browser: Browser, client: httpx.Client, settings: Settings, test_app: AppUnderTest, worker: Any
+) -> None:
+    # Also what a deduct landing while a top-up runs relies on: it finds the top-up pending and
+    # starts nothing, so the finishing top-up looks at the balance once more.
+    client.post("/credits/add", json={"user_id": "alice", "amount": 600})
+    browser.save_card(VISA)
+    small = {"enabled": True, "threshold_cents": 1000, "purchase_amount_cents": 500}
+    browser.put("/client/auto-top-up", json=small)
+    assert client.post("/credits/deduct", json={"user_id": "alice", "amount": 600}).json()[
+        "auto_top_up_started"
+    ]
+    # 0 + 500 is still below 1000 credits: a second top-up follows, and no third.
+    wait_for(lambda: browser.get("/client/balance").json()["balance"] == 1000)
+    time.sleep(1.0)
+    assert purchases(settings, test_app.app_id) == [("auto_top_up", "succeeded", None)] * 2
