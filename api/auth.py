@@ -3,7 +3,9 @@
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from engine import client_tokens
 from engine.apps import KEY_PATTERN, hash_key
@@ -12,6 +14,8 @@ from engine.models import App, AppContext
 from engine.repository import Repository
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MAX_ENTRIES = 100_000
 # With PostgreSQL down, a key already known keeps working this long before the next try, so the
@@ -112,28 +116,14 @@ class AppCache:
     def __init__(self, repository: Repository, ttl: float) -> None:
         self._repository = repository
         self._ttl = ttl
-        self._apps: dict[str, tuple[App | None, float]] = {}
+        self._apps: dict[str, tuple[App | None, float]] = {}  # value, monotonic expiry
         self._origins: dict[str, tuple[bool, float]] = {}
 
     async def get(self, app_id: str) -> App | None:
-        cached = self._apps.get(app_id)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        app = await asyncio.to_thread(self._repository.get_app, app_id)
-        if len(self._apps) >= _MAX_ENTRIES:
-            self._apps.clear()
-        self._apps[app_id] = (app, time.monotonic() + self._ttl)
-        return app
+        return await _cached(self._apps, app_id, self._ttl, self._repository.get_app)
 
     async def origin_allowed(self, origin: str) -> bool:
-        cached = self._origins.get(origin)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        allowed = await asyncio.to_thread(self._repository.origin_allowed, origin)
-        if len(self._origins) >= _MAX_ENTRIES:
-            self._origins.clear()
-        self._origins[origin] = (allowed, time.monotonic() + self._ttl)
-        return allowed
+        return await _cached(self._origins, origin, self._ttl, self._repository.origin_allowed)
 
     async def client_session(self, authorization: str | None, origin: str | None) -> ClientSession:
         """The user a client token acts for; a browser's origin must be one the app allows."""
@@ -152,3 +142,17 @@ class AppCache:
                 f"origin {origin} is not allowed for this app (tally apps update --cors-origins)"
             )
         return ClientSession(app, claims.user_id)
+
+
+async def _cached(
+    table: dict[str, tuple[T, float]], key: str, ttl: float, load: Callable[[str], T]
+) -> T:
+    """table[key] if younger than `ttl`, else load(key) in a thread and remember it."""
+    cached = table.get(key)
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    value = await asyncio.to_thread(load, key)
+    if len(table) >= _MAX_ENTRIES:
+        table.clear()
+    table[key] = (value, time.monotonic() + ttl)
+    return value
