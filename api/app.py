@@ -1,5 +1,6 @@
 """The ASGI application."""
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,8 +12,10 @@ from starlette.routing import Route
 from api import client, config, credits, health, webhooks
 from api.cors import ClientCors
 from api.errors import HANDLERS
-from api.services import Services
+from api.request_id import RequestId
+from engine.container import Engine
 from engine.settings import Settings
+from workers.queue import Jobs
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -21,7 +24,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.services = Services.start(settings)
+        engine = Engine.build(settings, asyncio.get_running_loop())
+        app.state.engine = engine
+        app.state.jobs = Jobs(engine.raw_redis)
         # Everything alive now lives as long as the process: keep it out of the cyclic
         # collector's sight, whose full passes over it were the API's p99 (bench/).
         gc.collect()
@@ -29,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            await app.state.services.close()
+            await engine.aclose()
 
     routes = [
         Route("/credits/add", credits.add, methods=["POST"]),
@@ -64,7 +69,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ClientCors)],
+        middleware=[Middleware(RequestId), Middleware(ClientCors)],
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -1,26 +1,26 @@
 """The `tally` command."""
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from engine.apps import Apps, webhook_urls
-from engine.db import migrate, open_pool
+from engine import logs
+from engine.accounts.apps import setting_problem
+from engine.container import Engine
 from engine.errors import TallyError
-from engine.models import CREDITS_CONFIG, MAX_AMOUNT, ApiKey, App
-from engine.outbox import outbox_lag
-from engine.reconcile import reconcile
-from engine.repository import Repository
+from engine.ledger.outbox import outbox_lag
+from engine.models import CREDITS_CONFIG, ApiKey, App
+from engine.payments.providers import webhook_urls
+from engine.payments.repository import WebhookEvent
 from engine.settings import Settings
-from engine.webhook_repository import WebhookEvent, WebhookRepository
-from engine.webhooks import Webhooks
+from engine.store.db import migrate
+from workers.queue import Jobs
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
 _BILLING = ("stripe_secret_key", "cors_origins", "auto_top_up_daily_limit_cents")
@@ -32,19 +32,39 @@ _FLAGS = (
 )
 
 
+class Context:
+    """What a command works with: the settings, and the engine, built on first use (`serve`
+    and `worker` build their own in the processes that serve)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine.build(self.settings)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level)
+    # A command reports an unreachable PostgreSQL once, itself; the pool's retries are noise.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    context = Context(settings)
     try:
-        args.run(args, settings)
+        args.run(args, context)
     except TallyError as exc:
         print(f"tally: {exc.message}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        context.close()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(
-        parent: Any, name: str, run: Callable[[argparse.Namespace, Settings], None], help: str
+        parent: Any, name: str, run: Callable[[argparse.Namespace, Context], None], help: str
     ) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         sub.set_defaults(run=run)
@@ -108,10 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("app_id")
     for secret in _SECRETS:
         update.add_argument("--" + secret.replace("_", "-"), dest=secret, metavar="SECRET")
-    update.add_argument("--credit-rate", type=_credit_rate, metavar="R")
-    update.add_argument("--overdraft-limit", type=_overdraft_limit, metavar="N")
+    update.add_argument("--credit-rate", type=_setting("credit_rate", Decimal), metavar="R")
+    update.add_argument("--overdraft-limit", type=_setting("overdraft_limit", int), metavar="N")
     # The credits configuration (also PATCH /credits/config).
-    update.add_argument("--credits-per-dollar", type=_credit_rate, metavar="R")
+    update.add_argument(
+        "--credits-per-dollar", type=_setting("credits_per_dollar", Decimal), metavar="R"
+    )
     update.add_argument("--display-name", metavar="TEXT")
     update.add_argument("--display-symbol", metavar="TEXT")
     update.add_argument("--display-symbol-position", choices=("left", "right"))
@@ -164,32 +186,28 @@ def _origins(text: str) -> list[str]:
     return [origin.strip() for origin in text.split(",") if origin.strip()]
 
 
-def _credit_rate(text: str) -> Decimal:
-    try:
-        rate = Decimal(text)
-    except InvalidOperation:
-        rate = Decimal(0)
-    if not rate.is_finite() or rate <= 0:
-        raise argparse.ArgumentTypeError("must be a number above 0")
-    return rate
+def _setting(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: the flag's text parsed, then checked by the engine's rule for it."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except (ValueError, ArithmeticError):
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+        problem = setting_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return convert
 
 
-def _overdraft_limit(text: str) -> int:
-    if not text.isdigit() or int(text) > MAX_AMOUNT:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_AMOUNT}")
-    return int(text)
-
-
-def _apps(settings: Settings) -> Apps:
-    return Apps(Repository(open_pool(settings.database_url, 1, wait=True)))
-
-
-def _migrate(args: argparse.Namespace, settings: Settings) -> None:
-    applied = migrate(open_pool(settings.database_url, 1, wait=True))
+def _migrate(args: argparse.Namespace, cx: Context) -> None:
+    applied = migrate(cx.engine.pool)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> None:
+def _serve(args: argparse.Namespace, cx: Context) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -198,22 +216,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level=settings.log_level,
+        log_level=cx.settings.log_level,
+        log_config=logs.uvicorn_config(cx.settings.log_level),
         access_log=False,
         server_header=False,
     )
 
 
-def _worker(args: argparse.Namespace, settings: Settings) -> None:
-    from workers.runner import run
+def _worker(args: argparse.Namespace, cx: Context) -> None:
+    # The worker is a process of its own (python -m workers): the API never imports it.
+    command = [sys.executable, "-m", "workers", *(["--burst"] if args.burst else [])]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
-    sys.exit(run(settings, burst=args.burst))
 
-
-def _status(args: argparse.Namespace, settings: Settings) -> None:
-    from redis import Redis
-
-    lags = outbox_lag(Redis.from_url(settings.redis_url, decode_responses=True))
+def _status(args: argparse.Namespace, cx: Context) -> None:
+    lags = outbox_lag(cx.engine.sync_redis)
     view = {
         "outbox_depth": sum(lag.depth for lag in lags),
         "oldest_age_seconds": max(lag.oldest_age_seconds for lag in lags),
@@ -230,18 +249,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(1)
 
 
-def _reconcile(args: argparse.Namespace, settings: Settings) -> None:
-    from redis.asyncio import Redis
-
-    async def run() -> dict[str, Any]:
-        redis = Redis.from_url(settings.redis_url, decode_responses=True)
-        try:
-            repository = Repository(open_pool(settings.database_url, 2, wait=True))
-            return (await reconcile(redis, repository, repair=args.repair)).as_dict()
-        finally:
-            await redis.aclose()
-
-    report = asyncio.run(run())
+def _reconcile(args: argparse.Namespace, cx: Context) -> None:
+    report = cx.engine.reconcile(repair=args.repair).as_dict()
     text = (
         f"checked {report['accounts_checked']} accounts, skipped {report['accounts_skipped']}"
         f" (outbox not drained), {report['drifted']} drifted, {report['repaired']} repaired"
@@ -251,14 +260,9 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> None:
         sys.exit(3)
 
 
-def _webhooks(settings: Settings) -> Webhooks:
-    pool = open_pool(settings.database_url, 1, wait=True)
-    return Webhooks(Repository(pool), WebhookRepository(pool))
-
-
-def _webhooks_list(args: argparse.Namespace, settings: Settings) -> None:
+def _webhooks_list(args: argparse.Namespace, cx: Context) -> None:
     status = "failed" if args.failed else args.status
-    events = _webhooks(settings).list_events(args.app, status, args.limit)
+    events = cx.engine.webhooks.list_events(args.app, status, args.limit)
     views = [_event_view(event) for event in events]
     lines = (
         f"{e['id']}  {e['received_at']}  {e['app_id']}  {e['provider']}  {e['event_type']}"
@@ -268,16 +272,9 @@ def _webhooks_list(args: argparse.Namespace, settings: Settings) -> None:
     _print(args, views, "\n".join(lines))
 
 
-def _webhooks_retry(args: argparse.Namespace, settings: Settings) -> None:
-    from redis import Redis
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
-    from workers.runner import QUEUE, enqueue_webhook
-
-    event = _webhooks(settings).reopen(args.event_pk)
-    queue = Queue(QUEUE, connection=Redis.from_url(settings.redis_url), serializer=JSONSerializer)
-    enqueue_webhook(queue, event.event_pk)
+def _webhooks_retry(args: argparse.Namespace, cx: Context) -> None:
+    event = cx.engine.webhooks.reopen(args.event_pk)
+    Jobs(cx.engine.raw_redis).apply_webhook_event(event.event_pk)
     _print(args, _event_view(event), f"event {event.event_pk} queued again")
 
 
@@ -289,51 +286,51 @@ def _event_view(event: WebhookEvent) -> dict[str, Any]:
     return view
 
 
-def _apps_create(args: argparse.Namespace, settings: Settings) -> None:
-    app, new_key = _apps(settings).create(args.name)
-    view = _app_view(app, settings) | {"api_key": new_key.api_key, "key_id": new_key.key.key_id}
+def _apps_create(args: argparse.Namespace, cx: Context) -> None:
+    app, new_key = cx.engine.apps.create(args.name)
+    view = _app_view(app, cx.settings) | {"api_key": new_key.api_key, "key_id": new_key.key.key_id}
     _print(args, view, f"app {app.app_id} created\nAPI key (shown once): {new_key.api_key}")
 
 
-def _apps_list(args: argparse.Namespace, settings: Settings) -> None:
-    apps = [_app_view(app, settings) for app in _apps(settings).list_apps()]
+def _apps_list(args: argparse.Namespace, cx: Context) -> None:
+    apps = [_app_view(app, cx.settings) for app in cx.engine.apps.list_apps()]
     _print(args, apps, "\n".join(f"{a['app_id']}  {a['name']}" for a in apps))
 
 
-def _apps_show(args: argparse.Namespace, settings: Settings) -> None:
-    view = _app_view(_apps(settings).get(args.app_id), settings)
+def _apps_show(args: argparse.Namespace, cx: Context) -> None:
+    view = _app_view(cx.engine.apps.get(args.app_id), cx.settings)
     _print(args, view, _lines(view))
 
 
-def _apps_update(args: argparse.Namespace, settings: Settings) -> None:
+def _apps_update(args: argparse.Namespace, cx: Context) -> None:
     changes = {
         name: getattr(args, name)
         for name in (*_SECRETS, *_BILLING, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
         if getattr(args, name) is not None
     }
-    view = _app_view(_apps(settings).update(args.app_id, changes), settings)
+    view = _app_view(cx.engine.apps.update(args.app_id, changes), cx.settings)
     _print(args, view, _lines(view))
 
 
-def _apps_rotate_client_secret(args: argparse.Namespace, settings: Settings) -> None:
-    view = _app_view(_apps(settings).rotate_client_secret(args.app_id), settings)
+def _apps_rotate_client_secret(args: argparse.Namespace, cx: Context) -> None:
+    view = _app_view(cx.engine.apps.rotate_client_secret(args.app_id), cx.settings)
     _print(args, view, f"app {args.app_id}: client tokens issued so far are revoked")
 
 
-def _keys_create(args: argparse.Namespace, settings: Settings) -> None:
-    new_key = _apps(settings).create_key(args.app_id)
+def _keys_create(args: argparse.Namespace, cx: Context) -> None:
+    new_key = cx.engine.apps.create_key(args.app_id)
     view = _key_view(new_key.key) | {"api_key": new_key.api_key}
     _print(args, view, f"key {new_key.key.key_id} created\nAPI key (shown once): {new_key.api_key}")
 
 
-def _keys_list(args: argparse.Namespace, settings: Settings) -> None:
-    keys = [_key_view(key) for key in _apps(settings).list_keys(args.app_id)]
+def _keys_list(args: argparse.Namespace, cx: Context) -> None:
+    keys = [_key_view(key) for key in cx.engine.apps.list_keys(args.app_id)]
     lines = (f"{k['key_id']}  {k['key_prefix']}...  {k['status']}" for k in keys)
     _print(args, keys, "\n".join(lines))
 
 
-def _keys_revoke(args: argparse.Namespace, settings: Settings) -> None:
-    key = _key_view(_apps(settings).revoke_key(args.key_id))
+def _keys_revoke(args: argparse.Namespace, cx: Context) -> None:
+    key = _key_view(cx.engine.apps.revoke_key(args.key_id))
     _print(args, key, f"key {key['key_id']} revoked")
 
 

@@ -1,16 +1,17 @@
 """CORS for the browser routes (/client/...): the origins each app allows are its own setting.
 
 A preflight carries no token, so it passes when any app allows the origin; the request itself
-is then checked against the token's app (AppCache.client_session answers 403 otherwise). Every
-other route is for servers and gets no CORS headers at all.
+is granted only when the token's app allows it (the route answers 403 otherwise, with no grant a
+browser could read). Every other route is for servers and gets no CORS headers at all.
 """
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import JSONResponse
-from api.services import Services
+from api.state import engine_of
 
 PREFIX = "/client/"
 _PREFLIGHT_HEADERS = {
@@ -34,15 +35,18 @@ class ClientCors:
         if origin is None:
             await self._app(scope, receive, send)
             return
+        app_cache = engine_of(Request(scope)).app_cache
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            services: Services = scope["app"].state.services
-            if await services.apps_cache.origin_allowed(origin):
+            if await app_cache.origin_allowed(origin):
                 allowed = _PREFLIGHT_HEADERS | {"Access-Control-Allow-Origin": origin}
                 response: Response = Response(status_code=204, headers=allowed)
             else:
                 body = {"success": False, "error": f"origin {origin} is not allowed"}
                 response = JSONResponse(body, status_code=403)
             await response(scope, receive, send)
+            return
+        if not await app_cache.grants_origin(headers.get("authorization"), origin):
+            await self._app(scope, receive, send)
             return
 
         async def send_with_cors(message: Message) -> None:

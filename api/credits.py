@@ -1,7 +1,5 @@
 """The /credits endpoints."""
 
-from datetime import UTC, datetime
-
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,9 +15,10 @@ from api.schemas import (
     parse_query,
     read_body,
 )
-from api.services import services
+from api.state import authenticated
+from api.views import balance_view, entry_view
 from engine.errors import InvalidRequestError, TallyError
-from engine.models import Balance, EntryResult, LedgerEntry, Operation
+from engine.models import MAX_IDEMPOTENCY_KEY, EntryResult, Operation
 
 # A full batch of 1,000 operations with descriptions and metadata.
 MAX_BATCH_BYTES = 1_048_576
@@ -53,8 +52,7 @@ async def deduct(request: Request) -> Response:
 
 
 async def batch(request: Request) -> Response:
-    svc = services(request)
-    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    engine, app = await authenticated(request)
     if "idempotency-key" in request.headers:
         raise InvalidRequestError(
             "a batch takes no Idempotency-Key header: give each operation its idempotency_key"
@@ -72,7 +70,7 @@ async def batch(request: Request) -> Response:
         )
         for op in body.operations
     ]
-    outcomes = await svc.credits.batch(app, operations)
+    outcomes = await engine.credits.batch(app, operations)
     return JSONResponse({"success": True, "results": [_outcome(o) for o in outcomes]})
 
 
@@ -91,11 +89,10 @@ def _outcome(outcome: EntryResult | TallyError) -> dict[str, object]:
 
 
 async def refund(request: Request) -> Response:
-    svc = services(request)
-    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
-    body = parse_body(RefundRequest, await read_body(request, svc.settings.max_body_bytes))
-    result = await svc.credits.refund(
+    body = parse_body(RefundRequest, await read_body(request, engine.settings.max_body_bytes))
+    result = await engine.credits.refund(
         app, body.ledger_id, description=body.description, idempotency_key=idempotency_key
     )
     return _entry_response(
@@ -112,10 +109,9 @@ async def refund(request: Request) -> Response:
 
 
 async def history(request: Request) -> Response:
-    svc = services(request)
-    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    engine, app = await authenticated(request)
     query = parse_query(HistoryQuery, request.query_params)
-    page = await svc.credits.history(app, query.user_id, query.limit, query.offset)
+    page = await engine.credits.history(app, query.user_id, query.limit, query.offset)
     return JSONResponse(
         {
             "user_id": page.user_id,
@@ -127,44 +123,17 @@ async def history(request: Request) -> Response:
     )
 
 
-def entry_view(entry: LedgerEntry) -> dict[str, object]:
-    return {
-        "ledger_id": entry.ledger_id,
-        "kind": entry.kind,
-        "amount": entry.amount,
-        # The same two under the names the reauth credits API uses.
-        "amount_delta": entry.amount,
-        "reason": entry.description,
-        "balance_after": entry.balance_after,
-        "description": entry.description,
-        "reference_id": entry.reference_id,
-        "metadata": entry.metadata,
-        "refund_of": entry.refund_of,
-        "created_at": iso8601(entry.created_at_ms),
-    }
-
-
 async def balance(request: Request) -> Response:
-    svc = services(request)
-    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    engine, app = await authenticated(request)
     query = parse_query(UserQuery, request.query_params)
-    return JSONResponse(balance_view(await svc.credits.balance(app, query.user_id)))
-
-
-def balance_view(result: Balance) -> dict[str, object]:
-    return {
-        "user_id": result.user_id,
-        "balance": result.balance,
-        "updated_at": iso8601(result.updated_at_ms),
-    }
+    return JSONResponse(balance_view(await engine.credits.balance(app, query.user_id)))
 
 
 async def _apply_entry(request: Request, kind: str) -> EntryResult:
-    svc = services(request)
-    app = await svc.auth.authenticate(request.headers.get("authorization"))
+    engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
-    body = parse_body(EntryRequest, await read_body(request, svc.settings.max_body_bytes))
-    operation = svc.credits.add if kind == "add" else svc.credits.deduct
+    body = parse_body(EntryRequest, await read_body(request, engine.settings.max_body_bytes))
+    operation = engine.credits.add if kind == "add" else engine.credits.deduct
     return await operation(
         app,
         body.user_id,
@@ -183,13 +152,10 @@ def _entry_response(body: dict[str, object], result: EntryResult) -> Response:
 
 def idempotency_key_of(request: Request) -> str | None:
     key = request.headers.get("idempotency-key")
-    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
-        raise InvalidRequestError("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    if key is not None and not (
+        1 <= len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()
+    ):
+        raise InvalidRequestError(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
     return key
-
-
-def iso8601(epoch_ms: int | None) -> str | None:
-    if epoch_ms is None:
-        return None
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

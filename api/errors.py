@@ -73,6 +73,8 @@ async def tally_error(request: Request, exc: Exception) -> Response:
         log.warning("%s %s: %s", request.method, request.url.path, exc.message)
     elif isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
+    if exc.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -1,23 +1,23 @@
 """GET /healthz: can this process serve the hot path, and how far behind is the ledger?"""
 
-import asyncio
 from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse
-from api.services import Services, services
-from engine.db import connection
+from api.state import engine_of
+from engine.container import Engine
 from engine.errors import UnavailableError
-from engine.outbox import outbox_lag
+from engine.ledger.outbox import outbox_lag
+from engine.store.db import connection
 
 
 async def healthz(request: Request) -> Response:
-    svc = services(request)
+    engine = engine_of(request)
     body: dict[str, object] = {}
     try:
-        lags = await asyncio.to_thread(outbox_lag, svc.sync_redis)
+        lags = await engine.bridge.call(outbox_lag, engine.sync_redis)
         body["redis"] = "ok"
         body["outbox"] = {
             "depth": sum(lag.depth for lag in lags),
@@ -27,7 +27,7 @@ async def healthz(request: Request) -> Response:
     except Exception:
         body["redis"] = "unavailable"
     try:
-        await asyncio.to_thread(_ping_postgres, svc)
+        await engine.bridge.call(_ping_postgres, engine)
         body["postgres"] = "ok"
     except UnavailableError:
         body["postgres"] = "unavailable"
@@ -37,6 +37,6 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-def _ping_postgres(svc: Services) -> None:
-    with connection(svc.pool, timeout=0.5) as conn:
+def _ping_postgres(engine: Engine) -> None:
+    with connection(engine.pool, timeout=0.5) as conn:
         conn.execute("SELECT 1")

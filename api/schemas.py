@@ -6,40 +6,43 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
-from engine.client_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+from engine.accounts.apps import SETTING_RULES
+from engine.accounts.client_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 from engine.errors import InvalidRequestError, PayloadTooLargeError
-from engine.models import MAX_AMOUNT
+from engine.models import (
+    MAX_AMOUNT,
+    MAX_DESCRIPTION,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_REFERENCE_ID,
+    MAX_USER_ID,
+)
 
 Model = TypeVar("Model", bound=BaseModel)
 
 MAX_BATCH = 1000
+MAX_PAGE = 1000
+MAX_OFFSET = 1_000_000
 
 _FIELD_RULES = {
-    "user_id": "user_id must be a non-empty string of at most 256 characters",
+    "user_id": f"user_id must be a non-empty string of at most {MAX_USER_ID} characters",
     "amount": f"amount must be an integer from 1 to {MAX_AMOUNT}",
-    "description": "description must be a string of at most 1000 characters",
-    "reference_id": "reference_id must be a string of at most 256 characters",
+    "description": f"description must be a string of at most {MAX_DESCRIPTION} characters",
+    "reference_id": f"reference_id must be a string of at most {MAX_REFERENCE_ID} characters",
     "metadata": "metadata must be a JSON object",
     "ledger_id": "ledger_id must be a UUID string",
-    "limit": "limit must be an integer from 1 to 1000",
-    "offset": "offset must be an integer from 0 to 1000000",
+    "limit": f"limit must be an integer from 1 to {MAX_PAGE}",
+    "offset": f"offset must be an integer from 0 to {MAX_OFFSET}",
     "operations": f"operations must be a list of 1 to {MAX_BATCH} operations",
     "type": 'type must be "add" or "deduct"',
-    "idempotency_key": "idempotency_key must be a string of 1 to 255 characters",
+    "idempotency_key": (
+        f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"
+    ),
+    **{name: message for name, (_, message) in SETTING_RULES.items()},
     "credits_enabled": "credits_enabled must be true or false",
-    "credits_per_dollar": "credits_per_dollar must be a number above 0",
-    "display_name": "display_name must be a string of 1 to 50 characters",
-    "display_symbol": "display_symbol must be a string of 1 to 8 characters, or null",
-    "display_symbol_position": 'display_symbol_position must be "left" or "right"',
-    "display_decimals": "display_decimals must be an integer from 0 to 8",
-    "min_purchase_cents": "min_purchase_cents must be an integer of 0 or more",
-    "max_purchase_cents": "max_purchase_cents must be an integer of 0 or more",
     "overdraft_enabled": "overdraft_enabled must be true or false",
-    "overdraft_limit": f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}",
     "manual_top_up_available": "manual_top_up_available must be true or false",
     "auto_top_up_available": "auto_top_up_available must be true or false",
-    "currency": "currency must be a three-letter ISO code in lower case, e.g. usd",
-    "ttl_seconds": "ttl_seconds must be an integer from 1 to 86400",
+    "ttl_seconds": f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}",
     "amount_cents": f"amount_cents must be an integer from 1 to {MAX_AMOUNT}",
     "payment_method_id": "payment_method_id must be a string of 1 to 255 characters",
     "payment_method_ids": "payment_method_ids must be a list of payment method ids",
@@ -56,17 +59,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+_UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
+_Description = Annotated[str, Field(max_length=MAX_DESCRIPTION)]
+# Query values arrive as text: numbers are parsed from it, nothing else is coerced.
+_Limit = Annotated[int, Field(ge=1, le=MAX_PAGE, strict=False)]
+_Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET, strict=False)]
+_Id = Annotated[str, Field(min_length=1, max_length=255)]
+_Cents = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
+
+
 class EntryRequest(Strict):
-    user_id: Annotated[str, Field(min_length=1, max_length=256)]
+    user_id: _UserId
     amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
-    description: Annotated[str, Field(max_length=1000)] | None = None
-    reference_id: Annotated[str, Field(max_length=256)] | None = None
+    description: _Description | None = None
+    reference_id: Annotated[str, Field(max_length=MAX_REFERENCE_ID)] | None = None
     metadata: dict[str, Any] | None = None
 
 
 class BatchOperation(EntryRequest):
     type: Literal["add", "deduct"]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)] | None = (
+        None
+    )
 
 
 class BatchRequest(Strict):
@@ -75,21 +89,16 @@ class BatchRequest(Strict):
 
 class RefundRequest(Strict):
     ledger_id: Annotated[str, Field(min_length=1, max_length=64)]
-    description: Annotated[str, Field(max_length=1000)] | None = None
+    description: _Description | None = None
 
 
 class UserQuery(Strict):
-    user_id: Annotated[str, Field(min_length=1, max_length=256)]
+    user_id: _UserId
 
 
 class HistoryQuery(UserQuery):
-    # Query values arrive as text: numbers are parsed from it, nothing else is coerced.
-    limit: Annotated[int, Field(ge=1, le=1000, strict=False)] = 50
-    offset: Annotated[int, Field(ge=0, le=1_000_000, strict=False)] = 0
-
-
-_Id = Annotated[str, Field(min_length=1, max_length=255)]
-_Cents = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
+    limit: _Limit = 50
+    offset: _Offset = 0
 
 
 class ClientTokenRequest(UserQuery):
@@ -101,8 +110,8 @@ class NoQuery(Strict):
 
 
 class TransactionsQuery(Strict):
-    limit: Annotated[int, Field(ge=1, le=1000, strict=False)] = 50
-    offset: Annotated[int, Field(ge=0, le=1_000_000, strict=False)] = 0
+    limit: _Limit = 50
+    offset: _Offset = 0
 
 
 class PurchaseRequest(Strict):
@@ -126,7 +135,7 @@ class AutoTopUpRequest(Strict):
 
 
 class ServerAutoTopUpRequest(AutoTopUpRequest):
-    user_id: Annotated[str, Field(min_length=1, max_length=256)]
+    user_id: _UserId
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:

@@ -1,6 +1,5 @@
 """POST /webhooks/{provider}/{app_id}: payment providers' events, answered at once."""
 
-import asyncio
 import logging
 
 from redis.exceptions import RedisError
@@ -9,29 +8,26 @@ from starlette.responses import Response
 
 from api.responses import JSONResponse
 from api.schemas import read_body
-from api.services import services
-from workers.runner import enqueue_webhook
+from api.state import engine_of, jobs_of
+from engine.payments.defaults import MAX_WEBHOOK_BYTES
 
 log = logging.getLogger(__name__)
 
-# Provider events can be larger than API calls; anything past this is not a payment event.
-MAX_WEBHOOK_BYTES = 1_048_576
-
 
 async def receive(request: Request) -> Response:
-    svc = services(request)
+    engine = engine_of(request)
     provider, app_id = request.path_params["provider"], request.path_params["app_id"]
     body = await read_body(request, MAX_WEBHOOK_BYTES)
-    event, new = await asyncio.to_thread(
-        svc.webhooks.receive, provider, app_id, dict(request.headers), body
+    event, new = await engine.bridge.call(
+        engine.webhooks.receive, provider, app_id, dict(request.headers), body
     )
     if new and event.status == "pending":
         try:
-            await asyncio.to_thread(enqueue_webhook, svc.queue, event.event_pk)
+            await engine.bridge.call(jobs_of(request).apply_webhook_event, event.event_pk)
         except RedisError as exc:
             # Stored already: the worker's next sweep queues it instead.
             log.warning("webhook event %s not queued (%s); the sweep will", event.event_pk, exc)
-            await asyncio.to_thread(svc.webhooks.release, event.event_pk)
+            await engine.bridge.call(engine.webhooks.release, event.event_pk)
     return JSONResponse(
         {
             "success": True,

@@ -16,10 +16,11 @@ from statistics import median
 from typing import Any
 
 import psycopg
-import redis
 
 from bench import cpu, engine_bench, load, report
 from bench.stack import USERS, Stack, burst, server, stack, worker
+from engine.ledger.outbox import outbox_depths
+from engine.store.redis import sync_client
 
 DEDUCT = '{"user_id":"{user}","amount":1}'
 ADD = '{"user_id":"{user}","amount":1,"description":"top-up"}'
@@ -131,12 +132,12 @@ def _batch(url: str, key: str, measure: Any) -> None:
 
 
 def _write_through(s: Stack, url: str, key: str, peak: float, seconds: float) -> dict[str, str]:
-    r = redis.Redis.from_url(s.settings.redis_url)
+    r = sync_client(s.settings.redis_url)
     burst(s)  # start from empty outboxes
     # One worker's rate: fill the outbox with no worker running, then drain it.
     load.run(url, "/credits/deduct", connections=64, seconds=seconds * 2, users=USERS,
              body=DEDUCT, key=key)  # fmt: skip
-    pending = sum(r.xlen(f"tally:{{s{i}}}:outbox") for i in range(64))
+    pending = sum(outbox_depths(r))
     began = time.monotonic()
     burst(s)
     drain = time.monotonic() - began
@@ -159,9 +160,7 @@ def _write_through(s: Stack, url: str, key: str, peak: float, seconds: float) ->
                          users=USERS, body=DEDUCT, key=key,
                          delay_ms=max(period_ms - response_ms, 0))  # fmt: skip
         deadline = time.monotonic() + 60
-        while (
-            sum(r.xlen(f"tally:{{s{i}}}:outbox") for i in range(64)) and time.monotonic() < deadline
-        ):
+        while sum(outbox_depths(r)) and time.monotonic() < deadline:
             time.sleep(0.1)
     with psycopg.connect(s.settings.database_url) as conn:
         row = conn.execute(
@@ -185,7 +184,7 @@ def _write_through(s: Stack, url: str, key: str, peak: float, seconds: float) ->
 
 
 def _aof(s: Stack, url: str, key: str, seconds: float) -> dict[str, str]:
-    r = redis.Redis.from_url(s.settings.redis_url)
+    r = sync_client(s.settings.redis_url)
     rates = {}
     for policy in ("everysec", "always"):
         r.config_set("appendfsync", policy)

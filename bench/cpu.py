@@ -64,3 +64,25 @@ async def _cpu_per_request(app: Starlette, path: str, key: str | None, n: int) -
     if statuses != {200}:
         raise RuntimeError(f"{path} answered {statuses}")
     return cpu
+
+
+def main() -> None:
+    """`python -m bench.cpu`: CPU per deduct, Tally against the floor, medians of repeated runs."""
+    import argparse
+    from statistics import median
+
+    from bench.stack import stack
+
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu", description=__doc__)
+    parser.add_argument("--requests", type=int, default=20_000, help="requests per run")
+    parser.add_argument("--repeat", type=int, default=5, help="runs; medians are printed")
+    args = parser.parse_args()
+    with stack() as s:
+        runs = [run(s, args.requests) for _ in range(args.repeat)]
+    for name in runs[0]:
+        unit = "" if "/" in name else " µs CPU per request"
+        print(f"{name:<16} {median(r[name] for r in runs):8.2f}{unit}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,11 +8,8 @@ from dataclasses import replace
 import uvloop
 
 from bench.stack import USERS, Stack
-from engine.credits import Credits
-from engine.db import open_pool
+from engine.container import Engine
 from engine.models import AppContext, Operation
-from engine.redis_client import hot_path_redis
-from engine.repository import Repository
 
 
 def run(stack: Stack, seconds: float) -> dict[str, float]:
@@ -20,10 +17,9 @@ def run(stack: Stack, seconds: float) -> dict[str, float]:
 
 
 async def _run(stack: Stack, seconds: float) -> dict[str, float]:
-    client = hot_path_redis(stack.settings.redis_url, 128)
-    pool = open_pool(stack.settings.database_url, 2)
-    credits = Credits(client, Repository(pool), stack.settings)
-    app = stack.app
+    settings = stack.settings.model_copy(update={"redis_max_connections": 128})
+    engine = Engine.build(settings, asyncio.get_running_loop())
+    credits, app = engine.credits, stack.app
 
     def user() -> str:
         return f"u{random.randint(1, USERS)}"
@@ -68,6 +64,5 @@ async def _run(stack: Stack, seconds: float) -> dict[str, float]:
         started = time.perf_counter()
         done = await scenario()
         results[name] = done / (time.perf_counter() - started)
-    await client.aclose()
-    pool.close()
+    await engine.aclose()
     return results

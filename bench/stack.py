@@ -1,6 +1,5 @@
 """The servers a benchmark run starts: Redis (AOF on), PostgreSQL, and the HTTP apps."""
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -9,15 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
-import redis
 
-from engine.apps import Apps
-from engine.credits import Credits
-from engine.db import migrate, open_pool
+from engine.container import Engine
 from engine.models import AppContext, Operation
-from engine.redis_client import hot_path_redis
-from engine.repository import Repository
 from engine.settings import Settings
+from engine.store.db import migrate
+from engine.store.redis import sync_client
 from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
 
 USERS = 10_000
@@ -47,12 +43,14 @@ def stack() -> Iterator[Stack]:
     postgres = PostgresServer().start()
     try:
         settings = Settings(redis_url=redis_server.url, database_url=postgres.url)
-        pool = open_pool(settings.database_url, 2, wait=True)
-        migrate(pool)
-        app, key = Apps(Repository(pool)).create("bench")
-        context = AppContext(app.app_id, 0)
-        asyncio.run(_fund(settings, Repository(pool), context))
-        pool.close()
+        engine = Engine.build(settings)
+        try:
+            migrate(engine.pool)
+            app, key = engine.apps.create("bench")
+            context = AppContext(app.app_id, 0)
+            _fund(engine, context)
+        finally:
+            engine.close()
         _fund_peers(settings)
         yield Stack(redis_server, postgres, settings, context, key.api_key)
     finally:
@@ -60,14 +58,11 @@ def stack() -> Iterator[Stack]:
         postgres.stop()
 
 
-async def _fund(settings: Settings, repository: Repository, app: AppContext) -> None:
-    client = hot_path_redis(settings.redis_url, 8)
-    credits = Credits(client, repository, settings)
+def _fund(engine: Engine, app: AppContext) -> None:
     users = ["hot", *(f"u{i}" for i in range(1, USERS + 1))]
     for start in range(0, len(users), 1000):
         ops = [Operation("add", user, FUNDS) for user in users[start : start + 1000]]
-        await credits.batch(app, ops)
-    await client.aclose()
+        engine.bridge.run(engine.credits.batch(app, ops))
 
 
 def _fund_peers(settings: Settings) -> None:
@@ -79,7 +74,7 @@ def _fund_peers(settings: Settings) -> None:
         with conn.cursor().copy("COPY peer_accounts FROM STDIN") as copy:
             for user in users:
                 copy.write_row((user, FUNDS, "now"))
-    floor = redis.Redis.from_url(settings.redis_url)
+    floor = sync_client(settings.redis_url)
     pipe = floor.pipeline(transaction=False)
     for user in users:
         pipe.hset(f"floor:{{{user}}}", "balance", FUNDS)

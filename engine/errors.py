@@ -3,6 +3,9 @@
 
 class TallyError(Exception):
     code = "error"
+    # Set when the error is the stored outcome of an earlier request with the same
+    # idempotency key, answered again.
+    replayed = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

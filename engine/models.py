@@ -7,6 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 MAX_AMOUNT = 2**53 - 1  # exact in Lua's doubles and in JavaScript clients
+# The longest text each field of an entry takes; the API validates with the same numbers.
+MAX_USER_ID = 256
+MAX_DESCRIPTION = 1000
+MAX_REFERENCE_ID = 256
+MAX_IDEMPOTENCY_KEY = 255
 
 # An app's credits configuration, as GET /credits/config shows it (with overdraft_limit).
 CREDITS_CONFIG = (

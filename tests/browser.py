@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from engine.apps import Apps
-from engine.repository import Repository
+from engine.accounts.apps import Apps
+from engine.accounts.repository import AppRepository
 from tests.conftest import AppUnderTest
 
 VISA = "4242424242424242"
@@ -22,7 +22,7 @@ DECLINED = "4000000000000002"
 AUTHENTICATION = "4000002500003155"
 
 
-def enable_purchases(repository: Repository, app: AppUnderTest, **changes: Any) -> None:
+def enable_purchases(repository: AppRepository, app: AppUnderTest, **changes: Any) -> None:
     settings: dict[str, Any] = {
         "stripe_secret_key": "sk_test_tally",
         "credits_per_dollar": Decimal(100),

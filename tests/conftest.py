@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.apps import Apps
-from engine.db import migrate, open_pool
-from engine.repository import Repository
+from engine.accounts.apps import Apps
+from engine.accounts.repository import AppRepository
 from engine.settings import Settings
+from engine.store.db import migrate, open_pool
 from tests.servers import LocalStripe, PostgresServer, RedisServer, free_port, wait_for_port
 
 # Auto top-up waits this long after a failed round (then twice as long) in the tests.
@@ -64,9 +64,9 @@ def settings(
 
 
 @pytest.fixture(scope="session")
-def repository(settings: Settings) -> Iterator[Repository]:
+def repository(settings: Settings) -> Iterator[AppRepository]:
     pool = open_pool(settings.database_url, 4, wait=True)
-    yield Repository(pool)
+    yield AppRepository(pool)
     pool.close()
 
 
@@ -87,14 +87,16 @@ def tally_env(settings: Settings) -> dict[str, str]:
 
 def tally(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the `tally` command as an operator would."""
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "api.cli", *args],
         env=tally_env(settings),
         capture_output=True,
         text=True,
-        check=check,
         timeout=120,
     )
+    if check and done.returncode:
+        raise AssertionError(f"tally {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    return done
 
 
 class ApiServer:
@@ -173,7 +175,7 @@ class AppUnderTest:
 
 
 @pytest.fixture
-def test_app(repository: Repository) -> AppUnderTest:
+def test_app(repository: AppRepository) -> AppUnderTest:
     """A fresh app per test: tenants are isolated, so tests cannot see each other's users."""
     app, new_key = Apps(repository).create("test")
     return AppUnderTest(app.app_id, new_key.api_key, new_key.key.key_id)

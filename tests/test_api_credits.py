@@ -5,9 +5,9 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.apps import Apps
+from engine.accounts.apps import Apps
+from engine.accounts.repository import AppRepository
 from engine.models import MAX_AMOUNT
-from engine.repository import Repository
 from tests.conftest import ApiServer, AppUnderTest, fire
 
 
@@ -72,14 +72,14 @@ def test_big_amounts_stay_exact(client: httpx.Client) -> None:
     assert deduct(client, "u", MAX_AMOUNT - 1).json()["balance_after"] == 1
 
 
-def other_app_client(api_server: ApiServer, repository: Repository) -> httpx.Client:
+def other_app_client(api_server: ApiServer, repository: AppRepository) -> httpx.Client:
     _, new_key = Apps(repository).create("other")
     headers = {"Authorization": f"Bearer {new_key.api_key}"}
     return httpx.Client(base_url=api_server.url, headers=headers, timeout=30)
 
 
 def test_tenants_are_isolated(
-    client: httpx.Client, api_server: ApiServer, repository: Repository
+    client: httpx.Client, api_server: ApiServer, repository: AppRepository
 ) -> None:
     add(client, "shared-name", 50)
     with other_app_client(api_server, repository) as other:
@@ -271,7 +271,7 @@ def test_malformed_idempotency_key_is_400(client: httpx.Client, key: str) -> Non
 
 
 def test_idempotency_keys_are_scoped_per_app(
-    client: httpx.Client, api_server: ApiServer, repository: Repository
+    client: httpx.Client, api_server: ApiServer, repository: AppRepository
 ) -> None:
     headers = {"Idempotency-Key": "same-key"}
     with other_app_client(api_server, repository) as other:

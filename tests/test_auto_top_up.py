@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from redis import Redis
 
-from engine.keys import account_keys
-from engine.repository import Repository
+from engine.accounts.repository import AppRepository
 from engine.settings import Settings
+from engine.store.keys import account_keys
 from tests.browser import CHARGE_DECLINED, VISA, Browser, enable_purchases
 from tests.conftest import RETRY_SECONDS, ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
 from tests.servers import LocalStripe
@@ -24,7 +24,7 @@ def browser(
     api_server: ApiServer,
     localstripe: LocalStripe,
     client: httpx.Client,
-    repository: Repository,
+    repository: AppRepository,
     test_app: AppUnderTest,
 ) -> Iterator[Browser]:
     enable_purchases(repository, test_app)
@@ -58,7 +58,7 @@ def wait_for(condition: Any, timeout: float = 30.0) -> None:
 
 
 def test_settings_are_validated_and_shared_with_the_server_api(
-    browser: Browser, client: httpx.Client, repository: Repository, test_app: AppUnderTest
+    browser: Browser, client: httpx.Client, repository: AppRepository, test_app: AppUnderTest
 ) -> None:
     assert browser.get("/client/auto-top-up").json() == {
         "user_id": "alice",
@@ -175,7 +175,7 @@ def test_three_failed_rounds_pause_auto_top_up_with_the_reason(
 def test_the_daily_limit_stops_runaway_top_ups(
     browser: Browser,
     client: httpx.Client,
-    repository: Repository,
+    repository: AppRepository,
     settings: Settings,
     test_app: AppUnderTest,
     worker: Any,

@@ -7,10 +7,10 @@ import time
 import httpx
 import pytest
 
-from engine import client_tokens
-from engine.apps import Apps
+from engine.accounts import client_tokens
+from engine.accounts.apps import Apps
+from engine.accounts.repository import AppRepository
 from engine.errors import AuthenticationError
-from engine.repository import Repository
 from engine.settings import Settings
 from tests.conftest import ApiServer, AppUnderTest, tally
 
@@ -137,7 +137,7 @@ def test_token_requests_are_validated(client: httpx.Client, api_server: ApiServe
 
 
 def test_cors_follows_each_apps_allowed_origins(
-    client: httpx.Client, api_server: ApiServer, repository: Repository, test_app: AppUnderTest
+    client: httpx.Client, api_server: ApiServer, repository: AppRepository, test_app: AppUnderTest
 ) -> None:
     allowed, other = "https://app.example.com", "https://evil.example.com"
     Apps(repository).update(test_app.app_id, {"cors_origins": [allowed]})
@@ -162,6 +162,8 @@ def test_cors_follows_each_apps_allowed_origins(
         response = browser.get("/client/balance")
         assert response.status_code == 403
         assert other in response.json()["error"]
+        # A refused origin gets no grant, not even one to read the refusal with.
+        assert "access-control-allow-origin" not in response.headers
     # Server routes are not for browsers: no CORS headers.
     server = client.get("/credits/balance", params={"user_id": "a"}, headers={"Origin": allowed})
     assert "access-control-allow-origin" not in server.headers

@@ -120,12 +120,12 @@ def test_cli_sets_the_same_configuration(
 def test_credits_per_dollar_is_the_default_webhook_rate(
     client: httpx.Client, settings: Settings, test_app: AppUnderTest
 ) -> None:
-    from engine.apps import Apps
-    from engine.db import open_pool
-    from engine.repository import Repository
+    from engine.accounts.apps import Apps
+    from engine.accounts.repository import AppRepository
+    from engine.store.db import open_pool
 
     pool = open_pool(settings.database_url, 1, wait=True)
-    app = Apps(Repository(pool)).update(test_app.app_id, {"credits_per_dollar": 100})
+    app = Apps(AppRepository(pool)).update(test_app.app_id, {"credits_per_dollar": 100})
     pool.close()
     assert app.webhook_credit_rate == 100
     assert app.credit_rate is None

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from engine.apps import Apps
-from engine.db import migrate, open_pool
-from engine.repository import Repository
+from engine.accounts.apps import Apps
+from engine.accounts.repository import AppRepository
 from engine.settings import Settings
+from engine.store.db import migrate, open_pool
 from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
 from tests.servers import PostgresServer, RedisServer
 from tests.test_ledger import ledger, wait_until
@@ -37,7 +37,7 @@ def stack() -> Iterator[Stack]:
     settings = Settings(redis_url=redis.url, database_url=postgres.url)
     pool = open_pool(settings.database_url, 1, wait=True)
     migrate(pool)
-    app, new_key = Apps(Repository(pool)).create("faults")
+    app, new_key = Apps(AppRepository(pool)).create("faults")
     pool.close()
     api = ApiServer(tally_env(settings))
     yield Stack(redis, postgres, settings, api, new_key.api_key, app.app_id)
@@ -99,7 +99,7 @@ def test_webhook_received_while_redis_is_down_is_applied_when_it_is_back(stack: 
     from tests.test_webhooks import STRIPE_SECRET, Hooks, stripe_intent
 
     pool = open_pool(stack.settings.database_url, 1, wait=True)
-    Apps(Repository(pool)).update(stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
+    Apps(AppRepository(pool)).update(stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
     pool.close()
     hooks = Hooks(stack.settings, stack.api, AppUnderTest(stack.app_id, stack.api_key, ""))
     stack.redis.kill()

@@ -2,7 +2,7 @@ import uuid
 
 from redis.crc import key_slot
 
-from engine.keys import (
+from engine.store.keys import (
     SHARDS,
     account_keys,
     flush_key,

@@ -8,9 +8,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from engine.keys import account_keys
 from engine.models import MAX_AMOUNT
-from engine.scripts import Scripts
+from engine.store.keys import account_keys
+from engine.store.scripts import Scripts
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -58,12 +58,12 @@ async def apply_entry(
         keys += [KEYS.top_up(), KEYS.top_up_due()]
         args[-1] += "t"
         args.append(KEYS.top_up_member())
-    reply: list[Any] = await Scripts(redis).apply_entry(keys=keys, args=args)
+    reply: list[Any] = await Scripts.register_async(redis).apply_entry(keys=keys, args=args)
     return reply
 
 
 async def hydrate(redis: "Redis", balance: int, updated_at: str = "99", seq: int = 0) -> int:
-    written: int = await Scripts(redis).hydrate(
+    written: int = await Scripts.register_async(redis).hydrate(
         keys=[KEYS.account], args=[balance, seq, updated_at]
     )
     return written
@@ -199,7 +199,7 @@ async def test_refused_refund_leaves_no_marker(redis: "Redis") -> None:
 
 
 async def test_repair_account_only_when_seq_unchanged(redis: "Redis") -> None:
-    scripts = Scripts(redis)
+    scripts = Scripts.register_async(redis)
     await hydrate(redis, 100, seq=7)
     assert await scripts.repair_account(keys=[KEYS.account], args=[6, 5]) == 0
     assert await redis.hget(KEYS.account, "balance") == "100"

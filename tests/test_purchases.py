@@ -8,7 +8,7 @@ import httpx
 import psycopg
 import pytest
 
-from engine.repository import Repository
+from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from tests.browser import AUTHENTICATION, CHARGE_DECLINED, DECLINED, VISA, Browser, enable_purchases
 from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, tally_env
@@ -18,7 +18,7 @@ WEBHOOK_SECRET = "whsec_tally_test"
 
 
 @pytest.fixture
-def billing(repository: Repository, test_app: AppUnderTest) -> AppUnderTest:
+def billing(repository: AppRepository, test_app: AppUnderTest) -> AppUnderTest:
     enable_purchases(repository, test_app, stripe_webhook_secret=WEBHOOK_SECRET)
     return test_app
 
@@ -173,14 +173,17 @@ def test_a_decline_is_a_402_with_stripes_code(browser: Browser) -> None:
     body = declined.json()
     assert body["success"] is False and body["decline_code"] == "card_declined"
     assert "declined" in body["error"]
-    # The same key answers the same decline; a new key tries again.
-    assert browser.buy(1000, card["id"], "buy-declined").json() == body
+    assert "idempotent-replayed" not in declined.headers
+    # The same key answers the same decline, marked as a replay; a new key tries again.
+    replayed = browser.buy(1000, card["id"], "buy-declined")
+    assert replayed.status_code == 402 and replayed.json() == body
+    assert replayed.headers["Idempotent-Replayed"] == "true"
     assert browser.buy(1000, card["id"], "buy-declined-2").status_code == 402
     assert browser.get("/client/balance").json()["balance"] == 0
 
 
 def test_purchases_respect_the_apps_settings(
-    browser: Browser, repository: Repository, billing: AppUnderTest
+    browser: Browser, repository: AppRepository, billing: AppUnderTest
 ) -> None:
     visa = browser.save_card(VISA)
     too_small = browser.buy(499, visa["id"], "small")

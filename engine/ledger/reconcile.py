@@ -6,18 +6,18 @@ their sum must be the balance read. Fewer entries while the shard's outbox still
 means not drained yet (skipped); fewer with an empty outbox means entries were lost.
 """
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from redis import Redis
+from redis.commands.core import Script
 
-from engine.keys import PREFIX, outbox_key, shard_of
-from engine.repository import Repository
-from engine.scripts import Scripts
-
-_SCAN_BATCH = 1_000
+from engine.ledger.defaults import RECONCILE_SCAN_BATCH
+from engine.ledger.outbox import outbox_depths
+from engine.ledger.repository import LedgerRepository
+from engine.store.keys import ACCOUNT_PATTERN, parse_account_key, shard_of
+from engine.store.scripts import Scripts
 
 
 @dataclass
@@ -43,27 +43,27 @@ class Report:
         }
 
 
-async def reconcile(redis: "Redis", repository: Repository, *, repair: bool = False) -> Report:
+def reconcile(redis: Redis, repository: LedgerRepository, *, repair: bool = False) -> Report:
     report = Report(started_at=datetime.now(UTC))
-    scripts = Scripts(redis)
+    scripts = Scripts.register(redis)
     batch: list[str] = []
-    async for key in redis.scan_iter(match=f"{PREFIX}:{{s*}}:acct:*", count=_SCAN_BATCH):
+    for key in redis.scan_iter(match=ACCOUNT_PATTERN, count=RECONCILE_SCAN_BATCH):
         batch.append(key)
-        if len(batch) >= _SCAN_BATCH:
-            await _check(redis, scripts, repository, batch, report, repair)
+        if len(batch) >= RECONCILE_SCAN_BATCH:
+            _check(redis, scripts, repository, batch, report, repair)
             batch = []
     if batch:
-        await _check(redis, scripts, repository, batch, report, repair)
+        _check(redis, scripts, repository, batch, report, repair)
     report.finished_at = datetime.now(UTC)
     stored = report.as_dict() | {"started_at": report.started_at, "finished_at": report.finished_at}
-    report.report_id = await asyncio.to_thread(repository.save_report, stored)
+    report.report_id = repository.save_report(stored)
     return report
 
 
-async def _check(
-    redis: "Redis",
-    scripts: Scripts,
-    repository: Repository,
+def _check(
+    redis: Redis,
+    scripts: Scripts[Script],
+    repository: LedgerRepository,
     keys: list[str],
     report: Report,
     repair: bool,
@@ -71,19 +71,19 @@ async def _check(
     pipe = redis.pipeline(transaction=False)
     for key in keys:
         pipe.hmget(key, "balance", "seq")
-    states = await pipe.execute()
+    states = pipe.execute()
     accounts: list[tuple[str, str, int, int, str]] = []  # app, user, seq, balance, key
     for key, (balance, seq) in zip(keys, states, strict=True):
         if balance is None:
             continue  # gone since the scan: nothing to compare
-        app_id, _, user_id = key.split(":acct:", 1)[1].partition(":")
+        app_id, user_id = parse_account_key(key)
         accounts.append((app_id, user_id, int(seq or 0), int(balance), key))
-    totals = await asyncio.to_thread(
-        repository.ledger_totals, [(app, user, seq) for app, user, seq, _, _ in accounts]
-    )
+    totals = repository.ledger_totals([(app, user, seq) for app, user, seq, _, _ in accounts])
+    # Read after the totals: an entry persisted since then is counted there, or still queued.
+    depths = outbox_depths(redis)
     for app_id, user_id, seq, balance, key in accounts:
         count, ledger_balance = totals[(app_id, user_id)]
-        if count < seq and await redis.xlen(outbox_key(shard_of(app_id, user_id))) > 0:
+        if count < seq and depths[shard_of(app_id, user_id)] > 0:
             report.accounts_skipped += 1
             continue
         report.accounts_checked += 1
@@ -102,7 +102,7 @@ async def _check(
             "repaired": False,
         }
         if repair:
-            repaired = await scripts.repair_account(keys=[key], args=[seq, ledger_balance])
+            repaired = scripts.repair_account(keys=[key], args=[seq, ledger_balance])
             drift["repaired"] = bool(repaired)
             report.repaired += bool(repaired)
         report.drift.append(drift)

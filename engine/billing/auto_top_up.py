@@ -5,7 +5,7 @@ the account's top-up hash and, the first time it is below, marks the top-up pend
 concurrent deducts start one) and puts the account in its shard's top-up-due set. The worker's
 sweeper leases due accounts (claim_due.lua) and queues one `auto_top_up` job each; the job
 (`run`) charges the cards in priority order, falls back to the next card on a decline, retries
-with backoff and pauses after MAX_ATTEMPTS failed rounds. PostgreSQL holds the settings and the
+with backoff and pauses after TOP_UP_ROUNDS failed rounds. PostgreSQL holds the settings and the
 status; Redis holds only what the hot path reads.
 """
 
@@ -17,20 +17,19 @@ from typing import Any
 
 from redis import Redis
 
-from engine.billing_repository import AutoTopUp, BillingRepository
+from engine.accounts.repository import AppRepository
+from engine.billing.defaults import TOP_UP_LEASE_MS, TOP_UP_ROUNDS
+from engine.billing.purchases import Purchases
+from engine.billing.repository import AutoTopUp, BillingRepository
+from engine.billing.stripe import Card
+from engine.bridge import Bridge
 from engine.errors import ForbiddenError, InvalidRequestError, PaymentDeclinedError
-from engine.keys import SHARDS, account_keys, parse_top_up_member, top_up_due_key
+from engine.ledger.credits import Credits
 from engine.models import App
-from engine.payments import credits_for
-from engine.purchases import CreditsRunner, Purchases
-from engine.repository import Repository
-from engine.scripts import source
+from engine.payments.providers import credits_for
 from engine.settings import Settings
-from engine.stripe_gateway import Card
-
-MAX_ATTEMPTS = 3
-# A claimed top-up is queued again after this unless its job finishes or reschedules it first.
-LEASE_MS = 120_000
+from engine.store.keys import SHARDS, account_keys, parse_top_up_member, top_up_due_key
+from engine.store.scripts import Scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +43,26 @@ class AutoTopUps:
     def __init__(
         self,
         billing: BillingRepository,
-        repository: Repository,
+        apps: AppRepository,
         purchases: Purchases,
         redis: "Redis",
+        credits: Credits,
+        bridge: Bridge,
         settings: Settings,
-        run: CreditsRunner,
     ) -> None:
         self._billing = billing
-        self._repository = repository
+        self._apps = apps
         self._purchases = purchases
         self._redis = redis
+        self._credits = credits
+        self._bridge = bridge
         self._retry_seconds = settings.auto_top_up_retry_seconds
-        self._run = run
-        self._claim = redis.register_script(source("claim_due"))
+        self._claim = Scripts.register(redis).claim_due
 
     def get(self, app: App, user_id: str) -> AutoTopUp:
         saved = self._billing.auto_top_up(app.app_id, user_id)
         return saved or AutoTopUp(
-            app.app_id, user_id, False, 0, 0, "active", None, MAX_ATTEMPTS, None, None
+            app.app_id, user_id, False, 0, 0, "active", None, TOP_UP_ROUNDS, None, None
         )
 
     def update(self, app: App, user_id: str, wanted: TopUpSettings) -> AutoTopUp:
@@ -72,7 +73,7 @@ class AutoTopUps:
             self._purchases.credits_for(app, wanted.purchase_amount_cents, "auto_top_up")
         saved = self._billing.save_auto_top_up(
             app.app_id, user_id, wanted.enabled, wanted.threshold_cents,
-            wanted.purchase_amount_cents, MAX_ATTEMPTS,
+            wanted.purchase_amount_cents, TOP_UP_ROUNDS,
         )  # fmt: skip
         keys = account_keys(app.app_id, user_id)
         if saved.enabled:
@@ -93,7 +94,9 @@ class AutoTopUps:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
         pipe = self._redis.pipeline(transaction=False)
         for shard in range(SHARDS):
-            self._claim(keys=[top_up_due_key(shard)], args=[now_ms, LEASE_MS, limit], client=pipe)
+            self._claim(
+                keys=[top_up_due_key(shard)], args=[now_ms, TOP_UP_LEASE_MS, limit], client=pipe
+            )
         return [parse_top_up_member(m) for members in pipe.execute() for m in members]
 
     def rearm_all(self) -> int:
@@ -103,7 +106,7 @@ class AutoTopUps:
         armed = 0
         for top_up in self._billing.enabled_top_ups():
             if top_up.app_id not in apps:
-                apps[top_up.app_id] = self._repository.get_app(top_up.app_id)
+                apps[top_up.app_id] = self._apps.get_app(top_up.app_id)
             app = apps[top_up.app_id]
             if app is None or app.credits_per_dollar is None:
                 continue
@@ -119,7 +122,7 @@ class AutoTopUps:
     def run(self, app_id: str, user_id: str) -> str:
         """One round of a user's top-up (an RQ job); returns what happened."""
         with self._billing.top_up_lock(app_id, user_id):
-            app = self._repository.get_app(app_id)
+            app = self._apps.get_app(app_id)
             top_up = self._billing.auto_top_up(app_id, user_id)
             if (
                 app is None
@@ -134,7 +137,7 @@ class AutoTopUps:
             if top_up.next_retry_at is not None and top_up.next_retry_at > now:
                 self._schedule(app_id, user_id, top_up.next_retry_at)
                 return "waiting"
-            balance = self._run(lambda credits: credits.balance(app.context(), user_id)).balance
+            balance = self._bridge.run(self._credits.balance(app.context(), user_id)).balance
             if balance >= self.threshold(app, top_up):
                 self._finish_armed(app, user_id, top_up)
                 return "not_needed"
@@ -158,7 +161,7 @@ class AutoTopUps:
 
     def _charge(self, app: App, user_id: str, top_up: AutoTopUp, now: datetime) -> str:
         trigger = self._trigger(app.app_id, user_id)
-        attempt = MAX_ATTEMPTS - top_up.retries_remaining
+        attempt = TOP_UP_ROUNDS - top_up.retries_remaining
         failures = []
         for card in self._purchases.cards(app, user_id):
             # One key per trigger, round and card: a job run again after a crash replays its
@@ -177,7 +180,7 @@ class AutoTopUps:
                 continue
             self._billing.record_top_up(
                 app.app_id, user_id, status="active", last_failure_reason=None,
-                retries_remaining=MAX_ATTEMPTS, next_retry_at=None, last_top_up_at=now,
+                retries_remaining=TOP_UP_ROUNDS, next_retry_at=None, last_top_up_at=now,
             )  # fmt: skip
             self._finish_armed(app, user_id, top_up)
             return "succeeded"
@@ -222,7 +225,7 @@ class AutoTopUps:
         """_finish, auto top-up staying on. A deduct that went below the threshold while this
         top-up ran found it pending and started nothing: look at the balance once more."""
         self._finish(app.app_id, user_id)
-        balance = self._run(lambda credits: credits.balance(app.context(), user_id)).balance
+        balance = self._bridge.run(self._credits.balance(app.context(), user_id)).balance
         keys = account_keys(app.app_id, user_id)
         if balance < self.threshold(app, top_up) and self._redis.hsetnx(
             keys.top_up(), "pending", f"job-{uuid.uuid4()}"

@@ -4,6 +4,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
+from typing import TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -11,6 +12,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from engine.errors import UnavailableError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Any one migration run at a time, across processes.
 _MIGRATION_LOCK = 7_324_001
@@ -69,3 +72,10 @@ def migrate(pool: ConnectionPool) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied_now
+
+
+def one(row: T | None) -> T:
+    """The row a statement must return (INSERT ... RETURNING, an UPDATE of a known row)."""
+    if row is None:
+        raise RuntimeError("statement returned no row")
+    return row

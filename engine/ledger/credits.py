@@ -1,6 +1,5 @@
 """Credits operations on the hot path: one Lua script call per add or deduct."""
 
-import asyncio
 import hashlib
 import json
 import time
@@ -8,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import orjson
 from redis.asyncio import Redis
@@ -17,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine.bridge import Bridge
 from engine.errors import (
     AlreadyRefundedError,
     IdempotencyConflictError,
@@ -26,15 +26,14 @@ from engine.errors import (
     TallyError,
     UnavailableError,
 )
-from engine.keys import (
-    AccountKeys,
-    account_keys,
-    new_ledger_id,
-    shard_of_ledger_id,
-    unpersisted_key,
-)
+from engine.ledger.defaults import HYDRATE_ATTEMPTS
+from engine.ledger.repository import LedgerRepository
 from engine.models import (
     MAX_AMOUNT,
+    MAX_DESCRIPTION,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_REFERENCE_ID,
+    MAX_USER_ID,
     AppContext,
     Balance,
     EntryResult,
@@ -43,61 +42,48 @@ from engine.models import (
     Operation,
     RefundResult,
 )
-from engine.repository import Repository
-from engine.scripts import Scripts
 from engine.settings import Settings
+from engine.store.keys import (
+    AccountKeys,
+    account_keys,
+    new_ledger_id,
+    shard_of_ledger_id,
+    unpersisted_key,
+)
+from engine.store.scripts import Scripts
 
 BatchOutcome = EntryResult | TallyError
 
-# A hydration races only with another hydration or a write, both of which leave the account in
-# place; a third miss in a row means something is deleting accounts under us.
-_HYDRATE_ATTEMPTS = 3
+
+class EntryFields(TypedDict, total=False):
+    """What an add or deduct may carry besides its user and amount."""
+
+    description: str | None
+    reference_id: str | None
+    metadata: dict[str, Any] | None
+    idempotency_key: str | None
 
 
 class Credits:
-    def __init__(self, redis: "Redis", repository: Repository, settings: Settings) -> None:
+    def __init__(
+        self, redis: "Redis", repository: LedgerRepository, bridge: Bridge, settings: Settings
+    ) -> None:
         self._redis = redis
-        self._scripts = Scripts(redis)
+        self._scripts = Scripts.register_async(redis)
         self._repository = repository
+        self._bridge = bridge
         self._idempotency_ttl = settings.idempotency_ttl_seconds
         self._recent_entries = settings.recent_entries
 
     async def add(
-        self,
-        app: AppContext,
-        user_id: str,
-        amount: int,
-        *,
-        description: str | None = None,
-        reference_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        self, app: AppContext, user_id: str, amount: int, **fields: Unpack[EntryFields]
     ) -> EntryResult:
-        return await self._apply(
-            app,
-            self._prepare(
-                app, "add", user_id, amount, description, reference_id, metadata, idempotency_key
-            ),
-        )
+        return await self._apply(app, self._prepare(app, "add", user_id, amount, **fields))
 
     async def deduct(
-        self,
-        app: AppContext,
-        user_id: str,
-        amount: int,
-        *,
-        description: str | None = None,
-        reference_id: str | None = None,
-        metadata: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
+        self, app: AppContext, user_id: str, amount: int, **fields: Unpack[EntryFields]
     ) -> EntryResult:
-        return await self._apply(
-            app,
-            self._prepare(
-                app, "deduct", user_id, -amount, description, reference_id, metadata,
-                idempotency_key,
-            ),
-        )  # fmt: skip
+        return await self._apply(app, self._prepare(app, "deduct", user_id, -amount, **fields))
 
     async def take_back(
         self,
@@ -116,8 +102,8 @@ class Credits:
         """
         try:
             call = self._prepare(
-                app, "payment_refund", user_id, -amount, description, reference_id, None,
-                idempotency_key, clamp=True,
+                app, "payment_refund", user_id, -amount, description=description,
+                reference_id=reference_id, idempotency_key=idempotency_key, clamp=True,
             )  # fmt: skip
             return await self._apply(app, call)
         except InsufficientCreditsError:
@@ -144,21 +130,21 @@ class Credits:
         keys = account_keys(app.app_id, original.user_id)
         # A refund already in PostgreSQL outlives any Redis state (a flush, a restore): put its
         # marker back so the script refuses a second one.
-        refund_id = await asyncio.to_thread(self._repository.refund_of, refunded_id)
+        refund_id = await self._bridge.call(self._repository.refund_of, refunded_id)
         if refund_id is not None:
             async with _redis_errors():
                 await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
         call = self._prepare(
-            app, "refund", original.user_id, -original.amount, description, None, None,
-            idempotency_key, refund_of=original.ledger_id,
+            app, "refund", original.user_id, -original.amount, description=description,
+            idempotency_key=idempotency_key, refund_of=original.ledger_id,
         )  # fmt: skip
         result = await self._apply(app, call)
         return RefundResult(refund=result, refunded_ledger_id=original.ledger_id)
 
     async def balance(self, app: AppContext, user_id: str) -> Balance:
-        _check_text("user_id", user_id, 256, required=True)
+        _check_text("user_id", user_id, MAX_USER_ID, required=True)
         keys = account_keys(app.app_id, user_id)
-        for _ in range(_HYDRATE_ATTEMPTS):
+        for _ in range(HYDRATE_ATTEMPTS):
             async with _redis_errors():
                 balance, updated_at = await self._redis.hmget(keys.account, "balance", "updated_at")
             if balance is not None:
@@ -169,7 +155,7 @@ class Credits:
 
     async def history(self, app: AppContext, user_id: str, limit: int, offset: int) -> HistoryPage:
         """Newest first: PostgreSQL's entries merged with the recent ones still on their way."""
-        _check_text("user_id", user_id, 256, required=True)
+        _check_text("user_id", user_id, MAX_USER_ID, required=True)
         wanted = offset + limit + 1  # one more tells whether there is a next page
         keys = account_keys(app.app_id, user_id)
         async with _redis_errors():
@@ -178,7 +164,7 @@ class Credits:
                 for e in await self._redis.lrange(keys.recent, 0, wanted - 1)
             ]
         try:
-            persisted = await asyncio.to_thread(
+            persisted = await self._bridge.call(
                 self._repository.history, app.app_id, user_id, wanted
             )
         except UnavailableError:
@@ -207,7 +193,7 @@ class Credits:
         if pending is not None:
             entry: LedgerEntry | None = LedgerEntry.from_json(pending)
         else:
-            entry = await asyncio.to_thread(self._repository.find_entry, ledger_id)
+            entry = await self._bridge.call(self._repository.find_entry, ledger_id)
         return entry if entry is not None and entry.app_id == app.app_id else None
 
     async def batch(self, app: AppContext, operations: list[Operation]) -> list[BatchOutcome]:
@@ -224,13 +210,14 @@ class Credits:
             try:
                 delta = op.amount if op.kind == "add" else -op.amount
                 calls[index] = self._prepare(
-                    app, op.kind, op.user_id, delta, op.description, op.reference_id,
-                    op.metadata, op.idempotency_key,
+                    app, op.kind, op.user_id, delta, description=op.description,
+                    reference_id=op.reference_id, metadata=op.metadata,
+                    idempotency_key=op.idempotency_key,
                 )  # fmt: skip
             except TallyError as exc:
                 outcomes[index] = exc
         pending = list(calls)
-        for _ in range(_HYDRATE_ATTEMPTS):
+        for _ in range(HYDRATE_ATTEMPTS):
             if not pending:
                 break
             replies = await self._pipeline(
@@ -277,7 +264,7 @@ class Credits:
 
     async def _apply(self, app: AppContext, call: "_Call") -> EntryResult:
         """Run one prepared entry, rebuilding its account from the ledger when Redis lacks it."""
-        for _ in range(_HYDRATE_ATTEMPTS):
+        for _ in range(HYDRATE_ATTEMPTS):
             reply = await _call(self._scripts.apply_entry, call.script_keys, call.args)
             if reply[0] != "missing":
                 return call.result(reply)
@@ -290,19 +277,20 @@ class Credits:
         kind: str,
         user_id: str,
         delta: int,
-        description: str | None,
-        reference_id: str | None,
-        metadata: dict[str, Any] | None,
-        idempotency_key: str | None,
+        *,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
         refund_of: str | None = None,
         clamp: bool = False,
     ) -> "_Call":
         """Validate an entry and build its apply_entry.lua call."""
-        _check_text("user_id", user_id, 256, required=True)
+        _check_text("user_id", user_id, MAX_USER_ID, required=True)
         _check_amount(abs(delta))
-        _check_text("description", description, 1000)
-        _check_text("reference_id", reference_id, 256)
-        _check_text("Idempotency-Key", idempotency_key, 255)
+        _check_text("description", description, MAX_DESCRIPTION)
+        _check_text("reference_id", reference_id, MAX_REFERENCE_ID)
+        _check_text("Idempotency-Key", idempotency_key, MAX_IDEMPOTENCY_KEY)
         metadata_json = _metadata_json(metadata)
         keys = account_keys(app.app_id, user_id)
         now_ms = time.time_ns() // 1_000_000
@@ -364,7 +352,7 @@ class Credits:
         self, app_id: str, accounts: dict[str, AccountKeys], *, create: bool
     ) -> set[str]:
         """_hydrate for many accounts: one PostgreSQL query, one Redis round trip."""
-        snapshots = await asyncio.to_thread(
+        snapshots = await self._bridge.call(
             self._repository.account_snapshots, app_id, list(accounts)
         )
         calls = []

@@ -2,26 +2,25 @@
 
 Stripe holds the cards and the money; Tally holds the customer of each (app, user), the order
 cards are charged in, and a record of every purchase under its idempotency key. A purchase is
-credited through the same entry and payment lock as its `payment_intent.succeeded` webhook
-(engine.webhooks.credit_payment), so whichever of the two comes second credits nothing.
+settled like its `payment_intent.succeeded` webhook (engine.payments.settle), so whichever of
+the two comes second credits nothing.
 
-Everything here blocks (PostgreSQL, Stripe over HTTP): the API runs it in threads, workers
-directly. Redis work goes through a `CreditsRunner`, which runs a coroutine on whatever event
-loop owns the process's Redis client.
+Everything here blocks (PostgreSQL, Stripe over HTTP): the API runs it on the bridge's threads,
+workers directly; the credit itself goes back through the bridge to the event loop.
 """
 
 import secrets
-from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
 
 from redis import Redis
 from redis.exceptions import LockError
 
-from engine.billing_repository import BillingRepository, Purchase
-from engine.credits import Credits
+from engine.billing.defaults import PURCHASE_LOCK_SECONDS
+from engine.billing.repository import BillingRepository, Purchase
+from engine.billing.stripe import Card, Charge, StripeGateway, gateway
+from engine.bridge import Bridge
 from engine.errors import (
     ConflictError,
     ForbiddenError,
@@ -29,24 +28,15 @@ from engine.errors import (
     InvalidRequestError,
     NotFoundError,
     PaymentDeclinedError,
+    TallyError,
 )
-from engine.keys import purchase_lock_key
+from engine.ledger.credits import Credits
 from engine.models import MAX_AMOUNT, App
-from engine.payments import credits_for
+from engine.payments.providers import credits_for
+from engine.payments.repository import WebhookRepository
+from engine.payments.settle import settle
 from engine.settings import Settings
-from engine.stripe_gateway import Card, Charge, StripeGateway, gateway
-from engine.webhook_repository import WebhookRepository
-from engine.webhooks import credit_payment
-
-T = TypeVar("T")
-
-# How long one purchase may hold its idempotency key against a concurrent twin: longer than
-# Stripe's timeout times its retries.
-_LOCK_SECONDS = 120
-
-
-class CreditsRunner(Protocol):
-    def __call__(self, work: Callable[[Credits], Coroutine[Any, Any, T]]) -> T: ...
+from engine.store.keys import purchase_lock_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +65,16 @@ class Purchases:
         billing: BillingRepository,
         events: WebhookRepository,
         redis: "Redis",
+        credits: Credits,
+        bridge: Bridge,
         settings: Settings,
-        run: CreditsRunner,
     ) -> None:
         self._billing = billing
         self._events = events
         self._redis = redis
+        self._credits = credits
+        self._bridge = bridge
         self._api_base = settings.stripe_api_base
-        self._run = run
 
     # Cards.
 
@@ -161,7 +153,7 @@ class Purchases:
         gateway = self._gateway(app)
         lock = self._redis.lock(
             purchase_lock_key(app.app_id, user_id, idempotency_key),
-            timeout=_LOCK_SECONDS,
+            timeout=PURCHASE_LOCK_SECONDS,
             blocking=False,
         )
         if not lock.acquire():
@@ -249,13 +241,7 @@ class Purchases:
         if purchase.status == "succeeded":
             return _result(purchase, replayed=True)
         if purchase.status == "failed":
-            if purchase.failure_code == "payment_method_not_found":
-                raise NotFoundError(purchase.failure_message or "no such payment method")
-            raise PaymentDeclinedError(
-                purchase.failure_message or "the card was declined",
-                purchase.failure_code or "card_declined",
-                purchase.payment_intent_id,
-            )
+            raise _stored_failure(purchase)
         if purchase.payment_intent_id is None:
             # The first request died before Stripe answered: ask again with the same key.
             customer = self._billing.customer_id(app.app_id, purchase.user_id)
@@ -295,29 +281,17 @@ class Purchases:
         return _result(credited, replayed=replayed)
 
     def _credit(self, app: App, purchase: Purchase, payment_intent_id: str) -> None:
-        """Credit a paid purchase unless its webhook already did, under the payment's lock."""
-        with self._events.payment_transaction() as tx:
-            tx.lock_payment(app.app_id, "stripe", payment_intent_id)
-            earlier = tx.prior_credit(app.app_id, "stripe", payment_intent_id)
+        """Credit a paid purchase unless its webhook already did."""
+        with settle(
+            self._events, self._credits, self._bridge, app, "stripe", payment_intent_id
+        ) as payment:
+            earlier = payment.prior_credit()
             if earlier is None:
-                result = self._run(
-                    lambda credits: credit_payment(
-                        credits,
-                        app,
-                        purchase.user_id,
-                        purchase.credits,
-                        "stripe",
-                        payment_intent_id,
-                    )
-                )
-                ledger_id, balance = result.ledger_id, result.balance_after
-            else:
-                # Its webhook came first (a no-op below if it already marked the purchase).
-                ledger_id = earlier.ledger_id
-                balance = self._run(
-                    lambda credits: credits.balance(app.context(), purchase.user_id)
-                ).balance
-            tx.purchase_credited(app.app_id, payment_intent_id, ledger_id, balance)
+                payment.credit(purchase.user_id, purchase.credits)
+                return
+            # Its webhook came first (a no-op if that already marked the purchase).
+            balance = self._bridge.run(self._credits.balance(app.context(), purchase.user_id))
+            payment.mark_purchase(earlier.ledger_id, balance.balance)
 
     def _own_card(
         self, app: App, user_id: str, payment_method_id: str, gateway: StripeGateway
@@ -349,6 +323,21 @@ class Purchases:
                 " `tally apps update APP_ID --stripe-secret-key sk_...`"
             )
         return gateway(app.stripe_secret_key, self._api_base)
+
+
+def _stored_failure(purchase: Purchase) -> TallyError:
+    """The failure a purchase ended with, replayed for a repeat of its idempotency key."""
+    error: TallyError
+    if purchase.failure_code == "payment_method_not_found":
+        error = NotFoundError(purchase.failure_message or "no such payment method")
+    else:
+        error = PaymentDeclinedError(
+            purchase.failure_message or "the card was declined",
+            purchase.failure_code or "card_declined",
+            purchase.payment_intent_id,
+        )
+    error.replayed = True
+    return error
 
 
 def _result(

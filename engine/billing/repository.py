@@ -9,7 +9,7 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from engine.db import connection
+from engine.store.db import connection, one
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,18 +165,14 @@ class BillingRepository:
                 f" WHERE purchase_id = %s RETURNING {_PURCHASE_COLUMNS}",
                 (*changes.values(), purchase_id),
             )
-            updated = cur.fetchone()
-        assert updated is not None
-        return updated
+            return one(cur.fetchone())
 
     def purchase(self, purchase_id: int) -> Purchase:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(Purchase)) as cur:
             cur.execute(
                 f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE purchase_id = %s", (purchase_id,)
             )
-            found = cur.fetchone()
-        assert found is not None
-        return found
+            return one(cur.fetchone())
 
     def auto_top_up_spent_today(self, app_id: str, user_id: str) -> int:
         """Cents auto top-up charged (or has in flight) since midnight UTC."""
@@ -223,9 +219,7 @@ class BillingRepository:
                 f" RETURNING {_TOP_UP_COLUMNS}",
                 (app_id, user_id, enabled, threshold_cents, purchase_amount_cents, retries),
             )
-            saved = cur.fetchone()
-        assert saved is not None
-        return saved
+            return one(cur.fetchone())
 
     def record_top_up(self, app_id: str, user_id: str, **changes: Any) -> None:
         assignments = ", ".join(f"{column} = %s" for column in changes)

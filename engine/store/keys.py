@@ -33,6 +33,11 @@ def unpersisted_key(shard: int) -> str:
     return f"{_tag(shard)}:unpersisted"
 
 
+def outbox_keys() -> list[str]:
+    """Every shard's outbox, in shard order."""
+    return [outbox_key(shard) for shard in range(SHARDS)]
+
+
 def flush_key(shard: int) -> str:
     """Set while a flush of the shard's outbox is queued or running, so only one is."""
     return f"{_tag(shard)}:flush"
@@ -41,6 +46,21 @@ def flush_key(shard: int) -> str:
 def top_up_due_key(shard: int) -> str:
     """Sorted set of the shard's accounts with an auto top-up to run, scored by when (epoch ms)."""
     return f"{_tag(shard)}:topup-due"
+
+
+# Every account hash, for SCAN; parse_account_key reads a match back.
+ACCOUNT_PATTERN = f"{PREFIX}:{{s*}}:acct:*"
+
+
+def parse_account_key(key: str) -> tuple[str, str]:
+    """(app_id, user_id) of an account key; app ids never contain ':'."""
+    app_id, _, user_id = key.split(":acct:", 1)[1].partition(":")
+    return app_id, user_id
+
+
+def reconcile_schedule_key() -> str:
+    """Set, with the reconcile interval as its TTL, while a reconciliation is not yet due."""
+    return f"{PREFIX}:reconcile:scheduled"
 
 
 def parse_top_up_member(member: str) -> tuple[str, str]:

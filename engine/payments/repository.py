@@ -9,8 +9,8 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from engine.db import connection
-from engine.payments import PaymentEvent
+from engine.payments.providers import PaymentEvent
+from engine.store.db import connection
 
 
 @dataclass(frozen=True, slots=True)

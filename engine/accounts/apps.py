@@ -3,15 +3,15 @@
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-from engine.client_tokens import new_secret
+from engine.accounts.client_tokens import new_secret
+from engine.accounts.repository import AppRepository
 from engine.errors import InvalidRequestError, NotFoundError
 from engine.models import MAX_AMOUNT, ApiKey, App
-from engine.payments import PROVIDERS
-from engine.repository import Repository
 
 KEY_PREFIX = "tally_"
 # tally_ + 43 URL-safe characters (32 random bytes); older or longer keys still parse.
@@ -24,12 +24,6 @@ def hash_key(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode()).digest()
 
 
-def webhook_urls(app_id: str, public_url: str = "") -> dict[str, str]:
-    """Where each provider posts this app's events: a full URL when a public URL is configured."""
-    base = public_url.rstrip("/")
-    return {provider: f"{base}/webhooks/{provider}/{app_id}" for provider in PROVIDERS}
-
-
 @dataclass(frozen=True, slots=True)
 class NewKey:
     """A freshly made key: `api_key` is shown once and never stored."""
@@ -38,44 +32,71 @@ class NewKey:
     key: ApiKey
 
 
+def _cents(value: Any) -> bool:
+    return isinstance(value, int) and 0 <= value <= MAX_AMOUNT
+
+
+def _rate(value: Any) -> bool:
+    return value is None or (Decimal(value).is_finite() and Decimal(value) > 0)
+
+
+# Every rule of one app setting and what it says when broken. The CLI checks its flags with
+# these as it parses them; the engine checks the merged settings before anything is saved.
+SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "display_name": (
+        lambda v: 1 <= len(v) <= 50,
+        "display_name must be a string of 1 to 50 characters",
+    ),
+    "display_symbol": (
+        lambda v: v is None or 1 <= len(v) <= 8,
+        "display_symbol must be a string of 1 to 8 characters, or null",
+    ),
+    "display_symbol_position": (
+        lambda v: v in ("left", "right"),
+        'display_symbol_position must be "left" or "right"',
+    ),
+    "display_decimals": (
+        lambda v: 0 <= v <= 8,
+        "display_decimals must be an integer from 0 to 8",
+    ),
+    "min_purchase_cents": (_cents, "min_purchase_cents must be an integer of 0 or more"),
+    "max_purchase_cents": (_cents, "max_purchase_cents must be an integer of 0 or more"),
+    "overdraft_limit": (_cents, f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}"),
+    "currency": (
+        lambda v: re.fullmatch(r"[a-z]{3}", v) is not None,
+        "currency must be a three-letter ISO code in lower case, e.g. usd",
+    ),
+    "auto_top_up_daily_limit_cents": (
+        _cents,
+        "auto_top_up_daily_limit_cents must be an integer of 0 or more",
+    ),
+    "cors_origins": (
+        lambda v: len(v) <= 50 and all(_ORIGIN.fullmatch(origin) for origin in v),
+        "cors_origins must be up to 50 origins like https://app.example.com"
+        " (scheme, host and optional port; no path, no trailing slash)",
+    ),
+    "credit_rate": (_rate, "credit_rate must be a number above 0"),
+    "credits_per_dollar": (_rate, "credits_per_dollar must be a number above 0"),
+}
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one setting's value, or None."""
+    rule = SETTING_RULES.get(name)
+    return None if rule is None or rule[0](value) else rule[1]
+
+
 def _check_settings(settings: dict[str, Any]) -> None:
     """Every rule of an app's settings, checked on the merged result before anything is saved."""
-    problems = []
-    if not 1 <= len(settings["display_name"]) <= 50:
-        problems.append("display_name must be 1 to 50 characters")
-    symbol = settings["display_symbol"]
-    if symbol is not None and not 1 <= len(symbol) <= 8:
-        problems.append("display_symbol must be 1 to 8 characters")
-    if settings["display_symbol_position"] not in ("left", "right"):
-        problems.append('display_symbol_position must be "left" or "right"')
-    if not 0 <= settings["display_decimals"] <= 8:
-        problems.append("display_decimals must be an integer from 0 to 8")
-    if not 0 <= settings["min_purchase_cents"] <= MAX_AMOUNT:
-        problems.append("min_purchase_cents must be 0 or more")
+    problems = [message for name, (ok, message) in SETTING_RULES.items() if not ok(settings[name])]
     if settings["max_purchase_cents"] < settings["min_purchase_cents"]:
         problems.append("max_purchase_cents must not be below min_purchase_cents")
-    if not 0 <= settings["overdraft_limit"] <= MAX_AMOUNT:
-        problems.append(f"overdraft_limit must be an integer from 0 to {MAX_AMOUNT}")
-    if not re.fullmatch(r"[a-z]{3}", settings["currency"]):
-        problems.append("currency must be a three-letter ISO code in lower case, e.g. usd")
-    if not 0 <= settings["auto_top_up_daily_limit_cents"] <= MAX_AMOUNT:
-        problems.append("auto_top_up_daily_limit_cents must be 0 or more")
-    origins = settings["cors_origins"]
-    if len(origins) > 50 or not all(_ORIGIN.fullmatch(origin) for origin in origins):
-        problems.append(
-            "cors_origins must be up to 50 origins like https://app.example.com"
-            " (scheme, host and optional port; no path, no trailing slash)"
-        )
-    for rate in ("credit_rate", "credits_per_dollar"):
-        value = settings[rate]
-        if value is not None and not (Decimal(value).is_finite() and Decimal(value) > 0):
-            problems.append(f"{rate} must be a number above 0")
     if problems:
         raise InvalidRequestError("; ".join(problems))
 
 
 class Apps:
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: AppRepository) -> None:
         self._repository = repository
 
     def create(self, name: str) -> tuple[App, NewKey]:

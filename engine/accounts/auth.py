@@ -1,4 +1,5 @@
-"""Bearer API keys, resolved to apps through a short-lived in-process cache."""
+"""Who is calling: API keys and client tokens, resolved to apps through short-lived in-process
+caches, so the hot path makes no PostgreSQL round trip per request."""
 
 import asyncio
 import logging
@@ -7,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine import client_tokens
-from engine.apps import KEY_PATTERN, hash_key
+from engine.accounts import client_tokens
+from engine.accounts.apps import KEY_PATTERN, hash_key
+from engine.accounts.repository import AppRepository
+from engine.bridge import Bridge
 from engine.errors import AuthenticationError, ForbiddenError, UnavailableError
 from engine.models import App, AppContext
-from engine.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,9 @@ class KeyCache:
     except while PostgreSQL is unreachable: then known keys keep working and unknown ones get 503.
     """
 
-    def __init__(self, repository: Repository, ttl: float) -> None:
+    def __init__(self, repository: AppRepository, bridge: Bridge, ttl: float) -> None:
         self._repository = repository
+        self._bridge = bridge
         self._ttl = ttl
         self._entries: dict[bytes, _Entry] = {}
         self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
@@ -81,7 +84,7 @@ class KeyCache:
 
     async def _lookup(self, key_hash: bytes, stale: _Entry | None) -> _Entry:
         try:
-            app = await asyncio.to_thread(self._repository.app_for_key, key_hash, _LOOKUP_TIMEOUT)
+            app = await self._bridge.call(self._repository.app_for_key, key_hash, _LOOKUP_TIMEOUT)
             ttl = self._ttl
         except UnavailableError:
             if stale is None or stale.app is None:
@@ -113,17 +116,30 @@ class AppCache:
     the secret revokes tokens within `ttl`, as revoking a key does.
     """
 
-    def __init__(self, repository: Repository, ttl: float) -> None:
+    def __init__(self, repository: AppRepository, bridge: Bridge, ttl: float) -> None:
         self._repository = repository
+        self._bridge = bridge
         self._ttl = ttl
         self._apps: dict[str, tuple[App | None, float]] = {}  # value, monotonic expiry
         self._origins: dict[str, tuple[bool, float]] = {}
 
     async def get(self, app_id: str) -> App | None:
-        return await _cached(self._apps, app_id, self._ttl, self._repository.get_app)
+        return await self._cached(self._apps, app_id, self._repository.get_app)
 
     async def origin_allowed(self, origin: str) -> bool:
-        return await _cached(self._origins, origin, self._ttl, self._repository.origin_allowed)
+        return await self._cached(self._origins, origin, self._repository.origin_allowed)
+
+    async def grants_origin(self, authorization: str | None, origin: str) -> bool:
+        """Whether a browser at `origin` may read the answer to this request: the token's app
+        allows the origin or, without a readable token, some app does (as for a preflight)."""
+        _, _, token = (authorization or "").partition(" ")
+        try:
+            app = await self.get(client_tokens.read_unverified(token).app_id)
+        except AuthenticationError:
+            app = None
+        if app is None:
+            return await self.origin_allowed(origin)
+        return origin in app.cors_origins
 
     async def client_session(self, authorization: str | None, origin: str | None) -> ClientSession:
         """The user a client token acts for; a browser's origin must be one the app allows."""
@@ -143,16 +159,15 @@ class AppCache:
             )
         return ClientSession(app, claims.user_id)
 
-
-async def _cached(
-    table: dict[str, tuple[T, float]], key: str, ttl: float, load: Callable[[str], T]
-) -> T:
-    """table[key] if younger than `ttl`, else load(key) in a thread and remember it."""
-    cached = table.get(key)
-    if cached is not None and cached[1] > time.monotonic():
-        return cached[0]
-    value = await asyncio.to_thread(load, key)
-    if len(table) >= _MAX_ENTRIES:
-        table.clear()
-    table[key] = (value, time.monotonic() + ttl)
-    return value
+    async def _cached(
+        self, table: dict[str, tuple[T, float]], key: str, load: Callable[[str], T]
+    ) -> T:
+        """table[key] if younger than the ttl, else load(key) on a thread and remember it."""
+        cached = table.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        value = await self._bridge.call(load, key)
+        if len(table) >= _MAX_ENTRIES:
+            table.clear()
+        table[key] = (value, time.monotonic() + self._ttl)
+        return value

@@ -1,7 +1,7 @@
 """Payment provider webhooks: verify each provider's signature and read what a payment means.
 
 Every function here is pure: bytes and headers in, a `PaymentEvent` (or an error) out. Storing
-and applying events is engine.webhooks' job.
+and applying events is engine.payments.service' job.
 """
 
 import base64
@@ -16,10 +16,10 @@ from typing import Any
 import stripe
 
 from engine.errors import InvalidRequestError
-from engine.models import MAX_AMOUNT
+from engine.models import MAX_AMOUNT, MAX_USER_ID
+from engine.payments.defaults import TOLERANCE_SECONDS
 
 PROVIDERS = ("stripe", "polar", "lemonsqueezy")
-TOLERANCE_SECONDS = 300
 
 # Currencies whose amounts have no minor unit, or three decimals (Stripe's lists).
 _ZERO_DECIMAL = frozenset(
@@ -43,6 +43,12 @@ _ZERO_DECIMAL = frozenset(
     ]
 )
 _THREE_DECIMAL = frozenset(["bhd", "jod", "kwd", "omr", "tnd"])
+
+
+def webhook_urls(app_id: str, public_url: str = "") -> dict[str, str]:
+    """Where each provider posts this app's events: a full URL when a public URL is configured."""
+    base = public_url.rstrip("/")
+    return {provider: f"{base}/webhooks/{provider}/{app_id}" for provider in PROVIDERS}
 
 
 class SignatureError(InvalidRequestError):
@@ -202,7 +208,7 @@ def _credit(
         return _ignore(event_id, event_type, "no payment id in the event")
     metadata = _object(metadata)
     user_id = metadata.get("tally_user_id")
-    if not isinstance(user_id, str) or not 1 <= len(user_id) <= 256 or "\x00" in user_id:
+    if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID or "\x00" in user_id:
         return _ignore(event_id, event_type, "no tally_user_id in the payment's metadata")
     credits = None
     if metadata.get("tally_credits") not in (None, ""):

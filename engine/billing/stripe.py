@@ -12,6 +12,7 @@ from typing import Any
 
 import stripe
 
+from engine.billing.defaults import STRIPE_TIMEOUT_SECONDS
 from engine.errors import (
     NotFoundError,
     PaymentDeclinedError,
@@ -20,8 +21,6 @@ from engine.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-_TIMEOUT_SECONDS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ class StripeGateway:
             secret_key,
             base_addresses={"api": api_base},
             max_network_retries=2,
-            http_client=stripe.new_default_http_client(timeout=_TIMEOUT_SECONDS),
+            http_client=stripe.new_default_http_client(timeout=STRIPE_TIMEOUT_SECONDS),
         )
 
     def create_customer(self, app_id: str, user_id: str) -> str:

@@ -15,13 +15,12 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from engine.keys import SHARDS, outbox_key, shard_of, unpersisted_key
+from engine.ledger.defaults import OUTBOX_GROUP
+from engine.ledger.repository import LedgerRepository
 from engine.models import LedgerEntry
-from engine.repository import Repository
+from engine.store.keys import SHARDS, outbox_key, outbox_keys, shard_of, unpersisted_key
 
 log = logging.getLogger(__name__)
-
-GROUP = "persist"
 
 _Message = tuple[str, dict[str, str] | None]
 
@@ -36,7 +35,7 @@ class FlushResult:
 
 class OutboxWriter:
     def __init__(
-        self, redis: "Redis", repository: Repository, consumer: str, batch_size: int
+        self, redis: "Redis", repository: LedgerRepository, consumer: str, batch_size: int
     ) -> None:
         self._redis = redis
         self._repository = repository
@@ -73,7 +72,7 @@ class OutboxWriter:
             pipe = self._redis.pipeline(transaction=False)
             for shard, batch in batches.items():
                 ids = [message_id for message_id, _ in batch]
-                pipe.xack(outbox_key(shard), GROUP, *ids)
+                pipe.xack(outbox_key(shard), OUTBOX_GROUP, *ids)
                 pipe.xdel(outbox_key(shard), *ids)
             persisted_ids: dict[int, list[str]] = {}
             for entry in entries:
@@ -92,20 +91,21 @@ class OutboxWriter:
     def _read(self, counts: dict[int, int], reclaim_idle_ms: int) -> dict[int, list[_Message]]:
         """Up to counts[shard] entries per shard: this writer's own unacknowledged entries,
         else entries a writer that died was holding, else new ones."""
+        group, consumer = OUTBOX_GROUP, self._consumer
         own = self._each(counts, lambda pipe, key, count: pipe.xreadgroup(
-            GROUP, self._consumer, {key: "0"}, count=count))  # fmt: skip
+            group, consumer, {key: "0"}, count=count))  # fmt: skip
         found = {
             shard: _messages(reply[0][1]) for shard, reply in own.items() if reply and reply[0][1]
         }
         if found:
             return found
         claimed = self._each(counts, lambda pipe, key, count: pipe.xautoclaim(
-            key, GROUP, self._consumer, min_idle_time=reclaim_idle_ms, count=count))  # fmt: skip
+            key, group, consumer, min_idle_time=reclaim_idle_ms, count=count))  # fmt: skip
         found = {shard: _messages(reply[1]) for shard, reply in claimed.items() if reply[1]}
         if found:
             return found
         new = self._each(counts, lambda pipe, key, count: pipe.xreadgroup(
-            GROUP, self._consumer, {key: ">"}, count=count))  # fmt: skip
+            group, consumer, {key: ">"}, count=count))  # fmt: skip
         return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
 
     def _each(self, counts: dict[int, int], command: Any) -> dict[int, Any]:
@@ -129,7 +129,7 @@ class OutboxWriter:
 
 def ensure_group(redis: "Redis", key: str) -> None:
     try:
-        redis.xgroup_create(key, GROUP, id="0", mkstream=True)
+        redis.xgroup_create(key, OUTBOX_GROUP, id="0", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -165,12 +165,20 @@ class ShardLag:
     oldest_age_seconds: float
 
 
+def outbox_depths(redis: "Redis") -> list[int]:
+    """Every shard's outbox length, in shard order, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for key in outbox_keys():
+        pipe.xlen(key)
+    return [int(depth) for depth in pipe.execute()]
+
+
 def outbox_lag(redis: "Redis") -> list[ShardLag]:
     """Depth and age of the oldest entry of every shard's outbox, in one round trip."""
     pipe = redis.pipeline(transaction=False)
-    for shard in range(SHARDS):
-        pipe.xlen(outbox_key(shard))
-        pipe.xrange(outbox_key(shard), count=1)
+    for key in outbox_keys():
+        pipe.xlen(key)
+        pipe.xrange(key, count=1)
     replies = pipe.execute()
     now_ms = time.time_ns() // 1_000_000
     lags = []

@@ -1,0 +1,107 @@
+"""All SQL for apps and their API keys."""
+
+from dataclasses import fields
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg_pool import ConnectionPool
+
+from engine.models import CREDITS_CONFIG, ApiKey, App, AppContext
+from engine.store.db import connection, one
+
+_APP_COLUMNS = ", ".join(f.name for f in fields(App))
+_KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
+
+# The app columns `tally apps update` and PATCH /credits/config may change.
+APP_SETTINGS = (
+    "overdraft_limit",
+    "credit_rate",
+    "stripe_webhook_secret",
+    "polar_webhook_secret",
+    "lemonsqueezy_webhook_secret",
+    "client_token_secret",
+    "cors_origins",
+    "stripe_secret_key",
+    "auto_top_up_daily_limit_cents",
+    *CREDITS_CONFIG,
+)
+
+
+class AppRepository:
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def create_app(self, app_id: str, name: str) -> App:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
+            cur.execute(
+                f"INSERT INTO apps (app_id, name) VALUES (%s, %s) RETURNING {_APP_COLUMNS}",
+                (app_id, name),
+            )
+            return one(cur.fetchone())
+
+    def get_app(self, app_id: str) -> App | None:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
+            cur.execute(f"SELECT {_APP_COLUMNS} FROM apps WHERE app_id = %s", (app_id,))
+            return cur.fetchone()
+
+    def list_apps(self) -> list[App]:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
+            cur.execute(f"SELECT {_APP_COLUMNS} FROM apps ORDER BY created_at")
+            return cur.fetchall()
+
+    def update_app(self, app_id: str, changes: dict[str, Any]) -> App | None:
+        assignments = [f"{column} = %s" for column in changes if column in APP_SETTINGS]
+        if len(assignments) != len(changes):
+            raise ValueError(f"not app settings: {sorted(set(changes) - set(APP_SETTINGS))}")
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
+            cur.execute(
+                f"UPDATE apps SET {', '.join([*assignments, 'updated_at = now()'])}"
+                f" WHERE app_id = %s RETURNING {_APP_COLUMNS}",
+                (*changes.values(), app_id),
+            )
+            return cur.fetchone()
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether any app lets browsers at `origin` call /client/... (CORS preflights)."""
+        with connection(self._pool) as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM apps WHERE %s = ANY (cors_origins))", (origin,)
+            ).fetchone()
+        return bool(row and row[0])
+
+    def create_key(self, key_id: str, app_id: str, key_hash: bytes, key_prefix: str) -> ApiKey:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:
+            cur.execute(
+                "INSERT INTO api_keys (key_id, app_id, key_hash, key_prefix)"
+                f" VALUES (%s, %s, %s, %s) RETURNING {_KEY_COLUMNS}",
+                (key_id, app_id, key_hash, key_prefix),
+            )
+            return one(cur.fetchone())
+
+    def list_keys(self, app_id: str) -> list[ApiKey]:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:
+            cur.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE app_id = %s ORDER BY created_at",
+                (app_id,),
+            )
+            return cur.fetchall()
+
+    def revoke_key(self, key_id: str) -> ApiKey | None:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+                f" WHERE key_id = %s RETURNING {_KEY_COLUMNS}",
+                (key_id,),
+            )
+            return cur.fetchone()
+
+    def app_for_key(self, key_hash: bytes, timeout: float | None = None) -> AppContext | None:
+        with connection(self._pool, timeout) as conn:
+            row = conn.execute(
+                "SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END,"
+                " a.auto_top_up_available AND a.credits_enabled"
+                " FROM api_keys k JOIN apps a USING (app_id)"
+                " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+                (key_hash,),
+            ).fetchone()
+        return AppContext(*row) if row else None

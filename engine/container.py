@@ -1,0 +1,118 @@
+"""Everything a Tally process holds, built in one place: `Engine.build(settings)`.
+
+The API, the worker, the CLI and the benchmarks all start here, so every client, pool and
+service exists once per process and is wired the same way everywhere.
+"""
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+
+from psycopg_pool import ConnectionPool
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from engine.accounts.apps import Apps
+from engine.accounts.auth import AppCache, KeyCache
+from engine.accounts.repository import AppRepository
+from engine.billing.auto_top_up import AutoTopUps
+from engine.billing.purchases import Purchases
+from engine.billing.repository import BillingRepository
+from engine.bridge import Bridge
+from engine.ledger.credits import Credits
+from engine.ledger.outbox import OutboxWriter
+from engine.ledger.reconcile import Report, reconcile
+from engine.ledger.repository import LedgerRepository
+from engine.payments.repository import WebhookRepository
+from engine.payments.service import Webhooks
+from engine.settings import Settings
+from engine.store.db import open_pool
+from engine.store.redis import async_client, sync_client
+
+# A top-up holds its user's lock, its purchase and its payment's lock on three connections at
+# once while the worker's sweeper needs a fourth; more would wait, never deadlock.
+_BILLING_CONNECTIONS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    settings: Settings
+    bridge: Bridge
+    redis: AsyncRedis  # the hot path's, used on the bridge's loop
+    sync_redis: Redis  # for blocking code: workers, health, billing
+    raw_redis: Redis  # bytes replies, for RQ
+    pool: ConnectionPool  # the hot path's: key lookups, ledger reads, hydration
+    # Billing holds a payment's lock on one connection while its credit may hydrate the
+    # account on another: separate pools, so billing cannot starve the hot path.
+    billing_pool: ConnectionPool
+    ledger: LedgerRepository
+    app_repository: AppRepository
+    credits: Credits
+    outbox: OutboxWriter
+    apps: Apps
+    keys: KeyCache
+    app_cache: AppCache
+    webhooks: Webhooks
+    purchases: Purchases
+    top_ups: AutoTopUps
+
+    @classmethod
+    def build(cls, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> "Engine":
+        """Build everything. `loop`: the event loop the process serves on, if it has one."""
+        bridge = Bridge(loop)
+        redis = async_client(settings.redis_url, settings.redis_max_connections)
+        sync_redis = sync_client(settings.redis_url)
+        pool = open_pool(settings.database_url, settings.database_pool_size)
+        billing_pool = open_pool(
+            settings.database_url, max(settings.database_pool_size, _BILLING_CONNECTIONS)
+        )
+        ledger = LedgerRepository(pool)
+        app_repository = AppRepository(pool)
+        credits = Credits(redis, ledger, bridge, settings)
+        billing = BillingRepository(billing_pool)
+        events = WebhookRepository(billing_pool)
+        billing_apps = AppRepository(billing_pool)
+        purchases = Purchases(billing, events, sync_redis, credits, bridge, settings)
+        consumer = f"{socket.gethostname()}-{os.getpid()}"
+        return cls(
+            settings=settings,
+            bridge=bridge,
+            redis=redis,
+            sync_redis=sync_redis,
+            raw_redis=sync_client(settings.redis_url, decode=False),
+            pool=pool,
+            billing_pool=billing_pool,
+            ledger=ledger,
+            app_repository=app_repository,
+            credits=credits,
+            outbox=OutboxWriter(sync_redis, ledger, consumer, settings.outbox_batch_size),
+            apps=Apps(app_repository),
+            keys=KeyCache(app_repository, bridge, settings.auth_cache_seconds),
+            app_cache=AppCache(app_repository, bridge, settings.auth_cache_seconds),
+            webhooks=Webhooks(billing_apps, events, credits, bridge),
+            purchases=purchases,
+            top_ups=AutoTopUps(
+                billing, billing_apps, purchases, sync_redis, credits, bridge, settings
+            ),
+        )
+
+    def reconcile(self, *, repair: bool = False) -> Report:
+        """Compare every Redis balance with the ledger (the worker's job, `tally reconcile`)."""
+        return reconcile(self.sync_redis, self.ledger, repair=repair)
+
+    def close(self) -> None:
+        """From a thread: the worker, the CLI. The API closes with aclose(), on its loop."""
+        self.bridge.run(self.redis.aclose())
+        self._close_blocking()
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        self._close_blocking()
+
+    def _close_blocking(self) -> None:
+        self.sync_redis.close()
+        self.raw_redis.close()
+        self.pool.close()
+        self.billing_pool.close()
+        self.bridge.close()
