@@ -11,6 +11,7 @@ from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.ledger.outbox import outbox_lag
 from engine.store.db import connection
+from engine.store.redis import memory_state
 
 
 async def healthz(request: Request) -> Response:
@@ -18,7 +19,8 @@ async def healthz(request: Request) -> Response:
     body: dict[str, object] = {}
     try:
         lags = await engine.bridge.call(outbox_lag, engine.sync_redis)
-        body["redis"] = "ok"
+        # Out of memory, Redis still answers reads but refuses every write.
+        body["redis"] = await engine.bridge.call(memory_state, engine.sync_redis)
         body["outbox"] = {
             "depth": sum(lag.depth for lag in lags),
             "oldest_age_seconds": max(lag.oldest_age_seconds for lag in lags),

@@ -1,11 +1,13 @@
 """Crashes of the backing services, each on servers of its own."""
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis
 
 from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
@@ -114,3 +116,72 @@ def test_webhook_received_while_redis_is_down_is_applied_when_it_is_back(stack: 
         assert hooks.balance("u") == 42
     finally:
         worker.stop()
+
+
+def test_redis_out_of_memory_is_503_and_healthz_says_so(stack: Stack) -> None:
+    with stack.client() as client:
+        client.post("/credits/add", json={"user_id": "u", "amount": 100})
+        direct = redis.Redis.from_url(stack.redis.url)
+        direct.config_set("maxmemory", direct.info("memory")["used_memory"])
+        try:
+            refused = [
+                client.post("/credits/deduct", json={"user_id": "u", "amount": 1}),
+                client.post("/credits/add", json={"user_id": "new", "amount": 1}),
+                client.post(
+                    "/credits/batch",
+                    json={"operations": [{"type": "deduct", "user_id": "u", "amount": 1}]},
+                ),
+            ]
+            for response in refused:
+                assert response.status_code == 503, response.text
+                assert response.headers["Retry-After"] == "1"
+                assert "out of memory" in response.json()["error"]
+            health = httpx.get(stack.api.url + "/healthz")
+            assert health.status_code == 503
+            assert health.json()["status"] == "unavailable" and health.json()["redis"] == "oom"
+        finally:
+            direct.config_set("maxmemory", 0)
+        # Nothing was half-applied, and writes work again at once.
+        assert client.get("/credits/balance", params={"user_id": "u"}).json()["balance"] == 100
+        assert client.post("/credits/deduct", json={"user_id": "u", "amount": 1}).status_code == 200
+        assert httpx.get(stack.api.url + "/healthz").json()["redis"] == "ok"
+
+
+def test_scripts_flushed_in_a_tight_loop_are_reloaded_never_500(stack: Stack) -> None:
+    with stack.client() as client:
+        client.post("/credits/add", json={"user_id": "u", "amount": 10_000})
+    done = threading.Event()
+    flushes = 0
+
+    def flush_scripts() -> None:
+        nonlocal flushes
+        direct = redis.Redis.from_url(stack.redis.url)
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            direct.script_flush()
+            flushes += 1
+
+    flusher = threading.Thread(target=flush_scripts)
+    flusher.start()
+    try:
+        deducts = [("/credits/deduct", {"user_id": "u", "amount": 1})] * 300
+        batch = {"operations": [{"type": "deduct", "user_id": "u", "amount": 1}] * 10}
+        responses = fire(
+            stack.api.url, stack.api_key, [*deducts, *[("/credits/batch", batch)] * 20]
+        )
+    finally:
+        done.set()
+        flusher.join()
+    assert flushes > 100
+    codes = [r.status_code for r in responses]
+    assert 500 not in codes and set(codes) <= {200, 503}
+    applied = codes[:300].count(200) + sum(
+        sum(1 for result in r.json()["results"] if result["success"])
+        for r in responses[300:]
+        if r.status_code == 200
+    )
+    with stack.client() as client:
+        balance = client.get("/credits/balance", params={"user_id": "u"}).json()["balance"]
+    # Every success applied once, and nothing else: no call ran twice after a reload.
+    assert balance == 10_000 - applied
+    assert applied >= 250

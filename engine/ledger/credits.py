@@ -4,17 +4,11 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
 import orjson
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.bridge import Bridge
 from engine.errors import (
@@ -43,6 +37,7 @@ from engine.models import (
     RefundResult,
 )
 from engine.settings import Settings
+from engine.store import scripts
 from engine.store.keys import (
     AccountKeys,
     account_keys,
@@ -50,6 +45,7 @@ from engine.store.keys import (
     shard_of_ledger_id,
     unpersisted_key,
 )
+from engine.store.redis import outages
 from engine.store.scripts import Scripts
 
 BatchOutcome = EntryResult | TallyError
@@ -132,7 +128,7 @@ class Credits:
         # marker back so the script refuses a second one.
         refund_id = await self._bridge.call(self._repository.refund_of, refunded_id)
         if refund_id is not None:
-            async with _redis_errors():
+            with outages():
                 await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
         call = self._prepare(
             app, "refund", original.user_id, -original.amount, description=description,
@@ -145,7 +141,7 @@ class Credits:
         _check_text("user_id", user_id, MAX_USER_ID, required=True)
         keys = account_keys(app.app_id, user_id)
         for _ in range(HYDRATE_ATTEMPTS):
-            async with _redis_errors():
+            with outages():
                 balance, updated_at = await self._redis.hmget(keys.account, "balance", "updated_at")
             if balance is not None:
                 return Balance(user_id, int(balance), int(updated_at) if updated_at else None)
@@ -158,7 +154,7 @@ class Credits:
         _check_text("user_id", user_id, MAX_USER_ID, required=True)
         wanted = offset + limit + 1  # one more tells whether there is a next page
         keys = account_keys(app.app_id, user_id)
-        async with _redis_errors():
+        with outages():
             recent = [
                 LedgerEntry.from_json(e)
                 for e in await self._redis.lrange(keys.recent, 0, wanted - 1)
@@ -186,7 +182,7 @@ class Credits:
     async def _find_entry(self, app: AppContext, ledger_id: uuid.UUID) -> LedgerEntry | None:
         # Redis first: an entry leaves the unpersisted hash only after its COMMIT, so a miss
         # there followed by a miss in PostgreSQL means the entry does not exist.
-        async with _redis_errors():
+        with outages():
             pending = await self._redis.hget(
                 unpersisted_key(shard_of_ledger_id(ledger_id)), str(ledger_id)
             )
@@ -220,7 +216,8 @@ class Credits:
         for _ in range(HYDRATE_ATTEMPTS):
             if not pending:
                 break
-            replies = await self._pipeline(
+            replies = await scripts.run_many(
+                self._redis,
                 self._scripts.apply_entry,
                 [(calls[i].script_keys, calls[i].args) for i in pending],
             )
@@ -240,32 +237,12 @@ class Credits:
         gone = UnavailableError("account keeps disappearing from Redis; retry shortly")
         return [gone if outcome is None else outcome for outcome in outcomes]
 
-    async def _pipeline(
-        self, script: AsyncScript, calls: list[tuple[list[str], tuple[Any, ...]]]
-    ) -> list[Any]:
-        """Run many calls of one script in one round trip; replies in order."""
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            try:
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                raise UnavailableError("Redis is unavailable; retry shortly") from exc
-            if not any(isinstance(reply, NoScriptError) for reply in replies) or attempt:
-                break
-            # The script cache was flushed: load it once and send them all again. None ran:
-            # every call was refused for the same missing script.
-            await self._redis.script_load(script.script)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
     async def _apply(self, app: AppContext, call: "_Call") -> EntryResult:
         """Run one prepared entry, rebuilding its account from the ledger when Redis lacks it."""
         for _ in range(HYDRATE_ATTEMPTS):
-            reply = await _call(self._scripts.apply_entry, call.script_keys, call.args)
+            reply = await scripts.run(
+                self._redis, self._scripts.apply_entry, call.script_keys, call.args
+            )
             if reply[0] != "missing":
                 return call.result(reply)
             await self._hydrate(app.app_id, call.user_id, call.keys, create=True)
@@ -362,7 +339,7 @@ class Credits:
             updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
             calls.append(([accounts[user_id].account], (balance, seq, updated_ms)))
         if calls:
-            await self._pipeline(self._scripts.hydrate, calls)
+            await scripts.run_many(self._redis, self._scripts.hydrate, calls)
         return {user_id for user_id in snapshots if create or snapshots[user_id][2] is not None}
 
 
@@ -403,21 +380,6 @@ class _Call:
                 f"amount would take the balance above {MAX_AMOUNT}; balance is {reply[1]}"
             )
         raise RuntimeError(f"apply_entry.lua returned {reply!r}")
-
-
-async def _call(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    try:
-        return await script(keys=keys, args=args)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise UnavailableError("Redis is unavailable; retry shortly") from exc
-
-
-@asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise UnavailableError("Redis is unavailable; retry shortly") from exc
 
 
 def _check_amount(amount: int) -> None:

@@ -5,6 +5,8 @@ running it again would apply a write twice. The caller gets 503 and retries with
 Idempotency-Key, which is exactly-once.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hiredis
@@ -12,7 +14,12 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from engine.errors import UnavailableError
 
 _CONNECT_TIMEOUT_SECONDS = 2
 _READ_TIMEOUT_SECONDS = 5
@@ -64,3 +71,31 @@ def async_client(url: str, max_connections: int) -> AsyncRedis:
 def sync_client(url: str, *, decode: bool = True) -> redis.Redis:
     """A blocking client: text replies, or bytes (`decode=False`) for RQ."""
     return redis.Redis.from_url(url, decode_responses=decode, **_options(url, _PackingConnection))
+
+
+UNREACHABLE = "Redis is unavailable; retry shortly"
+OUT_OF_MEMORY = "Redis is out of memory and refuses writes (nothing was applied); retry shortly"
+# The Redis failures that are outages (503, retry), not bugs.
+OUTAGES = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError)
+
+
+def as_unavailable(exc: Exception) -> UnavailableError:
+    # With noeviction Redis refuses a script before it runs: out of memory, nothing was written.
+    return UnavailableError(OUT_OF_MEMORY if isinstance(exc, OutOfMemoryError) else UNREACHABLE)
+
+
+@contextmanager
+def outages() -> Iterator[None]:
+    """Redis unreachable or out of memory, raised as UnavailableError."""
+    try:
+        yield
+    except OUTAGES as exc:
+        raise as_unavailable(exc) from exc
+
+
+def memory_state(client: redis.Redis) -> str:
+    """ "oom" when Redis refuses writes for want of memory, else "ok"."""
+    info = client.info("memory")
+    limit = int(info.get("maxmemory", 0))
+    used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
+    return "oom" if limit and used >= limit else "ok"

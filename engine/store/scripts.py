@@ -4,18 +4,29 @@ The same files serve the hot path's async client and the workers' blocking one; 
 SHA and reload on NOSCRIPT.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import NoScriptError
+
+from engine.errors import UnavailableError
+from engine.store.redis import OUTAGES, as_unavailable, outages
 
 S = TypeVar("S", Script, AsyncScript)
 
 _NAMES = ("apply_entry", "hydrate", "repair_account", "claim_due")
+# NOSCRIPT means the call did not run, so it is sent again after loading the script; a script
+# cache flushed again and again between the two gives up after this many tries.
+_LOADS = 5
+_FLUSHED = "Redis keeps losing its scripts (SCRIPT FLUSH); retry shortly"
+
+Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
 
 
 @cache
@@ -37,3 +48,47 @@ class Scripts(Generic[S]):
     @staticmethod
     def register_async(redis: AsyncRedis) -> "Scripts[AsyncScript]":
         return Scripts(*(redis.register_script(source(name)) for name in _NAMES))
+
+
+async def run(
+    client: AsyncRedis, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    """One script call by SHA, loading the script again as often as Redis lost it."""
+    with outages():
+        for _ in range(_LOADS):
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await client.script_load(script.script)
+    raise UnavailableError(_FLUSHED)
+
+
+async def run_many(client: AsyncRedis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+    """Many calls of one script in one round trip, replies in order. Only the calls refused
+    with NOSCRIPT are sent again: the others ran, whatever happened to the cache since."""
+    replies: list[Any] = [None] * len(calls)
+    pending = list(range(len(calls)))
+    with outages():
+        for _ in range(_LOADS):
+            pipe = client.pipeline(transaction=False)
+            for index in pending:
+                keys, args = calls[index]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            lost = []
+            for index, reply in zip(pending, await pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, NoScriptError):
+                    lost.append(index)
+                else:
+                    replies[index] = reply
+            if not lost:
+                break
+            await client.script_load(script.script)
+            pending = lost
+        else:
+            raise UnavailableError(_FLUSHED)
+    for reply in replies:
+        if isinstance(reply, OUTAGES):
+            raise as_unavailable(reply)
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
