@@ -56,3 +56,30 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class Outage:
+    """Logs a failing dependency once when it starts failing and once when it is back, not on
+    every retry; says how long to wait before the next try (doubling, capped)."""
+
+    def __init__(self, logger: logging.Logger, what: str, cap_seconds: float = 5.0) -> None:
+        self._log = logger
+        self._what = what
+        self._cap = cap_seconds
+        self._since: float | None = None
+        self._failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failure; returns the seconds to wait before trying again."""
+        if self._since is None:
+            self._since = time.monotonic()
+            self._log.warning("%s failing (%s); retrying until it is back", self._what, exc)
+        self._failures += 1
+        return min(self._cap, 0.1 * (1 << min(self._failures, 10)))
+
+    def ok(self) -> None:
+        if self._since is not None:
+            down = time.monotonic() - self._since
+            self._log.warning("%s back after %.1f s", self._what, down)
+            self._since = None
+            self._failures = 0

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+import psycopg
 import pytest
 import redis
 
@@ -185,3 +186,50 @@ def test_scripts_flushed_in_a_tight_loop_are_reloaded_never_500(stack: Stack) ->
     # Every success applied once, and nothing else: no call ran twice after a reload.
     assert balance == 10_000 - applied
     assert applied >= 250
+
+
+def _count(settings: Settings, app_id: str) -> int:
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ledger_entries WHERE app_id = %s", (app_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_worker_rides_out_a_redis_outage_mid_drain_and_resumes_by_itself(stack: Stack) -> None:
+    from tests.test_webhooks import STRIPE_SECRET, Hooks, stripe_intent
+
+    pool = open_pool(stack.settings.database_url, 1, wait=True)
+    Apps(AppRepository(pool)).update(stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
+    pool.close()
+    hooks = Hooks(stack.settings, stack.api, AppUnderTest(stack.app_id, stack.api_key, ""))
+    operations = [{"type": "deduct", "user_id": f"u{i % 50}", "amount": 1} for i in range(1000)]
+    with stack.client() as client:
+        for i in range(50):
+            client.post("/credits/add", json={"user_id": f"u{i}", "amount": 1_000})
+        for _ in range(30):  # a backlog of 30,050 entries, no worker yet
+            assert client.post("/credits/batch", json={"operations": operations}).status_code == 200
+    total = 30_050
+    time.sleep(1.5)  # appendfsync everysec: the backlog is on disk before Redis is killed
+    worker = WorkerProcess(tally_env(stack.settings))
+    try:
+        wait_until(lambda: _count(stack.settings, stack.app_id) > 0, 30, "the drain to start")
+        stack.redis.kill()
+        assert _count(stack.settings, stack.app_id) < total, "drained before the outage"
+        # A payment arrives meanwhile: stored in PostgreSQL, queued once Redis is back.
+        event = stripe_intent(
+            "evt_outage", "pi_outage", {"tally_user_id": "p", "tally_credits": "7"}
+        )
+        assert hooks.stripe(event).json()["status"] == "pending"
+        time.sleep(30)
+        assert worker.process.poll() is None, "the worker exited during the outage"
+        stack.redis.start()
+        wait_until(lambda: _count(stack.settings, stack.app_id) == total + 1, 90, "the drain")
+        hooks.settled(1)
+        assert hooks.events()[0]["status"] == "credited"
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
+    rows = ledger(stack.settings, stack.app_id)
+    assert len({row["ledger_id"] for row in rows}) == total + 1
+    assert sum(row["amount"] for row in rows if row["user_id"] != "p") == 50 * 1_000 - 30_000

@@ -1,16 +1,22 @@
 """RQ jobs: thin, they take ids and call the engine the worker process built."""
 
 import logging
+from contextlib import suppress
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.ledger.defaults import FLUSH_BUDGET_SECONDS, UNAVAILABLE_BACKOFF_MS
+from engine.logs import Outage
 from engine.store.keys import SHARDS, flush_key
+from engine.store.redis import outages
 
 log = logging.getLogger(__name__)
 
 _engine: Engine | None = None
+_flushing = Outage(log, "persisting the outbox")
 
 
 def bind(engine: Engine) -> None:
@@ -34,14 +40,19 @@ def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
     tally = engine()
     redis = tally.sync_redis
     try:
-        result = tally.outbox.flush(list(range(SHARDS)), reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
+        with outages():
+            result = tally.outbox.flush(list(range(SHARDS)), reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
     except UnavailableError as exc:
-        log.warning("shards %s not flushed: %s", shards, exc.message)
-        pipe = redis.pipeline(transaction=False)
-        for shard in shards:
-            pipe.set(flush_key(shard), "backoff", px=UNAVAILABLE_BACKOFF_MS)
-        pipe.execute()
+        # PostgreSQL or Redis is down: the entries stay pending, and the shards are tried
+        # again after a back-off (or, if Redis is the one down, once their markers expire).
+        _flushing.failed(exc)
+        with suppress(RedisError):
+            pipe = redis.pipeline(transaction=False)
+            for shard in shards:
+                pipe.set(flush_key(shard), "backoff", px=UNAVAILABLE_BACKOFF_MS)
+            pipe.execute()
         return {"shards": shards, "error": exc.message}
+    _flushing.ok()
     redis.delete(*(flush_key(shard) for shard in shards))
     if result.dead_letters:
         log.error("shards %s: %s entries dead-lettered", shards, result.dead_letters)

@@ -9,6 +9,7 @@ sweeper thread looks at every shard's outbox length in one pipelined round trip 
 import logging
 import threading
 import time
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -19,8 +20,10 @@ from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.ledger.defaults import FLUSH_LOCK_MS
 from engine.ledger.outbox import outbox_depths
+from engine.logs import Outage
 from engine.settings import Settings
 from engine.store.keys import SHARDS, flush_key, reconcile_schedule_key
+from engine.store.redis import OUTAGES
 from workers import jobs
 from workers.queue import Jobs
 
@@ -35,39 +38,68 @@ _REARM_SECONDS = 600
 _TOP_UP_SWEEP_SECONDS = 0.25
 
 
+class _Worker(SimpleWorker):
+    """RQ's worker, remembering a stop request (SIGINT, SIGTERM) across restarts."""
+
+    stop_requested = threading.Event()
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_requested.set()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+
 def run(settings: Settings, *, burst: bool) -> int:
     engine = Engine.build(settings)
     jobs.bind(engine)
     try:
-        return _work(engine, burst=burst)
+        if burst:
+            return _drain(engine)
+        _serve(engine)
+        return 0
     finally:
         engine.close()
 
 
-def _work(engine: Engine, *, burst: bool) -> int:
-    settings, redis = engine.settings, engine.sync_redis
+def _serve(engine: Engine) -> None:
+    """Run jobs until a stop is requested, riding out Redis and PostgreSQL outages of any
+    length: RQ quits on a Redis error, so it is started again once Redis answers."""
+    settings = engine.settings
     queue = Jobs(engine.raw_redis)
-    worker = SimpleWorker([queue.queue], connection=engine.raw_redis, serializer=JSONSerializer)
-    # Flush keys left by a worker that died would hold their shards until they expire.
-    _release_flushes(redis)
-    if burst:
-        return _drain(redis, queue, worker)
-    if settings.reconcile_interval_seconds:
-        # The first reconciliation comes one interval after the first worker ever started, not
-        # at every start: while it runs, this worker persists nothing.
-        redis.set(reconcile_schedule_key(), "1", nx=True, ex=settings.reconcile_interval_seconds)
     stop = threading.Event()
     sweeper = threading.Thread(
         target=_sweep_forever, args=(engine, queue, stop), name="sweeper", daemon=True
     )
     sweeper.start()
+    # RQ logs every job at INFO: at a flush every few milliseconds that drowns everything.
+    level = "DEBUG" if settings.log_level.lower() == "debug" else "WARNING"
+    redis_outage = Outage(log, "Redis (worker)")
     try:
-        # RQ logs every job at INFO: at a flush every few milliseconds that drowns everything.
-        level = "DEBUG" if settings.log_level.lower() == "debug" else "WARNING"
-        worker.work(logging_level=level)
+        while not _Worker.stop_requested.is_set():
+            try:
+                # Flush keys left by a worker that died would hold their shards until they
+                # expire; this worker's own pending entries are read again by its next flush.
+                _release_flushes(engine.sync_redis)
+                if settings.reconcile_interval_seconds:
+                    # The first reconciliation comes one interval after the first worker ever
+                    # started, not at every start: while it runs, this worker persists nothing.
+                    engine.sync_redis.set(
+                        reconcile_schedule_key(), "1", nx=True,
+                        ex=settings.reconcile_interval_seconds,
+                    )  # fmt: skip
+                redis_outage.ok()
+                # A new worker each time: the one that quit may still be registered.
+                worker = _Worker(
+                    [queue.queue], connection=engine.raw_redis, serializer=JSONSerializer
+                )
+                worker.work(logging_level=level)
+            except OUTAGES as exc:
+                _Worker.stop_requested.wait(redis_outage.failed(exc))
+                continue
+            if not _Worker.stop_requested.is_set():
+                # RQ logged why it quit (it catches everything itself); Redis is the usual cause.
+                _Worker.stop_requested.wait(redis_outage.failed(RuntimeError("RQ quit")))
     finally:
         stop.set()
-    return 0
 
 
 def sweep(redis: Redis, queue: Jobs, reclaim_idle_ms: int) -> list[int]:
@@ -87,6 +119,7 @@ def sweep(redis: Redis, queue: Jobs, reclaim_idle_ms: int) -> list[int]:
 def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
     settings, redis = engine.settings, engine.sync_redis
     next_webhook_sweep = next_top_up_sweep = next_rearm = 0.0
+    outage = Outage(log, "sweep")
     while not stop.wait(settings.outbox_sweep_ms / 1000):
         try:
             sweep(redis, queue, settings.outbox_reclaim_ms)
@@ -105,17 +138,19 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
             if time.monotonic() >= next_rearm:
                 next_rearm = time.monotonic() + _REARM_SECONDS
                 engine.top_ups.rearm_all()
+            outage.ok()
         except (RedisError, UnavailableError) as exc:
-            log.warning("sweep failed, retrying: %s", exc)
-            stop.wait(1)
+            stop.wait(outage.failed(exc))
         except Exception:
             # The sweeper must outlive any surprise: without it nothing gets persisted.
             log.exception("sweep failed, retrying")
             stop.wait(1)
 
 
-def _drain(redis: Redis, queue: Jobs, worker: SimpleWorker) -> int:
+def _drain(engine: Engine) -> int:
     """Persist everything in the outboxes, then exit; 1 if PostgreSQL will not take it."""
+    redis, queue = engine.sync_redis, Jobs(engine.raw_redis)
+    worker = SimpleWorker([queue.queue], connection=engine.raw_redis, serializer=JSONSerializer)
     stalls = 0
     depth = sum(outbox_depths(redis))
     while depth:
