@@ -233,3 +233,23 @@ def test_worker_rides_out_a_redis_outage_mid_drain_and_resumes_by_itself(stack: 
     rows = ledger(stack.settings, stack.app_id)
     assert len({row["ledger_id"] for row in rows}) == total + 1
     assert sum(row["amount"] for row in rows if row["user_id"] != "p") == 50 * 1_000 - 30_000
+
+
+def test_history_serves_every_entry_across_a_postgresql_outage(stack: Stack) -> None:
+    from tests.test_ledger import assert_whole_history
+
+    deducts = {"operations": [{"type": "deduct", "user_id": "u", "amount": 1}] * 500}
+    with stack.client() as client:
+        client.post("/credits/add", json={"user_id": "u", "amount": 1_000})
+        stack.postgres.halt()
+        assert client.post("/credits/batch", json=deducts).status_code == 200
+        # Nothing has reached PostgreSQL: Redis alone serves every page.
+        assert_whole_history(client, "u", list(range(500, 1_001)))
+        stack.postgres.start()
+        assert_whole_history(client, "u", list(range(500, 1_001)))
+        worker = WorkerProcess(tally_env(stack.settings))
+        try:
+            wait_until(lambda: _count(stack.settings, stack.app_id) == 501, 60, "the drain")
+        finally:
+            worker.stop()
+        assert_whole_history(client, "u", list(range(500, 1_001)))

@@ -172,6 +172,50 @@ def test_history_pages_merge_persisted_and_recent_without_gaps(
     assert refs == [str(i) for i in range(33, -1, -1)] + [None]
 
 
+def walk_history(client: httpx.Client, user: str, limit: int) -> tuple[list[Any], list[bool]]:
+    """Every page of a user's history: the entries, and has_more of each page."""
+    entries: list[Any] = []
+    more: list[bool] = []
+    while True:
+        params = {"user_id": user, "limit": limit, "offset": len(more) * limit}
+        page = client.get("/credits/history", params=params)
+        assert page.status_code == 200, page.text
+        entries += page.json()["entries"]
+        more.append(page.json()["has_more"])
+        if not more[-1]:
+            return entries, more
+
+
+def assert_whole_history(client: httpx.Client, user: str, balances: list[int]) -> None:
+    """Pages of 100 serve every entry once, newest first, with has_more right on each."""
+    entries, more = walk_history(client, user, 100)
+    pages = -(-len(balances) // 100)
+    assert more == [True] * (pages - 1) + [False]
+    assert len({e["ledger_id"] for e in entries}) == len(entries)
+    assert [e["balance_after"] for e in entries] == balances
+
+
+def test_history_serves_every_entry_while_the_worker_is_behind(
+    client: httpx.Client, settings: Settings
+) -> None:
+    drain(settings)
+    deducts = {"operations": [{"type": "deduct", "user_id": "u", "amount": 1}] * 450}
+    client.post("/credits/add", json={"user_id": "u", "amount": 1_000})
+    client.post("/credits/batch", json=deducts)
+    # 451 entries, none persisted: the newest 200 in the recent list, the rest beyond it.
+    assert_whole_history(client, "u", list(range(550, 1_001)))
+    drain(settings)
+    client.post("/credits/batch", json=deducts)
+    # Now 451 in PostgreSQL, then 250 in Redis only, of which 50 are beyond the recent list.
+    assert_whole_history(client, "u", list(range(100, 1_001)))
+    drain(settings)
+    assert_whole_history(client, "u", list(range(100, 1_001)))
+    past = client.get("/credits/history", params={"user_id": "u", "offset": 901}).json()
+    assert (past["entries"], past["has_more"]) == ([], False)
+    unknown = client.get("/credits/history", params={"user_id": "nobody"}).json()
+    assert (unknown["entries"], unknown["has_more"]) == ([], False)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

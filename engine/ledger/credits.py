@@ -150,34 +150,70 @@ class Credits:
         raise UnavailableError("account keeps disappearing from Redis; retry shortly")
 
     async def history(self, app: AppContext, user_id: str, limit: int, offset: int) -> HistoryPage:
-        """Newest first: PostgreSQL's entries merged with the recent ones still on their way."""
+        """Newest first, every acknowledged entry once, however far behind the worker is.
+
+        An account's entries are numbered 1..seq without gaps, so a page is a range of seqs:
+        the recent list in Redis holds the newest, PostgreSQL what the worker persisted, and
+        the shard's unpersisted hash whatever is neither (a large backlog).
+        """
         _check_text("user_id", user_id, MAX_USER_ID, required=True)
-        wanted = offset + limit + 1  # one more tells whether there is a next page
         keys = account_keys(app.app_id, user_id)
-        with outages():
-            recent = [
-                LedgerEntry.from_json(e)
-                for e in await self._redis.lrange(keys.recent, 0, wanted - 1)
-            ]
-        try:
-            persisted = await self._bridge.call(
-                self._repository.history, app.app_id, user_id, wanted
-            )
-        except UnavailableError:
-            # The recent list alone answers a page it covers entirely.
-            if len(recent) < wanted:
-                raise
-            persisted = []
-        by_id = {entry.ledger_id: entry for entry in persisted}
-        by_id.update((entry.ledger_id, entry) for entry in recent)
-        ordered = sorted(by_id.values(), key=lambda entry: entry.seq, reverse=True)
+        for _ in range(HYDRATE_ATTEMPTS):
+            with outages():
+                # One transaction: the list's head and seq move together with every write.
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.hget(keys.account, "seq")
+                pipe.lrange(keys.recent, offset, offset + limit - 1)
+                seq, recent = await pipe.execute()
+            if seq is not None:
+                break
+            if not await self._hydrate(app.app_id, user_id, keys, create=False):
+                return HistoryPage(user_id, [], limit, offset, has_more=False)
+        else:
+            raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+        top = int(seq) - offset
+        bottom = max(1, top - limit + 1)
+        page = {entry.seq: entry for entry in map(LedgerEntry.from_json, recent)}
+        wanted = {s for s in range(bottom, top + 1) if s not in page}
+        outage = None
+        if wanted:
+            try:
+                persisted = await self._bridge.call(
+                    self._repository.entries_between, app.app_id, user_id, min(wanted), max(wanted)
+                )
+            except UnavailableError as exc:
+                outage, persisted = exc, []  # what is still in Redis may be all that is needed
+            page |= {entry.seq: entry for entry in persisted if entry.seq in wanted}
+            wanted.difference_update(page)
+        if wanted:
+            found = await self._unpersisted(app.app_id, user_id, keys.unpersisted, wanted)
+            page |= {entry.seq: entry for entry in found}
+            wanted.difference_update(page)
+        if wanted and outage is not None:
+            raise outage
         return HistoryPage(
             user_id=user_id,
-            entries=ordered[offset : offset + limit],
+            entries=[page[s] for s in range(top, bottom - 1, -1) if s in page],
             limit=limit,
             offset=offset,
-            has_more=len(ordered) > offset + limit,
+            has_more=bottom > 1,
         )
+
+    async def _unpersisted(
+        self, app_id: str, user_id: str, unpersisted: str, seqs: set[int]
+    ) -> list[LedgerEntry]:
+        """Entries of the account with these seqs, from its shard's unpersisted hash: what a
+        backlog holds beyond the recent list. A scan of the shard's backlog, so rare."""
+        found = []
+        marker = f'"app_id":{orjson.dumps(app_id).decode()}'
+        with outages():
+            async for _, raw in self._redis.hscan_iter(unpersisted, count=1_000):
+                if marker not in raw:
+                    continue
+                entry = LedgerEntry.from_json(raw)
+                if entry.user_id == user_id and entry.seq in seqs:
+                    found.append(entry)
+        return found
 
     async def _find_entry(self, app: AppContext, ledger_id: uuid.UUID) -> LedgerEntry | None:
         # Redis first: an entry leaves the unpersisted hash only after its COMMIT, so a miss

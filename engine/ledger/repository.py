@@ -51,13 +51,13 @@ class LedgerRepository:
             ).fetchone()
         return row[0] if row else None
 
-    def history(self, app_id: str, user_id: str, newest: int) -> list[LedgerEntry]:
-        """The account's `newest` latest entries, newest first."""
+    def entries_between(self, app_id: str, user_id: str, low: int, high: int) -> list[LedgerEntry]:
+        """The account's entries with seq from `low` to `high`, newest first."""
         with connection(self._pool) as conn:
             rows = conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE app_id = %s AND user_id = %s"
-                " ORDER BY seq DESC LIMIT %s",
-                (app_id, user_id, newest),
+                " AND seq BETWEEN %s AND %s ORDER BY seq DESC",
+                (app_id, user_id, low, high),
             ).fetchall()
         return [_entry(row) for row in rows]
 
