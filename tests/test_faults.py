@@ -253,3 +253,18 @@ def test_history_serves_every_entry_across_a_postgresql_outage(stack: Stack) -> 
         finally:
             worker.stop()
         assert_whole_history(client, "u", list(range(500, 1_001)))
+
+
+def test_a_redis_restart_costs_no_request_once_redis_is_back(stack: Stack) -> None:
+    deduct = ("/credits/deduct", {"user_id": "u", "amount": 1})
+    with stack.client() as client:
+        client.post("/credits/add", json={"user_id": "u", "amount": 1_000_000})
+    # Many concurrent requests: the API's pool holds many connections, all broken below.
+    assert {r.status_code for r in fire(stack.api.url, stack.api_key, [deduct] * 300)} == {200}
+    time.sleep(1.5)  # appendfsync everysec
+    stack.redis.kill()
+    stack.redis.start()
+    for _ in range(3):
+        codes = [r.status_code for r in fire(stack.api.url, stack.api_key, [deduct] * 200)]
+        assert codes == [200] * 200, f"{200 - codes.count(200)} failed: {set(codes)}"
+        time.sleep(2)

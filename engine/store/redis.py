@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from engine.errors import UnavailableError
@@ -52,6 +53,9 @@ def _options(url: str, connection_class: type) -> dict[str, Any]:
         "socket_connect_timeout": _CONNECT_TIMEOUT_SECONDS,
         "socket_timeout": _READ_TIMEOUT_SECONDS,
         "retry": Retry(NoBackoff(), 0),
+        # With maintenance notifications on ("auto"), redis-py skips its check that a pooled
+        # connection is still open, so every connection a Redis restart broke failed once.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if url.startswith("redis://"):  # unix sockets and TLS keep redis-py's own connections
         options["connection_class"] = connection_class
