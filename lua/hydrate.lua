@@ -1,5 +1,5 @@
 -- hydrate.lua: restore an account missing from Redis from its PostgreSQL ledger.
--- Called by engine.credits.Credits._hydrate_many.
+-- Called by engine.ledger.credits.Credits._hydrate_many and engine.ledger.completeness.
 --
 -- KEYS[1] account hash
 -- ARGV[1] balance from the ledger

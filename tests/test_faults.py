@@ -14,6 +14,7 @@ from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from engine.store.db import migrate, open_pool
+from engine.store.keys import SHARDS, complete_key, shard_of
 from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
 from tests.servers import PostgresServer, RedisServer
 from tests.test_ledger import ledger, wait_until
@@ -268,3 +269,42 @@ def test_a_redis_restart_costs_no_request_once_redis_is_back(stack: Stack) -> No
         codes = [r.status_code for r in fire(stack.api.url, stack.api_key, [deduct] * 200)]
         assert codes == [200] * 200, f"{200 - codes.count(200)} failed: {set(codes)}"
         time.sleep(2)
+
+
+def _marked(stack: Stack) -> bool:
+    direct = redis.Redis.from_url(stack.redis.url)
+    return all(direct.exists(complete_key(shard)) for shard in range(SHARDS))
+
+
+def test_a_new_users_first_add_needs_no_postgresql_when_redis_can_vouch(stack: Stack) -> None:
+    worker = WorkerProcess(tally_env(stack.settings))
+    try:
+        with stack.client() as client:
+            client.post("/credits/add", json={"user_id": "old", "amount": 100})
+            wait_until(lambda: _count(stack.settings, stack.app_id) == 1, 15, "the add")
+            # Redis loses everything; the worker puts every account back, then vouches again.
+            redis.Redis.from_url(stack.redis.url).flushall()
+            wait_until(lambda: _marked(stack), 30, "every shard marked complete")
+            stack.postgres.halt()
+            added = client.post("/credits/add", json={"user_id": "new", "amount": 5})
+            assert added.status_code == 200, added.text
+            assert added.json()["balance_after"] == 5
+            deducted = client.post("/credits/deduct", json={"user_id": "new", "amount": 2})
+            assert deducted.json()["balance_after"] == 3
+            ghost = client.get("/credits/balance", params={"user_id": "ghost"})
+            assert (ghost.status_code, ghost.json()["balance"]) == (200, 0)
+            # The account the flush lost came back from the ledger, not as a new one.
+            old = client.get("/credits/balance", params={"user_id": "old"}).json()
+            assert old["balance"] == 100
+            # Where Redis cannot vouch (its mark is gone), only PostgreSQL can tell: 503.
+            direct = redis.Redis.from_url(stack.redis.url)
+            direct.delete(complete_key(shard_of(stack.app_id, "unvouched")))
+            refused = client.post("/credits/add", json={"user_id": "unvouched", "amount": 1})
+            assert refused.status_code == 503
+            stack.postgres.start()
+            wait_until(lambda: _count(stack.settings, stack.app_id) == 3, 60, "three rows")
+            wait_until(lambda: _marked(stack), 30, "the shard marked again")
+    finally:
+        worker.stop()
+    rows = [r for r in ledger(stack.settings, stack.app_id) if r["user_id"] == "new"]
+    assert [(r["seq"], r["amount"], r["balance_after"]) for r in rows] == [(1, 5, 5), (2, -2, 3)]

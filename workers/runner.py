@@ -18,12 +18,14 @@ from rq.serializers import JSONSerializer
 
 from engine.container import Engine
 from engine.errors import UnavailableError
+from engine.ledger.completeness import complete_shards
 from engine.ledger.defaults import FLUSH_LOCK_MS
 from engine.ledger.outbox import outbox_depths
 from engine.logs import Outage
 from engine.settings import Settings
 from engine.store.keys import SHARDS, flush_key, reconcile_schedule_key
 from engine.store.redis import OUTAGES
+from engine.store.scripts import Scripts
 from workers import jobs
 from workers.queue import Jobs
 
@@ -36,6 +38,7 @@ _WEBHOOK_SWEEP_SECONDS = 1.0
 # them; PostgreSQL has the settings.
 _REARM_SECONDS = 600
 _TOP_UP_SWEEP_SECONDS = 0.25
+_COMPLETENESS_SECONDS = 5.0
 
 
 class _Worker(SimpleWorker):
@@ -66,10 +69,8 @@ def _serve(engine: Engine) -> None:
     settings = engine.settings
     queue = Jobs(engine.raw_redis)
     stop = threading.Event()
-    sweeper = threading.Thread(
-        target=_sweep_forever, args=(engine, queue, stop), name="sweeper", daemon=True
-    )
-    sweeper.start()
+    for target, name in ((_sweep_forever, "sweeper"), (_complete_forever, "completeness")):
+        threading.Thread(target=target, args=(engine, queue, stop), name=name, daemon=True).start()
     # RQ logs every job at INFO: at a flush every few milliseconds that drowns everything.
     level = "DEBUG" if settings.log_level.lower() == "debug" else "WARNING"
     redis_outage = Outage(log, "Redis (worker)")
@@ -145,6 +146,26 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
             # The sweeper must outlive any surprise: without it nothing gets persisted.
             log.exception("sweep failed, retrying")
             stop.wait(1)
+
+
+def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
+    """Keep every shard vouched for (engine.ledger.completeness): at start, and within
+    seconds of Redis losing data."""
+    scripts = Scripts.register(engine.sync_redis)
+    outage = Outage(log, "checking that Redis holds every account")
+    while True:
+        wait = _COMPLETENESS_SECONDS
+        try:
+            marked = complete_shards(engine.sync_redis, scripts, engine.ledger)
+            if marked:
+                log.info("every account of %s shards is in Redis again", len(marked))
+            outage.ok()
+        except (RedisError, UnavailableError) as exc:
+            wait = outage.failed(exc)
+        except Exception:
+            log.exception("checking that Redis holds every account failed, retrying")
+        if stop.wait(wait):
+            return
 
 
 def _drain(engine: Engine) -> int:

@@ -364,10 +364,18 @@ class Credits:
     async def _hydrate_many(
         self, app_id: str, accounts: dict[str, AccountKeys], *, create: bool
     ) -> set[str]:
-        """_hydrate for many accounts: one PostgreSQL query, one Redis round trip."""
-        snapshots = await self._bridge.call(
-            self._repository.account_snapshots, app_id, list(accounts)
-        )
+        """_hydrate for many accounts: one Redis round trip, and one PostgreSQL query for the
+        accounts Redis cannot vouch for. Redis answers alone for a shard it holds completely
+        (engine.ledger.completeness): a brand-new user then needs no PostgreSQL at all."""
+        flag = "1" if create else "0"
+        vouch = [([keys.account, keys.complete()], (flag,)) for keys in accounts.values()]
+        replies = await scripts.run_many(self._redis, self._scripts.vouch_account, vouch)
+        answers = dict(zip(accounts, replies, strict=True))
+        present = {user_id for user_id, answer in answers.items() if answer == 1}
+        unknown = [user_id for user_id, answer in answers.items() if answer == -1]
+        if not unknown:
+            return present
+        snapshots = await self._bridge.call(self._repository.account_snapshots, app_id, unknown)
         calls = []
         for user_id, (balance, seq, updated_at) in snapshots.items():
             if updated_at is None and not create:
@@ -376,7 +384,9 @@ class Credits:
             calls.append(([accounts[user_id].account], (balance, seq, updated_ms)))
         if calls:
             await scripts.run_many(self._redis, self._scripts.hydrate, calls)
-        return {user_id for user_id in snapshots if create or snapshots[user_id][2] is not None}
+        return present | {
+            user_id for user_id in snapshots if create or snapshots[user_id][2] is not None
+        }
 
 
 @dataclass(frozen=True, slots=True)

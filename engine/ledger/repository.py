@@ -2,6 +2,7 @@
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,21 @@ class LedgerRepository:
                 (user_ids, app_id),
             ).fetchall()
         return {row[0]: (int(row[1]), int(row[2]), row[3]) for row in rows}
+
+    def all_account_snapshots(self) -> Iterator[tuple[str, str, int, int, datetime]]:
+        """Every account the ledger knows, as account_snapshots reads one, streamed."""
+        with (
+            connection(self._pool) as conn,
+            conn.transaction(),
+            conn.cursor(name="all_accounts") as cursor,
+        ):
+            cursor.itersize = 10_000
+            cursor.execute(
+                "SELECT app_id, user_id, sum(amount), max(seq), max(created_at)"
+                " FROM ledger_entries GROUP BY app_id, user_id"
+            )
+            for app_id, user_id, balance, seq, updated_at in cursor:
+                yield app_id, user_id, int(balance), int(seq), updated_at
 
     def find_entry(self, ledger_id: UUID) -> LedgerEntry | None:
         with connection(self._pool) as conn:

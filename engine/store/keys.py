@@ -43,6 +43,22 @@ def flush_key(shard: int) -> str:
     return f"{_tag(shard)}:flush"
 
 
+def complete_key(shard: int) -> str:
+    """Set while every account of the shard that has ledger entries is in Redis, so that a
+    missing account is a new one (engine.ledger.completeness). Lost with the data."""
+    return f"{_tag(shard)}:complete"
+
+
+def completing_key(shard: int) -> str:
+    """The token of the pass over the ledger that will mark the shard complete."""
+    return f"{_tag(shard)}:completing"
+
+
+def completeness_lock_key() -> str:
+    """Held by the one worker running a pass over the ledger."""
+    return f"{PREFIX}:completing-lock"
+
+
 def top_up_due_key(shard: int) -> str:
     """Sorted set of the shard's accounts with an auto top-up to run, scored by when (epoch ms)."""
     return f"{_tag(shard)}:topup-due"
@@ -123,6 +139,9 @@ class AccountKeys:
     def top_up_member(self) -> str:
         """The account's name in its shard's top-up-due set: app_id:user_id."""
         return self._scope
+
+    def complete(self) -> str:
+        return complete_key(self.shard)
 
     def refund_marker(self, refunded_ledger_id: str) -> str:
         """Holds the ledger id of the refund of `refunded_ledger_id`; it never expires."""

@@ -20,7 +20,9 @@ from engine.store.redis import OUTAGES, as_unavailable, outages
 
 S = TypeVar("S", Script, AsyncScript)
 
-_NAMES = ("apply_entry", "hydrate", "repair_account", "claim_due")
+_NAMES = (
+    "apply_entry", "hydrate", "repair_account", "claim_due", "vouch_account", "mark_complete",
+)  # fmt: skip
 # NOSCRIPT means the call did not run, so it is sent again after loading the script; a script
 # cache flushed again and again between the two gives up after this many tries.
 _LOADS = 5
@@ -40,6 +42,8 @@ class Scripts(Generic[S]):
     hydrate: S
     repair_account: S
     claim_due: S
+    vouch_account: S
+    mark_complete: S
 
     @staticmethod
     def register(redis: Redis) -> "Scripts[Script]":
