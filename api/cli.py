@@ -8,18 +8,20 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from engine import logs
 from engine.accounts.apps import setting_problem
 from engine.container import Engine
-from engine.errors import TallyError
+from engine.errors import TallyError, UnavailableError
 from engine.ledger.outbox import outbox_lag
 from engine.models import CREDITS_CONFIG, ApiKey, App
 from engine.payments.providers import webhook_urls
 from engine.payments.repository import WebhookEvent
 from engine.settings import Settings
 from engine.store.db import migrate
+from engine.store.redis import OUTAGES, UNREACHABLE
 from workers.queue import Jobs
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
@@ -60,11 +62,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     context = Context(settings)
     try:
         args.run(args, context)
+    except UnavailableError as exc:
+        _unreachable(exc.service, exc.message, settings)
+    except OUTAGES:
+        _unreachable("redis", UNREACHABLE, settings)
     except TallyError as exc:
         print(f"tally: {exc.message}", file=sys.stderr)
         sys.exit(1)
     finally:
         context.close()
+
+
+# What a command could not reach, and the variable that says where it is.
+_SERVICES = {
+    "redis": ("Redis", "TALLY_REDIS_URL", "redis_url"),
+    "postgresql": ("PostgreSQL", "TALLY_DATABASE_URL", "database_url"),
+}
+
+
+def _unreachable(service: str | None, message: str, settings: Settings) -> NoReturn:
+    """One line, exit 2: no traceback for a server that is not there."""
+    if service in _SERVICES:
+        name, variable, field = _SERVICES[service]
+        url = _without_password(getattr(settings, field))
+        message = f"cannot reach {name} at {url} (set {variable}): {message}"
+    print(f"tally: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _parser() -> argparse.ArgumentParser:

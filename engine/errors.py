@@ -86,3 +86,7 @@ class UnavailableError(TallyError):
     """A backing service (Redis or PostgreSQL) cannot be reached; the caller may retry."""
 
     code = "unavailable"
+
+    def __init__(self, message: str, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service  # "redis", "postgresql", or None (another service, or unknown)

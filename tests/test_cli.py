@@ -3,13 +3,17 @@
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import time
 
 import httpx
 import psycopg
+import pytest
 
 from engine.settings import Settings
-from tests.conftest import ApiServer, tally
+from tests.conftest import ApiServer, tally, tally_env
+from tests.servers import free_port
 
 
 def create_app(settings: Settings, name: str = "cli-app") -> dict[str, object]:
@@ -114,3 +118,37 @@ def test_cli_errors_are_clear(settings: Settings) -> None:
     assert nothing.returncode == 1 and "nothing to update" in nothing.stderr
     unknown = tally(settings, "keys", "revoke", "key_nope", check=False)
     assert unknown.returncode == 1 and "no key key_nope" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "service", "variable"),
+    [
+        (["apps", "list"], "PostgreSQL", "TALLY_DATABASE_URL"),
+        (["apps", "show", "app_x"], "PostgreSQL", "TALLY_DATABASE_URL"),
+        (["keys", "list", "app_x"], "PostgreSQL", "TALLY_DATABASE_URL"),
+        (["webhooks", "list"], "PostgreSQL", "TALLY_DATABASE_URL"),
+        (["migrate"], "PostgreSQL", "TALLY_DATABASE_URL"),
+        (["status"], "Redis", "TALLY_REDIS_URL"),
+        (["reconcile"], "Redis", "TALLY_REDIS_URL"),
+    ],
+)
+def test_a_command_without_its_server_fails_fast_in_one_line(
+    settings: Settings, command: list[str], service: str, variable: str
+) -> None:
+    nowhere = {  # nothing listens on these ports
+        "TALLY_DATABASE_URL": f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/tally",
+        "TALLY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "api.cli", *command],
+        env=tally_env(settings) | nowhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 3
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"cannot reach {service}" in run.stderr and variable in run.stderr
+    assert "s3cret" not in run.stderr

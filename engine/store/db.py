@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A caller (a request, a CLI command) waits this long for a connection before it is told that
+# PostgreSQL is unavailable: a command fails within 3 s.
+_WAIT_SECONDS = 1.5
+_CONNECT_SECONDS = 2
 # Any one migration run at a time, across processes.
 _MIGRATION_LOCK = 7_324_001
 
@@ -25,9 +29,9 @@ def open_pool(database_url: str, size: int = 4, *, wait: bool = False) -> Connec
         database_url,
         min_size=1,
         max_size=size,
-        kwargs={"autocommit": True, "connect_timeout": 3},
+        kwargs={"autocommit": True, "connect_timeout": _CONNECT_SECONDS},
         open=False,
-        timeout=3,
+        timeout=_WAIT_SECONDS,
         # A connection broken by a PostgreSQL restart is replaced instead of handed out.
         check=ConnectionPool.check_connection,
         reconnect_timeout=0,  # keep trying for ever: PostgreSQL coming back must heal by itself
@@ -42,7 +46,7 @@ def connection(pool: ConnectionPool, timeout: float | None = None) -> Iterator[p
         with pool.connection(timeout=timeout) as conn:
             yield conn
     except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise UnavailableError("PostgreSQL is unavailable; retry shortly") from exc
+        raise UnavailableError("PostgreSQL is unavailable; retry shortly", "postgresql") from exc
 
 
 def migrate(pool: ConnectionPool) -> list[str]:

@@ -85,7 +85,8 @@ OUTAGES = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError)
 
 def as_unavailable(exc: Exception) -> UnavailableError:
     # With noeviction Redis refuses a script before it runs: out of memory, nothing was written.
-    return UnavailableError(OUT_OF_MEMORY if isinstance(exc, OutOfMemoryError) else UNREACHABLE)
+    message = OUT_OF_MEMORY if isinstance(exc, OutOfMemoryError) else UNREACHABLE
+    return UnavailableError(message, "redis")
 
 
 @contextmanager
