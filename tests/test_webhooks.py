@@ -211,22 +211,49 @@ def test_credit_rate_when_tally_credits_is_absent(hooks: Hooks) -> None:
     assert (hooks.balance("g"), hooks.balance("j")) == (1000, 50_000)
 
 
+def test_a_payment_for_no_user_is_acknowledged_and_ignored(hooks: Hooks) -> None:
+    response = hooks.stripe(stripe_intent("evt_x", "pi_x", {}))
+    assert response.status_code == 200
+    [event] = hooks.settled(1)
+    assert event["status"] == "ignored" and "no tally_user_id" in event["reason"]
+    assert hooks.events(status="ignored") == [event]
+
+
 @pytest.mark.parametrize(
     ("metadata", "reason"),
     [
-        ({}, "no tally_user_id"),
-        ({"tally_user_id": "u", "tally_credits": "ten"}, "tally_credits"),
+        ({"tally_user_id": "u", "tally_credits": "ten"}, "tally_credits 'ten' is not an integer"),
+        ({"tally_user_id": "u", "tally_credits": "0"}, "tally_credits '0' is not an integer"),
         ({"tally_user_id": "u"}, "no credit_rate"),
     ],
 )
-def test_payments_tally_cannot_use_are_acknowledged_and_recorded_as_ignored(
+def test_a_paid_payment_tally_cannot_credit_is_failed_and_listed_for_a_look(
     hooks: Hooks, metadata: dict[str, str], reason: str
 ) -> None:
     response = hooks.stripe(stripe_intent("evt_x", "pi_x", metadata))
     assert response.status_code == 200
     [event] = hooks.settled(1)
-    assert event["status"] == "ignored" and reason in event["reason"]
+    assert event["status"] == "failed" and reason in event["reason"]
+    failed = json.loads(
+        tally(
+            hooks.settings, "webhooks", "list", "--failed", "--app", hooks.app.app_id, "--json"
+        ).stdout
+    )
+    assert [e["id"] for e in failed] == [event["id"]]
     assert hooks.balance("u") == 0
+
+
+def test_a_failed_payment_is_credited_by_a_retry_once_the_app_is_fixed(
+    hooks: Hooks, worker: WorkerProcess
+) -> None:
+    hooks.stripe(stripe_intent("evt_norate", "pi_norate", {"tally_user_id": "u"}, 2500, "usd"))
+    [event] = hooks.settled(1)
+    assert event["status"] == "failed"
+    tally(hooks.settings, "apps", "update", hooks.app.app_id, "--credit-rate", "10")
+    tally(hooks.settings, "webhooks", "retry", str(event["id"]))
+    [event] = hooks.settled(1)
+    assert (event["status"], event["credits"]) == ("credited", 250)
+    assert hooks.balance("u") == 250
 
 
 def test_a_payment_made_for_another_app_is_not_credited_here(hooks: Hooks) -> None:

@@ -69,6 +69,8 @@ class PaymentEvent:
     refunded_minor: int | None = None  # for take_back: refunded so far, in total
     app_id: str | None = None  # tally_app_id: the app the payment was made for, when it says
     reason: str | None = None  # why it is ignored
+    # Why a payment for one of the app's users cannot be credited as sent: it needs a look.
+    problem: str | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -210,14 +212,14 @@ def _credit(
     user_id = metadata.get("tally_user_id")
     if not isinstance(user_id, str) or not 1 <= len(user_id) <= MAX_USER_ID or "\x00" in user_id:
         return _ignore(event_id, event_type, "no tally_user_id in the payment's metadata")
-    credits = None
+    credits, problem = None, None
     if metadata.get("tally_credits") not in (None, ""):
         credits = _positive_int(metadata["tally_credits"])
         if credits is None:
-            return _ignore(
-                event_id, event_type, f"tally_credits {metadata['tally_credits']!r} is not an"
-                f" integer from 1 to {MAX_AMOUNT}"
-            )  # fmt: skip
+            problem = (
+                f"tally_credits {metadata['tally_credits']!r} is not an integer"
+                f" from 1 to {MAX_AMOUNT}"
+            )
     return PaymentEvent(
         event_id=event_id,
         event_type=event_type,
@@ -228,6 +230,7 @@ def _credit(
         amount_minor=_positive_int(amount),
         currency=str(currency).lower() if currency else None,
         app_id=str(metadata["tally_app_id"]) if metadata.get("tally_app_id") else None,
+        problem=problem,
     )
 
 

@@ -51,7 +51,7 @@ class WebhookRepository:
         A new event to apply is leased for `lease_seconds`: the request that stored it queues
         its job, and the worker's sweep queues it only if that did not happen in time.
         """
-        status = "pending" if event.action != "ignore" else "ignored"
+        status = "ignored" if event.action == "ignore" else "failed" if event.problem else "pending"
         key = (app_id, provider, event.event_id)
         with connection(self._pool) as conn, conn.transaction():
             inserted = conn.execute(
@@ -62,7 +62,7 @@ class WebhookRepository:
                 " ON CONFLICT (app_id, provider, event_id) DO NOTHING RETURNING event_pk",
                 (
                     *key, event.event_type, event.action, event.payment_id, event.user_id,
-                    event.credits, status, event.reason, payload, lease_seconds,
+                    event.credits, status, event.problem or event.reason, payload, lease_seconds,
                 ),
             ).fetchone() is not None  # fmt: skip
             if not inserted:

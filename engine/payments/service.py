@@ -98,6 +98,10 @@ class Webhooks:
             # Two apps on one Stripe account both hear every payment: each credits its own.
             tx.finish(event.event_pk, "ignored", f"payment belongs to app {data.app_id}")
             return
+        if data.problem:
+            # Paid for one of this app's users, yet not creditable as sent: it needs a look.
+            tx.finish(event.event_pk, "failed", data.problem)
+            return
         earlier = payment.prior_credit()
         if earlier is not None:
             reason = f"payment {event.payment_id} already credited by {earlier.by}"
@@ -105,14 +109,18 @@ class Webhooks:
             return
         amount = data.credits
         if amount is None:
+            # Failed, not ignored: once the app has a rate, `tally webhooks retry` credits it.
             rate = app.webhook_credit_rate
-            if rate is None or data.amount_minor is None or not data.currency:
+            if rate is None:
                 reason = "no tally_credits in the metadata and no credit_rate set for the app"
-                tx.finish(event.event_pk, "ignored", reason)
+                tx.finish(event.event_pk, "failed", reason)
+                return
+            if data.amount_minor is None or not data.currency:
+                tx.finish(event.event_pk, "failed", "the payment has no amount or currency")
                 return
             amount = credits_for(data.amount_minor, data.currency, Decimal(rate))
             if amount < 1:
-                tx.finish(event.event_pk, "ignored", "payment buys less than one credit")
+                tx.finish(event.event_pk, "failed", "payment buys less than one credit")
                 return
         # A replay here is this event's own credit, applied before a crash lost its COMMIT:
         # nothing else credited the payment (checked above, under the payment's lock).
