@@ -12,7 +12,7 @@ from starlette.routing import Route
 from api import client, config, credits, health, webhooks
 from api.cors import ClientCors
 from api.errors import HANDLERS
-from api.request_id import RequestId
+from api.request_id import AccessLog, RequestId
 from engine.container import Engine
 from engine.settings import Settings
 from workers.queue import Jobs
@@ -67,9 +67,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]
+    middleware = [Middleware(RequestId), Middleware(ClientCors)]
+    if settings.access_log:
+        middleware.insert(1, Middleware(AccessLog))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestId), Middleware(ClientCors)],
+        middleware=middleware,
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=256, ge=1)
     database_pool_size: int = Field(default=4, ge=1)
     log_level: str = "info"
+    # One log line per request, at info: for development (./tally-dev up), off in production.
+    access_log: bool = False
     # Where Stripe's API is: a Stripe-compatible fake (localstripe) in tests.
     stripe_api_base: str = "https://api.stripe.com"
     # Auto top-up retries a failed top-up after this, then twice as long (see README).

@@ -1,9 +1,11 @@
 """Real Redis and PostgreSQL for the whole session, started here on loopback, random ports."""
 
 import asyncio
+import glob
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,16 @@ from tests.servers import LocalStripe, PostgresServer, RedisServer, free_port, w
 
 # Auto top-up waits this long after a failed round (then twice as long) in the tests.
 RETRY_SECONDS = 0.5
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_nothing_behind() -> Iterator[None]:
+    """The suite's servers live in temporary directories: none may outlive the run."""
+    pattern = os.path.join(tempfile.gettempdir(), "tally-*")
+    before = set(glob.glob(pattern))
+    yield
+    left = sorted(set(glob.glob(pattern)) - before)
+    assert not left, f"the test suite left {left} behind"
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
-"""The whole system on this machine, for trying Tally: `bash .ci/up`.
+"""The whole system on this machine, for trying Tally: `./tally-dev up`.
 
-Starts Redis (AOF on) and PostgreSQL in a temporary directory on free loopback ports, applies
-the schema, creates an app, runs `tally serve` and `tally worker`, prints a key and a curl line,
-and tears everything down on Ctrl-C.
+Starts Redis (AOF on) and PostgreSQL in temporary directories on free loopback ports, applies
+the schema, creates an app, runs `tally serve` and `tally worker` logging every request, writes
+an env file for the `tally` command, prints a key and a curl line, and tears everything down on
+SIGINT (Ctrl-C), SIGTERM and SIGHUP (its terminal closed). It lives beside the tests because it
+starts its servers with the same helpers they use.
 """
 
 import argparse
@@ -11,13 +13,27 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+from pathlib import Path
+from types import FrameType
 
 from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
 
+ENV_FILE = Path(".tally-dev") / "env"
+
+
+class _Stop(Exception):
+    """A signal asked the stack to stop: unwinds to the cleanup from wherever it arrives."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    # First thing: a signal during start-up must clean up what was started so far too.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    parser = argparse.ArgumentParser(prog="./tally-dev up", description=__doc__)
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     args = parser.parse_args()
     redis = RedisServer(appendonly=True)
@@ -27,14 +43,22 @@ def main() -> None:
         redis.start()
         postgres.start()
         port = args.port if _port_free(args.port) else free_port()
-        env = os.environ | {
+        url = f"http://127.0.0.1:{port}"
+        variables = {
             "TALLY_REDIS_URL": redis.url,
             "TALLY_DATABASE_URL": postgres.url,
-            "TALLY_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "TALLY_LOG_LEVEL": os.environ.get("TALLY_LOG_LEVEL", "warning"),
+            "TALLY_PUBLIC_URL": url,
         }
+        env = (
+            os.environ
+            | variables
+            | {
+                "TALLY_LOG_LEVEL": os.environ.get("TALLY_LOG_LEVEL", "info"),
+                "TALLY_ACCESS_LOG": os.environ.get("TALLY_ACCESS_LOG", "true"),
+            }
+        )
         tally = [sys.executable, "-m", "api.cli"]
-        subprocess.run([*tally, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*tally, "migrate"], env=env, check=True, capture_output=True)
         created = json.loads(
             subprocess.run(
                 [*tally, "apps", "create", "demo", "--json"],
@@ -45,50 +69,58 @@ def main() -> None:
         processes.append(subprocess.Popen(serve, env=env))
         processes.append(subprocess.Popen([*tally, "worker"], env=env))
         wait_for_port(port)
-        key = created["api_key"]
-        print(
-            f"""
+        ENV_FILE.parent.mkdir(exist_ok=True)
+        ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in variables.items()))
+        print(_banner(url, created, redis, postgres), flush=True)
+        signal.pause()
+        while True:  # a signal other than the three above woke us: keep waiting
+            signal.pause()
+    except _Stop as stop:
+        print(f"\n{stop}: stopping Tally and deleting its data", file=sys.stderr, flush=True)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # cleanup runs to its end
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        redis.stop()
+        postgres.stop()
+        ENV_FILE.unlink(missing_ok=True)
+
+
+def _banner(url: str, created: dict[str, str], redis: RedisServer, postgres: PostgresServer) -> str:
+    key = created["api_key"]
+    return f"""
 Tally is running.
-  API          http://127.0.0.1:{port}
+  API          {url}
   app          {created["app_id"]}
   API key      {key}
-  Redis        {redis.url}
-  PostgreSQL   {postgres.url}
+  Redis        {redis.url}  (data in {redis.root})
+  PostgreSQL   {postgres.url}  (data in {postgres.root})
 
 Try it:
-  curl -s -X POST http://127.0.0.1:{port}/credits/add \\
+  curl -s -X POST {url}/credits/add \\
     -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
     -d '{{"user_id": "user_001", "amount": 100, "description": "Welcome credits"}}'
 
 The same user as their browser sees them, with a client token:
-  curl -s -X POST http://127.0.0.1:{port}/client-tokens \\
+  curl -s -X POST {url}/client-tokens \\
     -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
     -d '{{"user_id": "user_001"}}'
-  curl -s http://127.0.0.1:{port}/client/balance -H 'Authorization: Bearer <token from above>'
+  curl -s {url}/client/balance -H 'Authorization: Bearer <token from above>'
 
-Environment for the tally command in another shell:
-  export TALLY_REDIS_URL={redis.url} TALLY_DATABASE_URL={postgres.url}
+The tally command in another shell (apps, keys, webhooks, status):
+  source {ENV_FILE.resolve()}
+  .venv/bin/tally apps show {created["app_id"]}
 
-Ctrl-C stops everything and deletes its data.
-""",
-            flush=True,
-        )
-        _wait_for_ctrl_c()
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait()
-        redis.stop()
-        postgres.stop()
-
-
-def _wait_for_ctrl_c() -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+Requests are logged below. Ctrl-C stops everything and deletes its data (so does closing this
+terminal).
+"""
 
 
 def _port_free(port: int) -> bool:

@@ -28,6 +28,7 @@ def test_redis_down_is_503_with_retry_after(settings: Settings, test_app: AppUnd
             }
     finally:
         server.stop()
+        dead.stop()
 
 
 @pytest.mark.anyio

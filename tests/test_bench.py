@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+# About a minute and a half: CI runs it; locally `bash tests/run -m "not bench"` leaves it out.
+@pytest.mark.bench
 def test_bench_quick_runs_and_reports_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "benchmarks"
     run = subprocess.run(

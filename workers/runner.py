@@ -158,7 +158,10 @@ def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> Non
         try:
             marked = complete_shards(engine.sync_redis, scripts, engine.ledger)
             if marked:
-                log.info("every account of %s shards is in Redis again", len(marked))
+                log.info(
+                    "Redis now vouches for %s shards: their new users need no PostgreSQL",
+                    len(marked),
+                )
             outage.ok()
         except (RedisError, UnavailableError) as exc:
             wait = outage.failed(exc)
