@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
+from api.text import fields, table
 from engine import logs
 from engine.accounts.apps import setting_problem
 from engine.container import Engine
@@ -26,12 +27,12 @@ from workers.queue import Jobs
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
 _BILLING = ("stripe_secret_key", "cors_origins", "auto_top_up_daily_limit_cents")
-_FLAGS = (
-    "credits_enabled",
-    "overdraft_enabled",
-    "manual_top_up_available",
-    "auto_top_up_available",
-)
+_FLAGS = {
+    "credits_enabled": "credits on or off for the app (purchases and auto top-up need it)",
+    "overdraft_enabled": "let balances go below 0, down to --overdraft-limit",
+    "manual_top_up_available": "let end users buy credits with a stored card",
+    "auto_top_up_available": "let end users turn on auto top-up",
+}
 
 
 class Context:
@@ -112,15 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     command(commands, "migrate", _migrate, "create or upgrade the PostgreSQL schema")
 
     serve = command(commands, "serve", _serve, "run the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="API processes (default: one per CPU)",
+    )  # fmt: skip
 
     worker = command(commands, "worker", _worker, "run the RQ worker that persists the ledger")
     worker.add_argument("--burst", action="store_true", help="drain what is pending, then exit")
 
     status = command(commands, "status", _status, "show the write-through lag per shard")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--all", action="store_true", help="list every shard, empty ones too")
     status.add_argument(
         "--max-lag",
         type=float,
@@ -143,36 +148,57 @@ def _parser() -> argparse.ArgumentParser:
     hooks_list.add_argument("--app", metavar="APP_ID", help="only this app's events")
     hooks_list.add_argument("--failed", action="store_true", help="only events that failed")
     hooks_list.add_argument("--status", help="only events with this status")
-    hooks_list.add_argument("--limit", type=int, default=100)
+    hooks_list.add_argument("--limit", type=int, default=100, help="newest N events (100)")
     hooks_retry = command(webhooks, "retry", _webhooks_retry, "apply a failed event again")
-    hooks_retry.add_argument("event_pk", type=int, metavar="EVENT_ID")
+    hooks_retry.add_argument(
+        "event_pk", type=int, metavar="EVENT_ID", help="the id `webhooks list` shows"
+    )
 
     apps = commands.add_parser("apps", help="create, show and configure apps").add_subparsers(
         required=True, metavar="ACTION"
     )
     create = command(apps, "create", _apps_create, "create an app and its first API key")
-    create.add_argument("name")
+    create.add_argument("name", help="a name for people (1 to 200 characters)")
     command(apps, "list", _apps_list, "list apps")
     show = command(apps, "show", _apps_show, "show an app's settings and webhook URLs")
-    show.add_argument("app_id")
+    show.add_argument("app_id", help="the app's id (app_...)")
     update = command(apps, "update", _apps_update, "change an app's settings")
-    update.add_argument("app_id")
+    update.add_argument("app_id", help="the app's id (app_...)")
     for secret in _SECRETS:
-        update.add_argument("--" + secret.replace("_", "-"), dest=secret, metavar="SECRET")
-    update.add_argument("--credit-rate", type=_setting("credit_rate", Decimal), metavar="R")
-    update.add_argument("--overdraft-limit", type=_setting("overdraft_limit", int), metavar="N")
+        provider = secret.removesuffix("_webhook_secret")
+        update.add_argument(
+            "--" + secret.replace("_", "-"), dest=secret, metavar="SECRET",
+            help=f"the signing secret of the app's {provider} webhooks",
+        )  # fmt: skip
+    update.add_argument(
+        "--credit-rate", type=_setting("credit_rate", Decimal), metavar="R",
+        help="credits per currency unit for payments without tally_credits",
+    )  # fmt: skip
+    update.add_argument(
+        "--overdraft-limit", type=_setting("overdraft_limit", int), metavar="N",
+        help="how far below 0 a balance may go (setting it switches overdraft on)",
+    )  # fmt: skip
     # The credits configuration (also PATCH /credits/config).
     update.add_argument(
-        "--credits-per-dollar", type=_setting("credits_per_dollar", Decimal), metavar="R"
+        "--credits-per-dollar", type=_setting("credits_per_dollar", Decimal), metavar="R",
+        help="credits one dollar buys: purchases are off until it is set",
+    )  # fmt: skip
+    update.add_argument("--display-name", metavar="TEXT", help="what credits are called")
+    update.add_argument("--display-symbol", metavar="TEXT", help="e.g. CR (1 to 8 characters)")
+    update.add_argument(
+        "--display-symbol-position", choices=("left", "right"), help="where the symbol goes"
     )
-    update.add_argument("--display-name", metavar="TEXT")
-    update.add_argument("--display-symbol", metavar="TEXT")
-    update.add_argument("--display-symbol-position", choices=("left", "right"))
-    update.add_argument("--display-decimals", type=int, metavar="N")
-    update.add_argument("--min-purchase-cents", type=int, metavar="N")
-    update.add_argument("--max-purchase-cents", type=int, metavar="N")
-    for flag in _FLAGS:
-        update.add_argument("--" + flag.replace("_", "-"), type=_boolean, metavar="true|false")
+    update.add_argument("--display-decimals", type=int, metavar="N", help="decimals shown (0 to 8)")
+    update.add_argument(
+        "--min-purchase-cents", type=int, metavar="N", help="smallest purchase, in cents"
+    )
+    update.add_argument(
+        "--max-purchase-cents", type=int, metavar="N", help="largest purchase, in cents"
+    )
+    for flag, what in _FLAGS.items():
+        update.add_argument(
+            "--" + flag.replace("_", "-"), type=_boolean, metavar="true|false", help=what
+        )
     update.add_argument("--currency", metavar="CODE", help="purchases' currency (default usd)")
     # Purchases, stored cards and browser access.
     update.add_argument("--stripe-secret-key", metavar="KEY", help="the app's Stripe sk_...")
@@ -182,24 +208,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ORIGINS",
         help="comma-separated origins browsers may call /client/... from ('' for none)",
     )
-    update.add_argument("--auto-top-up-daily-limit-cents", type=int, metavar="N")
+    update.add_argument(
+        "--auto-top-up-daily-limit-cents", type=int, metavar="N",
+        help="most auto top-up may charge one user per UTC day, in cents",
+    )  # fmt: skip
     rotate = command(
         apps,
         "rotate-client-secret",
         _apps_rotate_client_secret,
         "sign client tokens with a new secret: every token issued so far stops working",
     )
-    rotate.add_argument("app_id")
+    rotate.add_argument("app_id", help="the app's id (app_...)")
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
         required=True, metavar="ACTION"
     )
     key_create = command(keys, "create", _keys_create, "create an API key (shown once)")
-    key_create.add_argument("app_id")
+    key_create.add_argument("app_id", help="the app the key is for")
     key_list = command(keys, "list", _keys_list, "list an app's API keys")
-    key_list.add_argument("app_id")
+    key_list.add_argument("app_id", help="the app's id (app_...)")
     revoke = command(keys, "revoke", _keys_revoke, "revoke an API key")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
 
     for action in (apps, keys, webhooks):
         for sub in action.choices.values():
@@ -264,19 +293,14 @@ def _worker(args: argparse.Namespace, cx: Context) -> None:
 
 def _status(args: argparse.Namespace, cx: Context) -> None:
     lags = outbox_lag(cx.engine.sync_redis)
-    view = {
-        "outbox_depth": sum(lag.depth for lag in lags),
-        "oldest_age_seconds": max(lag.oldest_age_seconds for lag in lags),
-        "shards": [asdict(lag) for lag in lags],
-    }
-    busy = [
-        f"  shard {lag.shard}: {lag.depth} entries, oldest {lag.oldest_age_seconds:.1f}s"
-        for lag in lags
-        if lag.depth
-    ]
-    text = f"outbox: {view['outbox_depth']} entries, oldest {view['oldest_age_seconds']:.1f}s"
-    _print(args, view, "\n".join([text, *busy]))
-    if args.max_lag is not None and view["oldest_age_seconds"] > args.max_lag:
+    depth, oldest = sum(lag.depth for lag in lags), max(lag.oldest_age_seconds for lag in lags)
+    shards = [asdict(lag) for lag in lags if lag.depth or args.all]
+    text = f"outbox: {depth} entries, oldest {oldest:.1f} s"
+    if shards:
+        text += "\n" + table(shards, ("shard", "depth", "oldest_age_seconds"), "")
+    view = {"outbox_depth": depth, "oldest_age_seconds": oldest, "shards": shards}
+    _print(args, view, text)
+    if args.max_lag is not None and oldest > args.max_lag:
         sys.exit(1)
 
 
@@ -295,12 +319,9 @@ def _webhooks_list(args: argparse.Namespace, cx: Context) -> None:
     status = "failed" if args.failed else args.status
     events = cx.engine.webhooks.list_events(args.app, status, args.limit)
     views = [_event_view(event) for event in events]
-    lines = (
-        f"{e['id']}  {e['received_at']}  {e['app_id']}  {e['provider']}  {e['event_type']}"
-        f"  payment={e['payment_id']}  {e['status']}{'  ' + e['reason'] if e['reason'] else ''}"
-        for e in views
-    )
-    _print(args, views, "\n".join(lines))
+    columns = ("id", "received_at", "app_id", "provider", "event_type", "payment_id", "status",
+               "reason")  # fmt: skip
+    _print(args, views, table(views, columns, "no webhook events"))
 
 
 def _webhooks_retry(args: argparse.Namespace, cx: Context) -> None:
@@ -325,12 +346,12 @@ def _apps_create(args: argparse.Namespace, cx: Context) -> None:
 
 def _apps_list(args: argparse.Namespace, cx: Context) -> None:
     apps = [_app_view(app, cx.settings) for app in cx.engine.apps.list_apps()]
-    _print(args, apps, "\n".join(f"{a['app_id']}  {a['name']}" for a in apps))
+    _print(args, apps, table(apps, ("app_id", "name", "created_at"), "no apps"))
 
 
 def _apps_show(args: argparse.Namespace, cx: Context) -> None:
     view = _app_view(cx.engine.apps.get(args.app_id), cx.settings)
-    _print(args, view, _lines(view))
+    _print(args, view, fields(view))
 
 
 def _apps_update(args: argparse.Namespace, cx: Context) -> None:
@@ -340,7 +361,7 @@ def _apps_update(args: argparse.Namespace, cx: Context) -> None:
         if getattr(args, name) is not None
     }
     view = _app_view(cx.engine.apps.update(args.app_id, changes), cx.settings)
-    _print(args, view, _lines(view))
+    _print(args, view, fields(view))
 
 
 def _apps_rotate_client_secret(args: argparse.Namespace, cx: Context) -> None:
@@ -356,8 +377,8 @@ def _keys_create(args: argparse.Namespace, cx: Context) -> None:
 
 def _keys_list(args: argparse.Namespace, cx: Context) -> None:
     keys = [_key_view(key) for key in cx.engine.apps.list_keys(args.app_id)]
-    lines = (f"{k['key_id']}  {k['key_prefix']}...  {k['status']}" for k in keys)
-    _print(args, keys, "\n".join(lines))
+    columns = ("key_id", "key_prefix", "status", "created_at", "revoked_at")
+    _print(args, keys, table(keys, columns, "no API keys"))
 
 
 def _keys_revoke(args: argparse.Namespace, cx: Context) -> None:
@@ -389,10 +410,6 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
-
-
-def _lines(view: dict[str, Any]) -> str:
-    return "\n".join(f"{name}: {value}" for name, value in view.items())
 
 
 def _print(args: argparse.Namespace, view: Any, text: str) -> None:

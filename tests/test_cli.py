@@ -1,5 +1,6 @@
 """The operating contract of the `tally` command, and what it changes in the running API."""
 
+import argparse
 import hashlib
 import json
 import re
@@ -152,3 +153,52 @@ def test_a_command_without_its_server_fails_fast_in_one_line(
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
     assert f"cannot reach {service}" in run.stderr and variable in run.stderr
     assert "s3cret" not in run.stderr
+
+
+def _every_action(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [(f"{name} {where}", a) for where, a in _every_action(sub)]
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((parser.prog, action))
+    return found
+
+
+def test_every_flag_and_argument_has_help_text() -> None:
+    from api.cli import _parser
+
+    missing = [(where, a.dest) for where, a in _every_action(_parser()) if not a.help]
+    assert missing == []
+
+
+def test_human_output_is_words_and_aligned_tables(settings: Settings) -> None:
+    app_id = str(create_app(settings)["app_id"])
+    shown = tally(settings, "apps", "show", app_id).stdout
+    assert "None" not in shown and "True" not in shown and "False" not in shown
+    assert re.search(r"^credits_enabled\s+yes$", shown, re.M)
+    assert re.search(r"^credit_rate\s+none$", shown, re.M)
+    assert re.search(r"^  stripe\s+\S*/webhooks/stripe/" + app_id + "$", shown, re.M)
+    keys = tally(settings, "keys", "list", app_id).stdout.splitlines()
+    assert keys[0].split() == [
+        "KEY",
+        "ID",
+        "KEY",
+        "PREFIX",
+        "STATUS",
+        "CREATED",
+        "AT",
+        "REVOKED",
+        "AT",
+    ]
+    assert keys[1].split()[2] == "active" and keys[1].endswith("none")
+    nothing = tally(settings, "webhooks", "list", "--app", app_id).stdout
+    assert nothing.strip() == "no webhook events"
+
+
+def test_status_json_lists_busy_shards_unless_all(settings: Settings) -> None:
+    tally(settings, "worker", "--burst")
+    assert json.loads(tally(settings, "status", "--json").stdout)["shards"] == []
+    every = json.loads(tally(settings, "status", "--json", "--all").stdout)["shards"]
+    assert [shard["shard"] for shard in every] == list(range(64))
