@@ -11,8 +11,8 @@ from starlette.routing import Route
 
 from api import client, config, credits, health, webhooks
 from api.cors import ClientCors
+from api.edge import AccessLog, Edge
 from api.errors import HANDLERS
-from api.request_id import AccessLog, RequestId
 from engine.container import Engine
 from engine.settings import Settings
 from workers.queue import Jobs
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]
-    middleware = [Middleware(RequestId), Middleware(ClientCors)]
+    middleware = [Middleware(Edge), Middleware(ClientCors)]
     if settings.access_log:
         middleware.insert(1, Middleware(AccessLog))
     return Starlette(

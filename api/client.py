@@ -19,9 +19,8 @@ from api.schemas import (
     ServerAutoTopUpRequest,
     TransactionsQuery,
     UserQuery,
-    parse_body,
     parse_query,
-    read_body,
+    read_json,
 )
 from api.state import authenticated, engine_of
 from api.views import (
@@ -47,7 +46,7 @@ from engine.models import App
 async def create_token(request: Request) -> Response:
     engine = engine_of(request)
     app = await _server_app(request)
-    body = parse_body(ClientTokenRequest, await read_body(request, engine.settings.max_body_bytes))
+    body = await read_json(request, ClientTokenRequest, engine.settings.max_body_bytes)
     token = client_tokens.mint(app.app_id, app.client_token_secret, body.user_id, body.ttl_seconds)
     expires = client_tokens.read_unverified(token).expires_at
     return JSONResponse(
@@ -79,9 +78,7 @@ async def get_server_auto_top_up(request: Request) -> Response:
 async def put_server_auto_top_up(request: Request) -> Response:
     engine = engine_of(request)
     app = await _server_app(request)
-    body = parse_body(
-        ServerAutoTopUpRequest, await read_body(request, engine.settings.max_body_bytes)
-    )
+    body = await read_json(request, ServerAutoTopUpRequest, engine.settings.max_body_bytes)
     wanted = TopUpSettings(body.enabled, body.threshold_cents, body.purchase_amount_cents)
     saved = await engine.bridge.call_outside(engine.top_ups.update, app, body.user_id, wanted)
     return JSONResponse(top_up_view(saved))
@@ -140,7 +137,7 @@ async def setup_intent(request: Request) -> Response:
 async def add_payment_method(request: Request) -> Response:
     """Record the card of a SetupIntent the browser confirmed."""
     engine, session = await _session(request)
-    body = parse_body(AddPaymentMethodRequest, await read_body(request, 4_096))
+    body = await read_json(request, AddPaymentMethodRequest, 4_096)
     card = await engine.bridge.call_outside(
         engine.purchases.add_card, session.app, session.user_id, body.setup_intent_id
     )
@@ -160,7 +157,7 @@ async def delete_payment_method(request: Request) -> Response:
 
 async def reorder_payment_methods(request: Request) -> Response:
     engine, session = await _session(request)
-    body = parse_body(ReorderRequest, await read_body(request, 16_384))
+    body = await read_json(request, ReorderRequest, 16_384)
     cards = await engine.bridge.call_outside(
         engine.purchases.reorder, session.app, session.user_id, body.payment_method_ids
     )
@@ -169,7 +166,7 @@ async def reorder_payment_methods(request: Request) -> Response:
 
 async def purchase(request: Request) -> Response:
     engine, session = await _session(request)
-    body = parse_body(PurchaseRequest, await read_body(request, 4_096))
+    body = await read_json(request, PurchaseRequest, 4_096)
     result = await engine.bridge.call_outside(
         engine.purchases.purchase,
         session.app,
@@ -195,7 +192,7 @@ async def get_auto_top_up(request: Request) -> Response:
 
 async def put_auto_top_up(request: Request) -> Response:
     engine, session = await _session(request)
-    body = parse_body(AutoTopUpRequest, await read_body(request, 4_096))
+    body = await read_json(request, AutoTopUpRequest, 4_096)
     wanted = TopUpSettings(body.enabled, body.threshold_cents, body.purchase_amount_cents)
     saved = await engine.bridge.call_outside(
         engine.top_ups.update, session.app, session.user_id, wanted

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse
-from api.schemas import Strict, parse_body, read_body
+from api.schemas import Strict, read_json
 from api.state import authenticated
 from api.views import config_view
 from engine.errors import InvalidRequestError
@@ -43,7 +43,7 @@ async def get_config(request: Request) -> Response:
 
 async def patch_config(request: Request) -> Response:
     engine, context = await authenticated(request)
-    body = parse_body(ConfigPatch, await read_body(request, engine.settings.max_body_bytes))
+    body = await read_json(request, ConfigPatch, engine.settings.max_body_bytes)
     changes: dict[str, object] = {}
     for name in body.model_fields_set:
         value = getattr(body, name)

@@ -11,9 +11,8 @@ from api.schemas import (
     HistoryQuery,
     RefundRequest,
     UserQuery,
-    parse_body,
     parse_query,
-    read_body,
+    read_json,
 )
 from api.state import authenticated
 from api.views import balance_view, entry_view
@@ -57,7 +56,7 @@ async def batch(request: Request) -> Response:
         raise InvalidRequestError(
             "a batch takes no Idempotency-Key header: give each operation its idempotency_key"
         )
-    body = parse_body(BatchRequest, await read_body(request, MAX_BATCH_BYTES))
+    body = await read_json(request, BatchRequest, MAX_BATCH_BYTES)
     operations = [
         Operation(
             kind=op.type,
@@ -91,7 +90,7 @@ def _outcome(outcome: EntryResult | TallyError) -> dict[str, object]:
 async def refund(request: Request) -> Response:
     engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
-    body = parse_body(RefundRequest, await read_body(request, engine.settings.max_body_bytes))
+    body = await read_json(request, RefundRequest, engine.settings.max_body_bytes)
     result = await engine.credits.refund(
         app, body.ledger_id, description=body.description, idempotency_key=idempotency_key
     )
@@ -132,7 +131,7 @@ async def balance(request: Request) -> Response:
 async def _apply_entry(request: Request, kind: str) -> EntryResult:
     engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
-    body = parse_body(EntryRequest, await read_body(request, engine.settings.max_body_bytes))
+    body = await read_json(request, EntryRequest, engine.settings.max_body_bytes)
     operation = engine.credits.add if kind == "add" else engine.credits.deduct
     return await operation(
         app,

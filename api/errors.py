@@ -21,6 +21,7 @@ from engine.errors import (
     PaymentProviderError,
     TallyError,
     UnavailableError,
+    UnsupportedMediaTypeError,
 )
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ STATUS: dict[type[TallyError], int] = {
     AlreadyRefundedError: 409,
     ConflictError: 409,
     PayloadTooLargeError: 413,
+    UnsupportedMediaTypeError: 415,
     IdempotencyConflictError: 422,
     PaymentProviderError: 502,
     UnavailableError: 503,
@@ -65,12 +67,17 @@ def error_body(exc: TallyError) -> dict[str, object]:
 
 async def tally_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TallyError)
+    if isinstance(exc, UnavailableError):
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    return error_response(exc)
+
+
+def error_response(exc: TallyError) -> Response:
     status = status_of(exc)
     body = error_body(exc)
     headers = {}
     if isinstance(exc, UnavailableError):
         headers["Retry-After"] = "1"
-        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
     elif isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
     if exc.replayed:

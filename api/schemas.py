@@ -1,20 +1,23 @@
 """Request bodies and query strings, validated strictly, with errors that name the field."""
 
+import json
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from engine.accounts.apps import SETTING_RULES
 from engine.accounts.client_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
-from engine.errors import InvalidRequestError, PayloadTooLargeError
+from engine.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from engine.models import (
     MAX_AMOUNT,
     MAX_DESCRIPTION,
     MAX_IDEMPOTENCY_KEY,
     MAX_REFERENCE_ID,
     MAX_USER_ID,
+    text_problem,
 )
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -59,7 +62,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-_UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
+def _user_id(value: str) -> str:
+    problem = text_problem("user_id", value, MAX_USER_ID)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+_UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID), AfterValidator(_user_id)]
 _Description = Annotated[str, Field(max_length=MAX_DESCRIPTION)]
 # Query values arrive as text: numbers are parsed from it, nothing else is coerced.
 _Limit = Annotated[int, Field(ge=1, le=MAX_PAGE, strict=False)]
@@ -139,10 +149,79 @@ class ServerAutoTopUpRequest(AutoTopUpRequest):
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:
+    value = parse_json(body)
+    if not isinstance(value, dict):
+        raise InvalidRequestError("request body must be a JSON object")
     try:
-        return model.model_validate_json(body)
+        return model.model_validate(value)
     except ValidationError as exc:
         raise InvalidRequestError(_message(exc)) from None
+
+
+async def read_json(request: Request, model: type[Model], limit: int) -> Model:
+    """A write's body: at most `limit` bytes, JSON by its Content-Type, valid for `model`."""
+    body = await read_body(request, limit)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaTypeError(
+            "send the body as JSON with Content-Type: application/json"
+            + (f" (not {media_type})" if media_type else "")
+        )
+    return parse_body(model, body)
+
+
+def parse_json(body: bytes) -> Any:
+    """JSON as RFC 8259 has it, read strictly: UTF-8, no duplicate keys, no NaN, no lone
+    surrogates, at most MAX_DEPTH levels. Python's json module alone takes all of these."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise InvalidRequestError(_TOO_DEEP) from None
+    _check_tree(value, 1)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidRequestError(f"body has the key {key!r} more than once")
+            seen.add(key)
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidRequestError(f"body is not valid JSON: {name} is not a JSON number")
+
+
+def _check_tree(value: Any, depth: int) -> None:
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise InvalidRequestError(_LONE_SURROGATE)
+    elif isinstance(value, dict | list):
+        if depth > MAX_DEPTH:
+            raise InvalidRequestError(_TOO_DEEP)
+        for key in value if isinstance(value, dict) else ():
+            if _SURROGATE.search(key):
+                raise InvalidRequestError(_LONE_SURROGATE)
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_tree(item, depth + 1)
+
+
+MAX_DEPTH = 32
+_TOO_DEEP = f"body is nested deeper than {MAX_DEPTH} levels"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = "body holds a lone surrogate escape (\\ud800 to \\udfff): not Unicode text"
 
 
 def parse_query(model: type[Model], params: QueryParams) -> Model:
@@ -176,6 +255,8 @@ def _message(exc: ValidationError, where: str = "") -> str:
     if loc[0] == "operations" and len(loc) > 2:  # a field of one operation of a batch
         prefix, loc = f"operations[{loc[1]}].", loc[2:]
     field = str(loc[0])
+    if error["type"] == "value_error":  # a rule of our own (text_problem), worded by it
+        return prefix + str(error["ctx"]["error"])
     if error["type"] == "missing":
         return f"{where}{prefix}{field} is required"
     if error["type"] == "extra_forbidden":

@@ -20,6 +20,10 @@ class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(InvalidRequestError):
+    code = "unsupported_media_type"
+
+
 class AuthenticationError(TallyError):
     code = "unauthorized"
 

@@ -13,6 +13,24 @@ MAX_DESCRIPTION = 1000
 MAX_REFERENCE_ID = 256
 MAX_IDEMPOTENCY_KEY = 255
 
+
+def text_problem(name: str, value: str, max_length: int) -> str | None:
+    """What is wrong with an identifier a person typed (a user id, an app name), or None.
+
+    1 to max_length characters of printable Unicode, no leading or trailing whitespace: "bob "
+    and "bob" would otherwise be two accounts nobody can tell apart. Compared byte for byte,
+    with no Unicode normalisation.
+    """
+    if not 1 <= len(value) <= max_length:
+        return f"{name} must be 1 to {max_length} characters"
+    if "\x00" in value:
+        return f"{name} must not contain NUL characters"
+    if not value.isprintable():
+        return f"{name} must be printable text: no control characters or line breaks"
+    if value != value.strip():
+        return f"{name} must not start or end with whitespace"
+    return None
+
 # An app's credits configuration, as GET /credits/config shows it (with overdraft_limit).
 CREDITS_CONFIG = (
     "credits_enabled",

@@ -93,8 +93,27 @@ def test_tenants_are_isolated(
 # --- errors -------------------------------------------------------------------------------------
 
 BAD_BODIES = [
-    (b"", "request body must be a JSON object"),
-    (b"not json", "request body must be a JSON object"),
+    (b"", "body is not valid JSON: Expecting value at line 1, column 1"),
+    (b"not json", "body is not valid JSON: Expecting value at line 1, column 1"),
+    (
+        b'{"user_id": "u",\n "amount": 1,}',
+        "body is not valid JSON: Expecting property name enclosed in double quotes"
+        " at line 2, column 14",
+    ),
+    (b'{"user_id": "u", "amount": 1, "amount": 2}', "body has the key 'amount' more than once"),
+    (b'{"user_id": "\xff", "amount": 1}', "body is not valid UTF-8 (byte 13)"),
+    (b'{"user_id": "\\ud800", "amount": 1}', "lone surrogate"),
+    (
+        b'{"user_id": "u", "amount": 1, "metadata": ' + b'{"a":' * 40 + b"1" + b"}" * 41,
+        "body is nested deeper than 32 levels",
+    ),
+    (
+        b'{"user_id": "u", "amount": 1, "metadata": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        "body is nested deeper than 32 levels",
+    ),
+    (b'{"user_id": "   ", "amount": 1}', "user_id must not start or end with whitespace"),
+    (b'{"user_id": "user_001 ", "amount": 1}', "user_id must not start or end with whitespace"),
+    (b'{"user_id": "a\\nb", "amount": 1}', "user_id must be printable text"),
     (b"[1, 2]", "request body must be a JSON object"),
     (b'"text"', "request body must be a JSON object"),
     (b"null", "request body must be a JSON object"),
@@ -117,7 +136,7 @@ BAD_BODIES = [
     (b'{"user_id": "u", "amount": null}', "amount"),
     (b'{"user_id": "u", "amount": 1, "metadata": [1]}', "metadata"),
     (b'{"user_id": "u", "amount": 1, "metadata": "x"}', "metadata"),
-    (b'{"user_id": "u", "amount": 1, "metadata": {"a": NaN}}', "metadata"),
+    (b'{"user_id": "u", "amount": 1, "metadata": {"a": NaN}}', "NaN is not a JSON number"),
     (b'{"user_id": "u", "amount": 1, "description": 5}', "description"),
     (b'{"user_id": "u", "amount": 1, "reference_id": {}}', "reference_id"),
     (b'{"user_id": "u", "amount": 1, "colour": "red"}', "unknown field colour"),
@@ -309,3 +328,59 @@ def test_500_concurrent_deducts_on_300_credits(
     afters = sorted(r.json()["balance_after"] for r in responses if r.status_code == 200)
     assert afters == list(range(300))  # every balance from 299 down to 0 handed out exactly once
     assert client.get("/credits/balance", params={"user_id": "racer"}).json()["balance"] == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+def test_a_body_that_is_not_declared_json_is_415(
+    client: httpx.Client, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = b'{"user_id": "u", "amount": 1}'
+    response = client.post("/credits/add", content=body, headers=headers)
+    assert response.status_code == 415
+    assert "Content-Type: application/json" in response.json()["error"]
+    assert client.get("/credits/balance", params={"user_id": "u"}).json()["balance"] == 0
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/credits/add", content=body, headers=charset).status_code == 200
+
+
+def test_a_query_parameter_on_a_write_is_400_and_applies_nothing(client: httpx.Client) -> None:
+    client.post("/credits/add", json={"user_id": "u", "amount": 10})
+    dry = client.post("/credits/deduct?dry_run=1", json={"user_id": "u", "amount": 1})
+    assert dry.status_code == 400
+    assert "dry_run" in dry.json()["error"]
+    assert client.get("/credits/balance", params={"user_id": "u"}).json()["balance"] == 10
+
+
+def test_two_authorization_headers_are_401_and_apply_nothing(
+    api_server: ApiServer, test_app: AppUnderTest, repository: AppRepository
+) -> None:
+    _, other = Apps(repository).create("other")
+    headers = [
+        ("Authorization", f"Bearer {test_app.api_key}"),
+        ("Authorization", f"Bearer {other.api_key}"),
+        ("Content-Type", "application/json"),
+    ]
+    body = b'{"user_id": "u", "amount": 5}'
+    response = httpx.post(api_server.url + "/credits/add", content=body, headers=headers)
+    assert response.status_code == 401
+    for key in (test_app.api_key, other.api_key):
+        balance = httpx.get(
+            api_server.url + "/credits/balance",
+            params={"user_id": "u"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert balance.json()["balance"] == 0
+
+
+def test_user_ids_are_compared_byte_for_byte(client: httpx.Client) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # the same to the eye, not to Tally
+    client.post("/credits/add", json={"user_id": composed, "amount": 1})
+    client.post("/credits/add", json={"user_id": decomposed, "amount": 2})
+    for user, expected in ((composed, 1), (decomposed, 2)):
+        balance = client.get("/credits/balance", params={"user_id": user}).json()["balance"]
+        assert balance == expected
+    spaced = client.get("/credits/balance", params={"user_id": " cafe"})
+    assert spaced.status_code == 400 and "whitespace" in spaced.json()["error"]

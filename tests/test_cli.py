@@ -202,3 +202,10 @@ def test_status_json_lists_busy_shards_unless_all(settings: Settings) -> None:
     assert json.loads(tally(settings, "status", "--json").stdout)["shards"] == []
     every = json.loads(tally(settings, "status", "--json", "--all").stdout)["shards"]
     assert [shard["shard"] for shard in every] == list(range(64))
+
+
+def test_cli_input_follows_the_same_text_rules(settings: Settings) -> None:
+    padded = tally(settings, "apps", "create", " demo ", check=False)
+    assert padded.returncode == 1 and "must not start or end with whitespace" in padded.stderr
+    broken = tally(settings, "apps", "create", "two\nlines", check=False)
+    assert broken.returncode == 1 and "printable" in broken.stderr

@@ -11,7 +11,7 @@ from typing import Any
 from engine.accounts.client_tokens import new_secret
 from engine.accounts.repository import AppRepository
 from engine.errors import InvalidRequestError, NotFoundError
-from engine.models import MAX_AMOUNT, ApiKey, App
+from engine.models import MAX_AMOUNT, ApiKey, App, text_problem
 
 KEY_PREFIX = "tally_"
 # tally_ + 43 URL-safe characters (32 random bytes); older or longer keys still parse.
@@ -100,8 +100,9 @@ class Apps:
         self._repository = repository
 
     def create(self, name: str) -> tuple[App, NewKey]:
-        if not 1 <= len(name) <= 200:
-            raise InvalidRequestError("name must be 1 to 200 characters")
+        problem = text_problem("name", name, 200)
+        if problem:
+            raise InvalidRequestError(problem)
         app = self._repository.create_app(f"app_{secrets.token_hex(8)}", name)
         return app, self.create_key(app.app_id)
 

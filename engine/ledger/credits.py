@@ -35,6 +35,7 @@ from engine.models import (
     LedgerEntry,
     Operation,
     RefundResult,
+    text_problem,
 )
 from engine.settings import Settings
 from engine.store import scripts
@@ -436,6 +437,10 @@ def _check_amount(amount: int) -> None:
 def _check_text(name: str, value: str | None, max_length: int, *, required: bool = False) -> None:
     if value is None and not required:
         return
+    if required and isinstance(value, str):
+        problem = text_problem(name, value, max_length)
+        if problem:
+            raise InvalidRequestError(problem)
     if not isinstance(value, str) or not (1 if required else 0) <= len(value) <= max_length:
         qualifier = "a non-empty string" if required else "a string"
         raise InvalidRequestError(f"{name} must be {qualifier} of at most {max_length} characters")

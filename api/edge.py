@@ -1,14 +1,18 @@
-"""X-Request-Id: accepted from the caller (or made here), returned, and bound to every log
-line of the request (engine.logs); and the access log."""
+"""What every request passes first: its id (X-Request-Id, accepted from the caller or made
+here, returned, and bound to every log line of the request), the rules that refuse it before
+any route runs, and the access log."""
 
 import itertools
 import logging
 import re
 import secrets
 import time
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_response
+from engine.errors import AuthenticationError, InvalidRequestError, TallyError
 from engine.logs import request_id
 
 _access = logging.getLogger("api.access")
@@ -16,7 +20,10 @@ _access = logging.getLogger("api.access")
 _VALID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
-class RequestId:
+_WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
+class Edge:
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
         # Ids made here: unique per process (a random prefix), cheap per request (a counter).
@@ -28,13 +35,16 @@ class RequestId:
             await self._app(scope, receive, send)
             return
         rid = None
+        authorizations = 0
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value if _VALID.fullmatch(value) else None
-                break
+            elif name == b"authorization":
+                authorizations += 1
         if rid is None:
             rid = b"%s%x" % (self._prefix, next(self._counter))
         token = request_id.set(rid.decode())
+        refused = _refusal(scope, authorizations)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -42,9 +52,27 @@ class RequestId:
             await send(message)
 
         try:
-            await self._app(scope, receive, send_with_id)
+            if refused is None:
+                await self._app(scope, receive, send_with_id)
+            else:
+                await error_response(refused)(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+
+
+def _refusal(scope: Scope, authorizations: int) -> TallyError | None:
+    """A request no route may serve: two credentials (which one would act?), or a query
+    string on a write (a misspelt field there would be silently dropped)."""
+    if authorizations > 1:
+        return AuthenticationError("send one Authorization header, not several")
+    if scope["query_string"] and scope["method"] in _WRITES:
+        query = scope["query_string"].decode("latin-1")
+        names = sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)})
+        return InvalidRequestError(
+            f"unknown query parameter {', '.join(names) or query}:"
+            " a write takes its fields in the JSON body"
+        )
+    return None
 
 
 class AccessLog:
