@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     access_log: bool = False
     # Where Stripe's API is: a Stripe-compatible fake (localstripe) in tests.
     stripe_api_base: str = "https://api.stripe.com"
-    # Auto top-up retries a failed top-up after this, then twice as long (see README).
+    # Auto top-up retries a failed top-up after this, then twice as long (docs/end-users.md).
     auto_top_up_retry_seconds: float = Field(default=3_600, gt=0)
 
     # Write-through to PostgreSQL (see docs/write-through.md).

@@ -3,7 +3,7 @@
 A verified event is stored before the provider gets its answer, so nothing the provider sent
 is lost whatever happens next. A worker applies it with the payment id as the idempotency key
 and under a lock on the payment, so a redelivery, the same payment under another event id, or
-concurrent deliveries credit once. See README "Connect your payment provider".
+concurrent deliveries credit once. See docs/payment-providers.md.
 """
 
 import logging
