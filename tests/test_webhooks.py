@@ -412,3 +412,11 @@ def test_unknown_app_or_provider_or_missing_secret(hooks: Hooks, api_server: Api
     paid = polar_order("order.paid", "o", metadata={"tally_user_id": "p", "tally_credits": "1"})
     response = hooks.polar(paid, message_id="m")
     assert response.status_code == 400 and "secret" in response.json()["error"]
+
+
+def test_a_payment_in_an_unknown_currency_is_failed_not_guessed(hooks: Hooks) -> None:
+    tally(hooks.settings, "apps", "update", hooks.app.app_id, "--credit-rate", "100")
+    hooks.stripe(stripe_intent("evt_cur", "pi_cur", {"tally_user_id": "u"}, 1000, "dollars"))
+    [event] = hooks.settled(1)
+    assert event["status"] == "failed" and "unknown currency 'dollars'" in event["reason"]
+    assert hooks.balance("u") == 0

@@ -7,6 +7,7 @@ concurrent deliveries credit once. See docs/payment-providers.md.
 """
 
 import logging
+import re
 from decimal import Decimal
 
 from engine.accounts.repository import AppRepository
@@ -117,6 +118,11 @@ class Webhooks:
                 return
             if data.amount_minor is None or not data.currency:
                 tx.finish(event.event_pk, "failed", "the payment has no amount or currency")
+                return
+            if not re.fullmatch("[a-z]{3}", data.currency):
+                # Its minor unit (cents, none, thousandths) is unknown: no rate applies safely.
+                reason = f"unknown currency {data.currency!r}: send tally_credits instead"
+                tx.finish(event.event_pk, "failed", reason)
                 return
             amount = credits_for(data.amount_minor, data.currency, Decimal(rate))
             if amount < 1:
