@@ -2,6 +2,7 @@
 
 import json
 import re
+from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -149,6 +150,20 @@ class ServerAutoTopUpRequest(AutoTopUpRequest):
 
 
 def parse_body(model: type[Model], body: bytes) -> Model:
+    if _plain(body):
+        # The common body (one flat object, no escapes) is parsed in Rust, several times
+        # cheaper; it stands if each field it set is named once in the text, so that no key
+        # came twice. Anything else, errors included, takes the exact path below.
+        try:
+            parsed = model.model_validate_json(body)
+        except ValidationError:
+            pass
+        else:
+            for name in parsed.model_fields_set:
+                if body.count(_quoted(name)) != 1:
+                    break
+            else:
+                return parsed
     value = parse_json(body)
     if not isinstance(value, dict):
         raise InvalidRequestError("request body must be a JSON object")
@@ -156,6 +171,19 @@ def parse_body(model: type[Model], body: bytes) -> Model:
         return model.model_validate(value)
     except ValidationError as exc:
         raise InvalidRequestError(_message(exc)) from None
+
+
+def _plain(body: bytes) -> bool:
+    return body.count(b"{") == 1 and _NOT_PLAIN.search(body) is None
+
+
+# What sends a body down the exact path: nesting, escapes, and the literals JSON has not.
+_NOT_PLAIN = re.compile(rb"[\[\\]|NaN|Infinity")
+
+
+@cache
+def _quoted(name: str) -> bytes:
+    return f'"{name}"'.encode()
 
 
 async def read_json(request: Request, model: type[Model], limit: int) -> Model:
