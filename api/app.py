@@ -67,9 +67,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]
-    middleware = [Middleware(Edge), Middleware(ClientCors)]
+    # CORS outermost: a browser can read every answer it grants, the edge's refusals too.
+    middleware = [Middleware(ClientCors), Middleware(Edge)]
     if settings.access_log:
-        middleware.insert(1, Middleware(AccessLog))
+        middleware.append(Middleware(AccessLog))
     return Starlette(
         routes=routes,
         middleware=middleware,

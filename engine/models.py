@@ -31,6 +31,7 @@ def text_problem(name: str, value: str, max_length: int) -> str | None:
         return f"{name} must not start or end with whitespace"
     return None
 
+
 # An app's credits configuration, as GET /credits/config shows it (with overdraft_limit).
 CREDITS_CONFIG = (
     "credits_enabled",

@@ -129,15 +129,20 @@ def test_redis_out_of_memory_is_503_and_healthz_says_so(stack: Stack) -> None:
             refused = [
                 client.post("/credits/deduct", json={"user_id": "u", "amount": 1}),
                 client.post("/credits/add", json={"user_id": "new", "amount": 1}),
-                client.post(
-                    "/credits/batch",
-                    json={"operations": [{"type": "deduct", "user_id": "u", "amount": 1}]},
-                ),
             ]
             for response in refused:
                 assert response.status_code == 503, response.text
                 assert response.headers["Retry-After"] == "1"
                 assert "out of memory" in response.json()["error"]
+            # A batch reports each operation: refused ones as 503, none as applied.
+            batch = client.post(
+                "/credits/batch",
+                json={"operations": [{"type": "deduct", "user_id": "u", "amount": 1}] * 2},
+            )
+            assert batch.status_code == 200
+            for result in batch.json()["results"]:
+                assert result["success"] is False and result["status"] == 503
+                assert "out of memory" in result["error"]
             health = httpx.get(stack.api.url + "/healthz")
             assert health.status_code == 503
             assert health.json()["status"] == "unavailable" and health.json()["redis"] == "oom"
@@ -308,3 +313,25 @@ def test_a_new_users_first_add_needs_no_postgresql_when_redis_can_vouch(stack: S
         worker.stop()
     rows = [r for r in ledger(stack.settings, stack.app_id) if r["user_id"] == "new"]
     assert [(r["seq"], r["amount"], r["balance_after"]) for r in rows] == [(1, 5, 5), (2, -2, 3)]
+
+
+def test_a_batch_reports_what_it_applied_when_some_accounts_wait_for_postgresql(
+    stack: Stack,
+) -> None:
+    with stack.client() as client:
+        client.post("/credits/add", json={"user_id": "known", "amount": 10})
+        direct = redis.Redis.from_url(stack.redis.url)
+        direct.delete(complete_key(shard_of(stack.app_id, "stranger")))
+        stack.postgres.halt()
+        operations = [
+            {"type": "deduct", "user_id": "known", "amount": 1},
+            {"type": "add", "user_id": "stranger", "amount": 1},  # Redis cannot vouch
+            {"type": "deduct", "user_id": "known", "amount": 2},
+        ]
+        response = client.post("/credits/batch", json={"operations": operations})
+        stack.postgres.start()
+    assert response.status_code == 200
+    applied, waiting, also = response.json()["results"]
+    assert (applied["success"], applied["balance_after"]) == (True, 9)
+    assert (waiting["success"], waiting["status"]) == (False, 503)
+    assert (also["success"], also["balance_after"]) == (True, 7)

@@ -9,11 +9,13 @@ sweeper thread looks at every shard's outbox length in one pipelined round trip 
 import logging
 import threading
 import time
+from contextlib import suppress
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
 
 from engine.container import Engine
@@ -39,6 +41,8 @@ _WEBHOOK_SWEEP_SECONDS = 1.0
 _REARM_SECONDS = 600
 _TOP_UP_SWEEP_SECONDS = 0.25
 _COMPLETENESS_SECONDS = 5.0
+# An RQ worker that ran this long before quitting was healthy: its quitting is a new failure.
+_HEALTHY_SECONDS = 30.0
 
 
 class _Worker(SimpleWorker):
@@ -73,10 +77,12 @@ def _serve(engine: Engine) -> None:
         threading.Thread(target=target, args=(engine, queue, stop), name=name, daemon=True).start()
     # RQ logs every job at INFO: at a flush every few milliseconds that drowns everything.
     level = "DEBUG" if settings.log_level.lower() == "debug" else "WARNING"
-    redis_outage = Outage(log, "Redis (worker)")
+    redis_down = Outage(log, "Redis (worker)")
+    rq_quits = Outage(log, "the RQ worker")
     try:
         while not _Worker.stop_requested.is_set():
             try:
+                started = time.monotonic()
                 # Flush keys left by a worker that died would hold their shards until they
                 # expire; this worker's own pending entries are read again by its next flush.
                 _release_flushes(engine.sync_redis)
@@ -87,18 +93,24 @@ def _serve(engine: Engine) -> None:
                         reconcile_schedule_key(), "1", nx=True,
                         ex=settings.reconcile_interval_seconds,
                     )  # fmt: skip
-                redis_outage.ok()
+                redis_down.ok()
                 # A new worker each time: the one that quit may still be registered.
                 worker = _Worker(
                     [queue.queue], connection=engine.raw_redis, serializer=JSONSerializer
                 )
                 worker.work(logging_level=level)
+                if _Worker.stop_requested.is_set():
+                    break
+                if time.monotonic() - started > _HEALTHY_SECONDS:
+                    rq_quits.ok()  # it ran a while: this quit is a new failure
+                # RQ catches everything itself and quits; Redis is the usual cause.
+                wait = rq_quits.failed(RuntimeError("it quit; its log above says why"))
             except OUTAGES as exc:
-                _Worker.stop_requested.wait(redis_outage.failed(exc))
-                continue
-            if not _Worker.stop_requested.is_set():
-                # RQ logged why it quit (it catches everything itself); Redis is the usual cause.
-                _Worker.stop_requested.wait(redis_outage.failed(RuntimeError("RQ quit")))
+                wait = redis_down.failed(exc)
+            except StopRequested:
+                break  # a signal between two RQ workers: the last one's handler raised this
+            with suppress(StopRequested):
+                _Worker.stop_requested.wait(wait)
     finally:
         stop.set()
 

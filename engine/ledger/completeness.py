@@ -7,7 +7,10 @@ their own, so the mark stays true until Redis loses data, and it is lost with th
 
 The worker marks shards: for the shards without a mark, one pass over the ledger puts every
 account back (accounts already there are left alone), then marks them, unless Redis lost data
-again during the pass (the pass's token is gone with it).
+again during the pass (the pass's token is gone with it: its hydrates and its marks check it).
+
+A mark only ever answers while PostgreSQL is unreachable (engine.ledger.credits): a mark can
+outlive a loss Redis cannot see, such as the last second an AOF `everysec` crash drops.
 """
 
 import secrets
@@ -54,17 +57,17 @@ def complete_shards(
         pipe.execute()
         wanted = set(missing)
         pipe = redis.pipeline(transaction=False)
-        queued = 0
         for app_id, user_id, balance, seq, updated_at in repository.all_account_snapshots():
-            if shard_of(app_id, user_id) not in wanted:
+            shard = shard_of(app_id, user_id)
+            if shard not in wanted:
                 continue
             updated_ms = int(updated_at.timestamp() * 1000)
-            keys = [account_keys(app_id, user_id).account]
-            scripts.hydrate(keys=keys, args=[balance, seq, updated_ms], client=pipe)
-            queued += 1
-            if queued % _BATCH == 0:
-                pipe.execute()
-        pipe.execute()
+            keys = [account_keys(app_id, user_id).account, completing_key(shard)]
+            scripts.hydrate(keys=keys, args=[balance, seq, updated_ms, token], client=pipe)
+            if len(pipe) >= _BATCH and -1 in pipe.execute():
+                return []  # Redis lost data again: this pass's snapshot is stale
+        if -1 in pipe.execute():
+            return []
         pipe = redis.pipeline(transaction=False)
         for shard in missing:
             keys = [completing_key(shard), complete_key(shard)]

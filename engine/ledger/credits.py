@@ -190,7 +190,13 @@ class Credits:
             found = await self._unpersisted(app.app_id, user_id, keys.unpersisted, wanted)
             page |= {entry.seq: entry for entry in found}
             wanted.difference_update(page)
-        if wanted and outage is not None:
+        if wanted and outage is None:
+            # Persisted between the two reads: committed, then removed from Redis. Once more.
+            persisted = await self._bridge.call(
+                self._repository.entries_between, app.app_id, user_id, min(wanted), max(wanted)
+            )
+            page |= {entry.seq: entry for entry in persisted if entry.seq in wanted}
+        elif wanted and outage is not None:
             raise outage
         return HistoryPage(
             user_id=user_id,
@@ -257,19 +263,28 @@ class Credits:
                 self._redis,
                 self._scripts.apply_entry,
                 [(calls[i].script_keys, calls[i].args) for i in pending],
+                each=True,
             )
             missing = []
             for index, reply in zip(pending, replies, strict=True):
-                if reply[0] == "missing":
+                if isinstance(reply, UnavailableError):
+                    outcomes[index] = reply  # refused before it ran (out of memory)
+                elif reply[0] == "missing":
                     missing.append(index)
-                    continue
-                try:
-                    outcomes[index] = calls[index].result(reply)
-                except TallyError as exc:
-                    outcomes[index] = exc
+                else:
+                    try:
+                        outcomes[index] = calls[index].result(reply)
+                    except TallyError as exc:
+                        outcomes[index] = exc
             if missing:
                 accounts = {calls[i].user_id: calls[i].keys for i in missing}
-                await self._hydrate_many(app.app_id, accounts, create=True)
+                try:
+                    await self._hydrate_many(app.app_id, accounts, create=True)
+                except UnavailableError as exc:
+                    # Only these wait for PostgreSQL; the others are applied and say so.
+                    for index in missing:
+                        outcomes[index] = exc
+                    missing = []
             pending = missing
         gone = UnavailableError("account keeps disappearing from Redis; retry shortly")
         return [gone if outcome is None else outcome for outcome in outcomes]
@@ -365,29 +380,38 @@ class Credits:
     async def _hydrate_many(
         self, app_id: str, accounts: dict[str, AccountKeys], *, create: bool
     ) -> set[str]:
-        """_hydrate for many accounts: one Redis round trip, and one PostgreSQL query for the
-        accounts Redis cannot vouch for. Redis answers alone for a shard it holds completely
-        (engine.ledger.completeness): a brand-new user then needs no PostgreSQL at all."""
-        flag = "1" if create else "0"
-        vouch = [([keys.account, keys.complete()], (flag,)) for keys in accounts.values()]
-        replies = await scripts.run_many(self._redis, self._scripts.vouch_account, vouch)
-        answers = dict(zip(accounts, replies, strict=True))
-        present = {user_id for user_id, answer in answers.items() if answer == 1}
-        unknown = [user_id for user_id, answer in answers.items() if answer == -1]
-        if not unknown:
-            return present
-        snapshots = await self._bridge.call(self._repository.account_snapshots, app_id, unknown)
+        """_hydrate for many accounts: one PostgreSQL query, one Redis round trip.
+
+        With PostgreSQL unreachable, Redis answers for the shards it holds completely
+        (engine.ledger.completeness), so a brand-new user's first add still works. PostgreSQL
+        stays the first judge: a mark can outlive a loss Redis cannot see (the last second of
+        an AOF `everysec` crash), and PostgreSQL then still has the lost account.
+        """
+        try:
+            snapshots = await self._bridge.call(
+                self._repository.account_snapshots, app_id, list(accounts)
+            )
+        except UnavailableError:
+            return await self._vouch(accounts, create=create)
         calls = []
         for user_id, (balance, seq, updated_at) in snapshots.items():
             if updated_at is None and not create:
                 continue
             updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
-            calls.append(([accounts[user_id].account], (balance, seq, updated_ms)))
+            calls.append(([accounts[user_id].account], (balance, seq, updated_ms, "")))
         if calls:
             await scripts.run_many(self._redis, self._scripts.hydrate, calls)
-        return present | {
-            user_id for user_id in snapshots if create or snapshots[user_id][2] is not None
-        }
+        return {user_id for user_id in snapshots if create or snapshots[user_id][2] is not None}
+
+    async def _vouch(self, accounts: dict[str, AccountKeys], *, create: bool) -> set[str]:
+        """The accounts that exist (created at 0 where Redis vouches they are new); raises
+        UnavailableError when Redis cannot vouch for one of them."""
+        flag = "1" if create else "0"
+        calls = [([keys.account, keys.complete()], (flag,)) for keys in accounts.values()]
+        replies = await scripts.run_many(self._redis, self._scripts.vouch_account, calls)
+        if -1 in replies:
+            raise UnavailableError("PostgreSQL is unavailable; retry shortly", "postgresql")
+        return {user_id for user_id, reply in zip(accounts, replies, strict=True) if reply == 1}
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,9 +71,15 @@ async def run(
     raise UnavailableError(_FLUSHED)
 
 
-async def run_many(client: AsyncRedis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+async def run_many(
+    client: AsyncRedis, script: AsyncScript, calls: Sequence[Call], *, each: bool = False
+) -> list[Any]:
     """Many calls of one script in one round trip, replies in order. Only the calls refused
-    with NOSCRIPT are sent again: the others ran, whatever happened to the cache since."""
+    with NOSCRIPT are sent again: the others ran, whatever happened to the cache since.
+
+    A call Redis refused as an outage (out of memory) raises UnavailableError, unless `each`:
+    then its reply is that error, and the calls that ran keep theirs (a batch must not report
+    applied operations as failed)."""
     replies: list[Any] = [None] * len(calls)
     pending = list(range(len(calls)))
     with outages():
@@ -94,9 +100,11 @@ async def run_many(client: AsyncRedis, script: AsyncScript, calls: Sequence[Call
             pending = lost
         else:
             raise UnavailableError(_FLUSHED)
-    for reply in replies:
+    for index, reply in enumerate(replies):
         if isinstance(reply, OUTAGES):
-            raise as_unavailable(reply)
-        if isinstance(reply, Exception):
+            if not each:
+                raise as_unavailable(reply)
+            replies[index] = as_unavailable(reply)
+        elif isinstance(reply, Exception):
             raise reply
     return replies
