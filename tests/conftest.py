@@ -1,11 +1,9 @@
 """Real Redis and PostgreSQL for the whole session, started here on loopback, random ports."""
 
 import asyncio
-import glob
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +15,14 @@ from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from engine.store.db import migrate, open_pool
-from tests.servers import LocalStripe, PostgresServer, RedisServer, free_port, wait_for_port
+from tests.servers import (
+    CREATED,
+    LocalStripe,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    wait_for_port,
+)
 
 # Auto top-up waits this long after a failed round (then twice as long) in the tests.
 RETRY_SECONDS = 0.5
@@ -26,10 +31,8 @@ RETRY_SECONDS = 0.5
 @pytest.fixture(scope="session", autouse=True)
 def leaves_nothing_behind() -> Iterator[None]:
     """The suite's servers live in temporary directories: none may outlive the run."""
-    pattern = os.path.join(tempfile.gettempdir(), "tally-*")
-    before = set(glob.glob(pattern))
     yield
-    left = sorted(set(glob.glob(pattern)) - before)
+    left = [str(path) for path in CREATED if path.exists()]
     assert not left, f"the test suite left {left} behind"
 
 

@@ -36,9 +36,19 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+# Every temporary directory a server of this process made: none may outlive the test run.
+CREATED: list[Path] = []
+
+
+def _temporary(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    CREATED.append(path)
+    return path
+
+
 class RedisServer:
     def __init__(self, root: Path | None = None, *, appendonly: bool = False) -> None:
-        self.root = Path(root or tempfile.mkdtemp(prefix="tally-redis-"))
+        self.root = Path(root) if root else _temporary("tally-redis-")
         self.port = free_port()
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
@@ -101,7 +111,7 @@ def _pg_bin(name: str) -> str:
 
 class PostgresServer:
     def __init__(self, root: Path | None = None, *, dbname: str = "tally") -> None:
-        self.root = Path(root or tempfile.mkdtemp(prefix="tally-pg-"))
+        self.root = Path(root) if root else _temporary("tally-pg-")
         self.data = self.root / "data"
         self.port = free_port()
         self.dbname = dbname

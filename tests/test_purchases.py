@@ -244,3 +244,23 @@ def test_a_card_that_needs_authentication_is_credited_by_the_webhook_once_paid(
     assert replay.status_code == 200
     assert (replay.json()["status"], replay.json()["credits_purchased"]) == ("succeeded", 1000)
     assert browser.get("/client/balance").json()["balance"] == 1000
+
+
+def test_a_refund_of_a_purchase_takes_its_credits_back(
+    browser: Browser,
+    settings: Settings,
+    api_server: ApiServer,
+    billing: AppUnderTest,
+    worker: WorkerProcess,
+) -> None:
+    from tests.test_webhooks import Hooks, stripe_refund
+
+    visa = browser.save_card(VISA)
+    bought = browser.buy(2500, visa["id"], "buy-then-refund").json()
+    assert bought["new_balance"] == 2500
+    # The app refunds $10 of the $25 in Stripe; Stripe tells Tally with charge.refunded.
+    hooks = Hooks(settings, api_server, billing)
+    refund = stripe_refund("evt_refund_purchase", bought["payment_intent_id"], 2500, 1000)
+    assert hooks.stripe(refund, secret=WEBHOOK_SECRET).status_code == 200
+    wait_for(lambda: ("taken_back", None) in webhook_statuses(settings, billing.app_id))
+    assert browser.get("/client/balance").json()["balance"] == 1500

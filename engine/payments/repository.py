@@ -189,6 +189,19 @@ class PaymentTransaction:
             )
             return cur.fetchall()
 
+    def purchased_credit(
+        self, app_id: str, provider: str, payment_id: str
+    ) -> tuple[str, int] | None:
+        """(user, credits) of the purchase Tally made and credited for this payment, if any."""
+        if provider != "stripe":
+            return None
+        row = self._conn.execute(
+            "SELECT user_id, credits FROM purchases"
+            " WHERE app_id = %s AND payment_intent_id = %s AND ledger_id IS NOT NULL",
+            (app_id, payment_id),
+        ).fetchone()
+        return (str(row[0]), int(row[1])) if row else None
+
     def prior_credit(self, app_id: str, provider: str, payment_id: str) -> "PriorCredit | None":
         """What already credited this payment: one of its webhook events, or the purchase Tally
         made (a Stripe PaymentIntent). Webhooks and purchases both ask, under the payment's

@@ -141,17 +141,22 @@ class Webhooks:
         tx = payment.tx
         applied = tx.applied(app.app_id, event.provider, event.payment_id)
         credit = next((e for e in applied if e.action == "credit"), None)
-        if credit is None or credit.credits is None or credit.user_id is None:
-            # The refund may have overtaken its payment's credit: try again later; give up
-            # (ignored) once retries are spent.
-            self._retry(
-                payment, event, f"payment {event.payment_id} has not been credited", "ignored"
-            )
-            return
+        if credit is not None and credit.credits is not None and credit.user_id is not None:
+            user_id, credited = credit.user_id, credit.credits
+        else:
+            # A payment Tally charged itself was credited by its purchase, not by a webhook.
+            purchased = tx.purchased_credit(app.app_id, event.provider, event.payment_id)
+            if purchased is None:
+                # The refund may have overtaken its payment's credit: try again later; give
+                # up (ignored) once retries are spent.
+                missing = f"payment {event.payment_id} has not been credited"
+                self._retry(payment, event, missing, "ignored")
+                return
+            user_id, credited = purchased
         # What earlier refunds of this payment took, or tried to: a shortfall is recorded
         # once, not chased by every later notification.
         settled = sum((e.credits or 0) + e.shortfall for e in applied if e.action == "take_back")
-        target = credit.credits * data.refunded_minor // data.amount_minor
+        target = credited * data.refunded_minor // data.amount_minor
         wanted = target - settled
         if wanted <= 0:
             tx.finish(
@@ -161,7 +166,7 @@ class Webhooks:
         result = self._bridge.run(
             self._credits.take_back(
                 app.context(),
-                credit.user_id,
+                user_id,
                 wanted,
                 description=f"{event.provider} refund",
                 reference_id=event.payment_id,
@@ -183,7 +188,7 @@ class Webhooks:
             credits=got,
             shortfall=wanted - got,
             ledger_id=None if result is None else result.ledger_id,
-            user_id=credit.user_id,
+            user_id=user_id,
         )
 
     def _retry(
