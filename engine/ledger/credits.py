@@ -179,25 +179,19 @@ class Credits:
         outage = None
         if wanted:
             try:
-                persisted = await self._bridge.call(
-                    self._repository.entries_between, app.app_id, user_id, min(wanted), max(wanted)
-                )
+                page |= await self._persisted(app.app_id, user_id, wanted)
             except UnavailableError as exc:
-                outage, persisted = exc, []  # what is still in Redis may be all that is needed
-            page |= {entry.seq: entry for entry in persisted if entry.seq in wanted}
+                outage = exc  # what is still in Redis may be all that is needed
             wanted.difference_update(page)
         if wanted:
             found = await self._unpersisted(app.app_id, user_id, keys.unpersisted, wanted)
             page |= {entry.seq: entry for entry in found}
             wanted.difference_update(page)
-        if wanted and outage is None:
-            # Persisted between the two reads: committed, then removed from Redis. Once more.
-            persisted = await self._bridge.call(
-                self._repository.entries_between, app.app_id, user_id, min(wanted), max(wanted)
-            )
-            page |= {entry.seq: entry for entry in persisted if entry.seq in wanted}
-        elif wanted and outage is not None:
+        if wanted and outage is not None:
             raise outage
+        if wanted:
+            # Persisted between the two reads: committed, then removed from Redis. Once more.
+            page |= await self._persisted(app.app_id, user_id, wanted)
         return HistoryPage(
             user_id=user_id,
             entries=[page[s] for s in range(top, bottom - 1, -1) if s in page],
@@ -205,6 +199,12 @@ class Credits:
             offset=offset,
             has_more=bottom > 1,
         )
+
+    async def _persisted(self, app_id: str, user_id: str, seqs: set[int]) -> dict[int, LedgerEntry]:
+        entries = await self._bridge.call(
+            self._repository.entries_between, app_id, user_id, min(seqs), max(seqs)
+        )
+        return {entry.seq: entry for entry in entries if entry.seq in seqs}
 
     async def _unpersisted(
         self, app_id: str, user_id: str, unpersisted: str, seqs: set[int]
