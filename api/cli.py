@@ -8,14 +8,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
 
 from api.text import fields, table
 from engine import logs
 from engine.accounts.apps import setting_problem
 from engine.container import Engine
-from engine.errors import TallyError, UnavailableError
+from engine.errors import InvalidRequestError, TallyError, UnavailableError
 from engine.ledger.outbox import outbox_lag
 from engine.models import CREDITS_CONFIG, ApiKey, App
 from engine.payments.providers import webhook_urls
@@ -23,6 +26,8 @@ from engine.payments.repository import WebhookEvent
 from engine.settings import Settings
 from engine.store.db import migrate
 from engine.store.redis import OUTAGES, UNREACHABLE
+from engine.vault.keyring import generate_key
+from engine.vault.stored import PLAIN, census, check_keys, reseal
 from workers.queue import Jobs
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
@@ -56,7 +61,13 @@ class Context:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            variable = "TALLY_" + "_".join(map(str, error["loc"])).upper()
+            print(f"tally: {variable}: {error['msg']}", file=sys.stderr)
+        sys.exit(2)
     logs.configure(settings.log_level)
     # A command reports an unreachable PostgreSQL once, itself; the pool's retries are noise.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -141,6 +152,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--json", action="store_true", help="print JSON")
 
+    vault = commands.add_parser(
+        "secrets", help="the key that encrypts stored secrets, and its rotation"
+    ).add_subparsers(required=True, metavar="ACTION")
+    generate = command(vault, "generate-key", _secrets_generate_key, "print a new TALLY_SECRET_KEY")
+    generate.add_argument(
+        "--file", metavar="PATH", help="write it to PATH (mode 600) unless PATH exists already"
+    )
+    command(vault, "status", _secrets_status, "count stored secrets by the key that encrypted them")
+    command(
+        vault,
+        "rotate",
+        _secrets_rotate,
+        "re-encrypt every stored secret under TALLY_SECRET_KEY; safe to stop and run again",
+    )
+
     webhooks = commands.add_parser(
         "webhooks", help="list and retry received payment webhooks"
     ).add_subparsers(required=True, metavar="ACTION")
@@ -168,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
         provider = secret.removesuffix("_webhook_secret")
         update.add_argument(
             "--" + secret.replace("_", "-"), dest=secret, metavar="SECRET",
-            help=f"the signing secret of the app's {provider} webhooks",
+            help=f"the signing secret of the app's {provider} webhooks (- reads it from stdin)",
         )  # fmt: skip
     update.add_argument(
         "--credit-rate", type=_setting("credit_rate", Decimal), metavar="R",
@@ -201,7 +227,9 @@ def _parser() -> argparse.ArgumentParser:
         )
     update.add_argument("--currency", metavar="CODE", help="purchases' currency (default usd)")
     # Purchases, stored cards and browser access.
-    update.add_argument("--stripe-secret-key", metavar="KEY", help="the app's Stripe sk_...")
+    update.add_argument(
+        "--stripe-secret-key", metavar="KEY", help="the app's Stripe sk_... (- reads it from stdin)"
+    )
     update.add_argument(
         "--cors-origins",
         type=_origins,
@@ -230,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = command(keys, "revoke", _keys_revoke, "revoke an API key")
     revoke.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
 
-    for action in (apps, keys, webhooks):
+    for action in (apps, keys, webhooks, vault):
         for sub in action.choices.values():
             sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -265,10 +293,15 @@ def _setting(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def _migrate(args: argparse.Namespace, cx: Context) -> None:
     applied = migrate(cx.engine.pool)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    sealed = reseal(cx.engine.pool, cx.engine.keyring, plain_only=True)
+    if sealed:
+        print(f"encrypted {sealed} secrets stored in plain text")
 
 
 def _serve(args: argparse.Namespace, cx: Context) -> None:
     import uvicorn
+
+    check_keys(cx.settings)
 
     uvicorn.run(
         "api.app:create_app",
@@ -284,6 +317,7 @@ def _serve(args: argparse.Namespace, cx: Context) -> None:
 
 
 def _worker(args: argparse.Namespace, cx: Context) -> None:
+    check_keys(cx.settings)
     # The worker is a process of its own (python -m workers): the API never imports it.
     command = [sys.executable, "-m", "workers", *(["--burst"] if args.burst else [])]
     sys.stdout.flush()
@@ -313,6 +347,53 @@ def _reconcile(args: argparse.Namespace, cx: Context) -> None:
     _print(args, report, text)
     if report["drifted"] and not args.repair:
         sys.exit(3)
+
+
+def _secrets_generate_key(args: argparse.Namespace, cx: Context) -> None:
+    if args.file is None:
+        key = generate_key()
+        _print(args, {"secret_key": key}, key)
+        return
+    path = Path(args.file)
+    try:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(generate_key() + "\n")
+    except FileExistsError:
+        _print(args, {"file": str(path), "created": False}, f"kept the secret key in {path}")
+        return
+    text = f"wrote a new secret key to {path}: back it up, apart from the database's backups"
+    _print(args, {"file": str(path), "created": True}, text)
+
+
+def _secrets_status(args: argparse.Namespace, cx: Context) -> None:
+    keyring = cx.engine.keyring
+    counts = census(cx.engine.pool)
+    views = [
+        {"key_id": kid, "key": _key_role(kid, keyring.current_id, keyring.key_ids), "secrets": n}
+        for kid, n in sorted(counts.items())
+    ]
+    _print(args, views, table(views, ("key_id", "key", "secrets"), "no secrets are stored"))
+
+
+def _key_role(kid: str, current: str | None, known: frozenset[str]) -> str:
+    if kid == PLAIN:
+        return "not encrypted: run tally migrate"
+    if kid == current:
+        return "TALLY_SECRET_KEY"
+    return "TALLY_SECRET_KEY_PREVIOUS" if kid in known else "unknown: no key set opens these"
+
+
+def _secrets_rotate(args: argparse.Namespace, cx: Context) -> None:
+    keyring = cx.engine.keyring
+    moved = reseal(cx.engine.pool, keyring)
+    total = sum(census(cx.engine.pool).values())
+    view = {"moved": moved, "key_id": keyring.current_id, "secrets": total}
+    _print(
+        args,
+        view,
+        f"re-encrypted {moved} secrets under key {keyring.current_id};"
+        f" all {total} stored secrets are under it",
+    )
 
 
 def _webhooks_list(args: argparse.Namespace, cx: Context) -> None:
@@ -360,6 +441,12 @@ def _apps_update(args: argparse.Namespace, cx: Context) -> None:
         for name in (*_SECRETS, *_BILLING, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
         if getattr(args, name) is not None
     }
+    from_stdin = [name for name in (*_SECRETS, "stripe_secret_key") if changes.get(name) == "-"]
+    if len(from_stdin) > 1:
+        raise InvalidRequestError("only one secret can be read from stdin at a time")
+    for name in from_stdin:
+        # A secret on the command line is visible to `ps` and kept in shell history.
+        changes[name] = sys.stdin.readline().strip()
     view = _app_view(cx.engine.apps.update(args.app_id, changes), cx.settings)
     _print(args, view, fields(view))
 

@@ -47,7 +47,10 @@ async def create_token(request: Request) -> Response:
     engine = engine_of(request)
     app = await _server_app(request)
     body = await read_json(request, ClientTokenRequest, engine.settings.max_body_bytes)
-    token = client_tokens.mint(app.app_id, app.client_token_secret, body.user_id, body.ttl_seconds)
+    secret = app.client_token_secret
+    if secret is None:
+        secret = await engine.bridge.call(engine.apps.client_token_secret, app)
+    token = client_tokens.mint(app.app_id, secret, body.user_id, body.ttl_seconds)
     expires = client_tokens.read_unverified(token).expires_at
     return JSONResponse(
         {

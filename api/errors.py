@@ -19,6 +19,7 @@ from engine.errors import (
     PayloadTooLargeError,
     PaymentDeclinedError,
     PaymentProviderError,
+    SecretKeyError,
     TallyError,
     UnavailableError,
     UnsupportedMediaTypeError,
@@ -40,6 +41,7 @@ STATUS: dict[type[TallyError], int] = {
     IdempotencyConflictError: 422,
     PaymentProviderError: 502,
     UnavailableError: 503,
+    SecretKeyError: 500,  # the server's configuration, which only its operator can fix
 }
 
 
@@ -67,7 +69,7 @@ def error_body(exc: TallyError) -> dict[str, object]:
 
 async def tally_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TallyError)
-    if isinstance(exc, UnavailableError):
+    if isinstance(exc, UnavailableError | SecretKeyError):
         log.warning("%s %s: %s", request.method, request.url.path, exc.message)
     return error_response(exc)
 

@@ -29,6 +29,7 @@ from engine.payments.service import Webhooks
 from engine.settings import Settings
 from engine.store.db import open_pool
 from engine.store.redis import async_client, sync_client
+from engine.vault.keyring import Keyring, keyring
 
 # A top-up holds its user's lock, its purchase and its payment's lock on three connections at
 # once while the worker's sweeper needs a fourth; more would wait, never deadlock.
@@ -38,6 +39,7 @@ _BILLING_CONNECTIONS = 6
 @dataclass(frozen=True, slots=True)
 class Engine:
     settings: Settings
+    keyring: Keyring
     bridge: Bridge
     redis: AsyncRedis  # the hot path's, used on the bridge's loop
     sync_redis: Redis  # for blocking code: workers, health, billing
@@ -60,6 +62,7 @@ class Engine:
     @classmethod
     def build(cls, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> "Engine":
         """Build everything. `loop`: the event loop the process serves on, if it has one."""
+        ring = keyring(settings)
         bridge = Bridge(loop)
         redis = async_client(settings.redis_url, settings.redis_max_connections)
         sync_redis = sync_client(settings.redis_url)
@@ -68,15 +71,16 @@ class Engine:
             settings.database_url, max(settings.database_pool_size, _BILLING_CONNECTIONS)
         )
         ledger = LedgerRepository(pool)
-        app_repository = AppRepository(pool)
+        app_repository = AppRepository(pool, ring)
         credits = Credits(redis, ledger, bridge, settings)
         billing = BillingRepository(billing_pool)
         events = WebhookRepository(billing_pool)
-        billing_apps = AppRepository(billing_pool)
+        billing_apps = AppRepository(billing_pool, ring)
         purchases = Purchases(billing, events, sync_redis, credits, bridge, settings)
         consumer = f"{socket.gethostname()}-{os.getpid()}"
         return cls(
             settings=settings,
+            keyring=ring,
             bridge=bridge,
             redis=redis,
             sync_redis=sync_redis,

@@ -94,3 +94,10 @@ class UnavailableError(TallyError):
     def __init__(self, message: str, service: str | None = None) -> None:
         super().__init__(message)
         self.service = service  # "redis", "postgresql", or None (another service, or unknown)
+
+
+class SecretKeyError(TallyError):
+    """TALLY_SECRET_KEY is missing, malformed, or not the key a stored secret was sealed with:
+    the operator must fix the configuration; no retry helps."""
+
+    code = "secret_key"

@@ -56,6 +56,9 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Stripe's debug lines carry whole API bodies: client secrets, card details, customers.
+    stripe_level = max(logging.INFO, root.level)
+    logging.getLogger("stripe").setLevel(stripe_level)
 
 
 class Outage:

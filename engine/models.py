@@ -80,7 +80,8 @@ class App:
     overdraft_enabled: bool
     manual_top_up_available: bool
     auto_top_up_available: bool
-    client_token_secret: str
+    # Made with the app's first client token (engine/accounts/apps.py).
+    client_token_secret: str | None
     cors_origins: list[str]
     stripe_secret_key: str | None
     currency: str

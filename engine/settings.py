@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     stripe_api_base: str = "https://api.stripe.com"
     # Auto top-up retries a failed top-up after this, then twice as long (docs/end-users.md).
     auto_top_up_retry_seconds: float = Field(default=3_600, gt=0)
+
+    # Seals the secrets Tally stores (docs/operations.md#the-secret-key): 32 bytes in base64,
+    # given directly or as a file. The previous key still opens values during a rotation.
+    secret_key: SecretStr | None = None
+    secret_key_file: str | None = None
+    secret_key_previous: SecretStr | None = None
+    secret_key_previous_file: str | None = None
 
     # Write-through to PostgreSQL (see docs/write-through.md).
     outbox_batch_size: int = Field(default=1_000, ge=1, le=10_000)

@@ -6,15 +6,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from engine.store.db import migrate, open_pool
+from engine.vault.keyring import generate_key, keyring
 from tests.servers import (
     CREATED,
     LocalStripe,
@@ -24,6 +27,8 @@ from tests.servers import (
     wait_for_port,
 )
 
+# Seals the secrets the suite stores; tests of the key itself make their own.
+SECRET_KEY = SecretStr(generate_key())
 # Auto top-up waits this long after a failed round (then twice as long) in the tests.
 RETRY_SECONDS = 0.5
 
@@ -71,6 +76,7 @@ def settings(
         database_url=postgres_server.url,
         stripe_api_base=localstripe.url,
         auto_top_up_retry_seconds=RETRY_SECONDS,
+        secret_key=SECRET_KEY,
     )
     pool = open_pool(settings.database_url, 1, wait=True)
     migrate(pool)
@@ -81,13 +87,15 @@ def settings(
 @pytest.fixture(scope="session")
 def repository(settings: Settings) -> Iterator[AppRepository]:
     pool = open_pool(settings.database_url, 4, wait=True)
-    yield AppRepository(pool)
+    yield AppRepository(pool, keyring(settings))
     pool.close()
 
 
 def tally_env(settings: Settings) -> dict[str, str]:
+    key = settings.secret_key
     return {
         **os.environ,
+        **({"TALLY_SECRET_KEY": key.get_secret_value()} if key else {}),
         "TALLY_REDIS_URL": settings.redis_url,
         "TALLY_DATABASE_URL": settings.database_url,
         "TALLY_LOG_LEVEL": "warning",
@@ -114,30 +122,17 @@ def tally(settings: Settings, *args: str, check: bool = True) -> subprocess.Comp
     return done
 
 
-class ApiServer:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+class TallyProcess:
+    """A long-running `tally` command, killable like a crash; its output goes to `log` if given."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path | None = None) -> None:
+        self._log = log.open("ab") if log else None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), "--workers", "1"],
+            [sys.executable, "-m", "api.cli", *args],
             env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT if log else None,
         )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class WorkerProcess:
-    """A long-running `tally worker`, killable like a crash."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=env)
 
     def kill(self) -> None:
         self.process.kill()
@@ -149,6 +144,21 @@ class WorkerProcess:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.kill()
+        if self._log:
+            self._log.close()
+
+
+class ApiServer(TallyProcess):
+    def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", "--port", str(self.port), "--workers", "1"], env, log)
+        wait_for_port(self.port)
+
+
+class WorkerProcess(TallyProcess):
+    def __init__(self, env: dict[str, str], log: Path | None = None) -> None:
+        super().__init__(["worker"], env, log)
 
 
 def fire(

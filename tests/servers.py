@@ -96,7 +96,7 @@ class RedisServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
     for directory in reversed(versions):
         if os.path.exists(os.path.join(directory, name)):
@@ -131,7 +131,7 @@ class PostgresServer:
             if self._as_postgres:
                 shutil.chown(self.root, "postgres")
             self._run(
-                _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
+                pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
                 "--auth=trust", "--encoding=UTF8", "--no-sync",
             )  # fmt: skip
             fresh = True
@@ -144,7 +144,7 @@ class PostgresServer:
             " -c full_page_writes=off -c max_connections=200"
         )
         self._run(
-            _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"),
+            pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "postgres.log"),
             "-o", options, "-w", "-t", "60", "start",
         )  # fmt: skip
         if fresh:
@@ -155,7 +155,7 @@ class PostgresServer:
 
     def halt(self) -> None:
         """Stop the server, keeping its data for a later start()."""
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from engine.vault.keyring import generate_key
 from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
 
 ENV_FILE = Path(".tally-dev") / "env"
@@ -48,6 +49,9 @@ def main() -> None:
             "TALLY_REDIS_URL": redis.url,
             "TALLY_DATABASE_URL": postgres.url,
             "TALLY_PUBLIC_URL": url,
+            # Encrypts the secrets apps store (Stripe keys, webhook secrets); thrown away with
+            # the data when the stack stops.
+            "TALLY_SECRET_KEY": generate_key(),
         }
         env = (
             os.environ
@@ -70,6 +74,8 @@ def main() -> None:
         processes.append(subprocess.Popen([*tally, "worker"], env=env))
         wait_for_port(port)
         ENV_FILE.parent.mkdir(exist_ok=True)
+        ENV_FILE.unlink(missing_ok=True)
+        ENV_FILE.touch(mode=0o600)  # it holds the secret key
         ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in variables.items()))
         print(_banner(url, created, redis, postgres), flush=True)
         signal.pause()
@@ -102,6 +108,7 @@ Tally is running.
   API key      {key}
   Redis        {redis.url}  (data in {redis.root})
   PostgreSQL   {postgres.url}  (data in {postgres.root})
+  secret key   TALLY_SECRET_KEY in {ENV_FILE.resolve()}  (encrypts stored secrets)
 
 Try it:
   curl -s -X POST {url}/credits/add \\

@@ -119,6 +119,14 @@ def test_cli_errors_are_clear(settings: Settings) -> None:
     assert nothing.returncode == 1 and "nothing to update" in nothing.stderr
     unknown = tally(settings, "keys", "revoke", "key_nope", check=False)
     assert unknown.returncode == 1 and "no key key_nope" in unknown.stderr
+    variable = subprocess.run(
+        [sys.executable, "-m", "api.cli", "status"],
+        env=tally_env(settings) | {"TALLY_IDEMPOTENCY_TTL_SECONDS": "5"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert variable.returncode == 2
+    assert variable.stderr.startswith("tally: TALLY_IDEMPOTENCY_TTL_SECONDS: ")
+    assert variable.stderr.count("\n") == 1, variable.stderr
 
 
 @pytest.mark.parametrize(

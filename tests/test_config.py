@@ -123,9 +123,11 @@ def test_credits_per_dollar_is_the_default_webhook_rate(
     from engine.accounts.apps import Apps
     from engine.accounts.repository import AppRepository
     from engine.store.db import open_pool
+    from engine.vault.keyring import keyring
 
     pool = open_pool(settings.database_url, 1, wait=True)
-    app = Apps(AppRepository(pool)).update(test_app.app_id, {"credits_per_dollar": 100})
+    apps = Apps(AppRepository(pool, keyring(settings)))
+    app = apps.update(test_app.app_id, {"credits_per_dollar": 100})
     pool.close()
     assert app.webhook_credit_rate == 100
     assert app.credit_rate is None

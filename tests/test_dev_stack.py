@@ -52,6 +52,8 @@ def test_tally_dev_up_serves_and_a_closed_terminal_leaves_nothing_behind() -> No
         variables = Path(env_file[1]).read_text()
         assert f"TALLY_PUBLIC_URL=http://127.0.0.1:{port}" in variables
         assert "TALLY_REDIS_URL=" in variables and "TALLY_DATABASE_URL=" in variables
+        assert "TALLY_SECRET_KEY=" in variables, variables
+        assert Path(env_file[1]).stat().st_mode & 0o077 == 0, "the env file holds the secret key"
         added = httpx.post(
             f"http://127.0.0.1:{port}/credits/add",
             json={"user_id": "user_001", "amount": 100},

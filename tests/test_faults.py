@@ -4,6 +4,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import psycopg
@@ -15,7 +16,8 @@ from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from engine.store.db import migrate, open_pool
 from engine.store.keys import SHARDS, complete_key, shard_of
-from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
+from engine.vault.keyring import keyring
+from tests.conftest import SECRET_KEY, ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
 from tests.servers import PostgresServer, RedisServer
 from tests.test_ledger import ledger, wait_until
 
@@ -38,10 +40,10 @@ class Stack:
 def stack() -> Iterator[Stack]:
     redis = RedisServer(appendonly=True).start()
     postgres = PostgresServer().start()
-    settings = Settings(redis_url=redis.url, database_url=postgres.url)
+    settings = Settings(redis_url=redis.url, database_url=postgres.url, secret_key=SECRET_KEY)
     pool = open_pool(settings.database_url, 1, wait=True)
     migrate(pool)
-    app, new_key = Apps(AppRepository(pool)).create("faults")
+    app, new_key = Apps(AppRepository(pool, keyring(settings))).create("faults")
     pool.close()
     api = ApiServer(tally_env(settings))
     yield Stack(redis, postgres, settings, api, new_key.api_key, app.app_id)
@@ -102,9 +104,7 @@ def test_redis_killed_and_restarted_with_aof_keeps_balances(stack: Stack) -> Non
 def test_webhook_received_while_redis_is_down_is_applied_when_it_is_back(stack: Stack) -> None:
     from tests.test_webhooks import STRIPE_SECRET, Hooks, stripe_intent
 
-    pool = open_pool(stack.settings.database_url, 1, wait=True)
-    Apps(AppRepository(pool)).update(stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
-    pool.close()
+    _update_app(stack.settings, stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
     hooks = Hooks(stack.settings, stack.api, AppUnderTest(stack.app_id, stack.api_key, ""))
     stack.redis.kill()
     event = stripe_intent("evt_down", "pi_down", {"tally_user_id": "u", "tally_credits": "42"})
@@ -205,9 +205,7 @@ def _count(settings: Settings, app_id: str) -> int:
 def test_worker_rides_out_a_redis_outage_mid_drain_and_resumes_by_itself(stack: Stack) -> None:
     from tests.test_webhooks import STRIPE_SECRET, Hooks, stripe_intent
 
-    pool = open_pool(stack.settings.database_url, 1, wait=True)
-    Apps(AppRepository(pool)).update(stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
-    pool.close()
+    _update_app(stack.settings, stack.app_id, {"stripe_webhook_secret": STRIPE_SECRET})
     hooks = Hooks(stack.settings, stack.api, AppUnderTest(stack.app_id, stack.api_key, ""))
     operations = [{"type": "deduct", "user_id": f"u{i % 50}", "amount": 1} for i in range(1000)]
     with stack.client() as client:
@@ -335,3 +333,9 @@ def test_a_batch_reports_what_it_applied_when_some_accounts_wait_for_postgresql(
     assert (applied["success"], applied["balance_after"]) == (True, 9)
     assert (waiting["success"], waiting["status"]) == (False, 503)
     assert (also["success"], also["balance_after"]) == (True, 7)
+
+
+def _update_app(settings: Settings, app_id: str, changes: dict[str, Any]) -> None:
+    pool = open_pool(settings.database_url, 1, wait=True)
+    Apps(AppRepository(pool, keyring(settings))).update(app_id, changes)
+    pool.close()

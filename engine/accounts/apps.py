@@ -129,6 +129,14 @@ class Apps:
             raise NotFoundError(f"no app {app_id}")
         return app
 
+    def client_token_secret(self, app: App) -> str:
+        """The app's client token signing secret, made when its first token is."""
+        if app.client_token_secret is None:
+            app = self._repository.first_client_token_secret(app.app_id, new_secret()) or app
+        if app.client_token_secret is None:
+            raise NotFoundError(f"no app {app.app_id}")
+        return app.client_token_secret
+
     def rotate_client_secret(self, app_id: str) -> App:
         """A new client token signing secret: every client token issued so far is revoked."""
         app = self._repository.update_app(app_id, {"client_token_secret": new_secret()})

@@ -150,7 +150,10 @@ class AppCache:
             )
         claims = client_tokens.read_unverified(token)
         app = await self.get(claims.app_id)
-        if app is None:
+        if app is not None and app.client_token_secret is None:
+            # Cached from before the app's first token made its secret, maybe a moment ago.
+            app = await self._bridge.call(self._repository.get_app, claims.app_id)
+        if app is None or app.client_token_secret is None:
             raise AuthenticationError("invalid client token")
         client_tokens.verify(token, app.client_token_secret)
         if origin is not None and origin not in app.cors_origins:

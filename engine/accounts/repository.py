@@ -1,6 +1,6 @@
-"""All SQL for apps and their API keys."""
+"""All SQL for apps and their API keys. Secrets are sealed on the way in, opened on the way out."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from psycopg.rows import class_row
@@ -8,6 +8,8 @@ from psycopg_pool import ConnectionPool
 
 from engine.models import CREDITS_CONFIG, ApiKey, App, AppContext
 from engine.store.db import connection, one
+from engine.vault.keyring import Keyring
+from engine.vault.stored import SEALED
 
 _APP_COLUMNS = ", ".join(f.name for f in fields(App))
 _KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
@@ -25,11 +27,13 @@ APP_SETTINGS = (
     "auto_top_up_daily_limit_cents",
     *CREDITS_CONFIG,
 )
+SECRET_COLUMNS = SEALED["apps"][1]
 
 
 class AppRepository:
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, keyring: Keyring) -> None:
         self._pool = pool
+        self._keyring = keyring
 
     def create_app(self, app_id: str, name: str) -> App:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
@@ -37,29 +41,58 @@ class AppRepository:
                 f"INSERT INTO apps (app_id, name) VALUES (%s, %s) RETURNING {_APP_COLUMNS}",
                 (app_id, name),
             )
-            return one(cur.fetchone())
+            return self._opened(one(cur.fetchone()))
 
     def get_app(self, app_id: str) -> App | None:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
             cur.execute(f"SELECT {_APP_COLUMNS} FROM apps WHERE app_id = %s", (app_id,))
-            return cur.fetchone()
+            app = cur.fetchone()
+        return self._opened(app) if app else None
 
     def list_apps(self) -> list[App]:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
             cur.execute(f"SELECT {_APP_COLUMNS} FROM apps ORDER BY created_at")
-            return cur.fetchall()
+            return [self._opened(app) for app in cur.fetchall()]
 
     def update_app(self, app_id: str, changes: dict[str, Any]) -> App | None:
         assignments = [f"{column} = %s" for column in changes if column in APP_SETTINGS]
         if len(assignments) != len(changes):
             raise ValueError(f"not app settings: {sorted(set(changes) - set(APP_SETTINGS))}")
+        values = [
+            self._keyring.seal(value, app_id, column)
+            if column in SECRET_COLUMNS and value is not None
+            else value
+            for column, value in changes.items()
+        ]
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
             cur.execute(
                 f"UPDATE apps SET {', '.join([*assignments, 'updated_at = now()'])}"
                 f" WHERE app_id = %s RETURNING {_APP_COLUMNS}",
-                (*changes.values(), app_id),
+                (*values, app_id),
             )
-            return cur.fetchone()
+            app = cur.fetchone()
+        return self._opened(app) if app else None
+
+    def first_client_token_secret(self, app_id: str, secret: str) -> App | None:
+        """Store `secret` unless the app has a signing secret already (a concurrent first
+        token's): every token then verifies against the one that stayed."""
+        sealed = self._keyring.seal(secret, app_id, "client_token_secret")
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
+            cur.execute(
+                "UPDATE apps SET client_token_secret = coalesce(client_token_secret, %s)"
+                f" WHERE app_id = %s RETURNING {_APP_COLUMNS}",
+                (sealed, app_id),
+            )
+            app = cur.fetchone()
+        return self._opened(app) if app else None
+
+    def _opened(self, app: App) -> App:
+        opened: dict[str, Any] = {
+            column: self._keyring.open(stored, app.app_id, column)
+            for column in SECRET_COLUMNS
+            if (stored := getattr(app, column)) is not None
+        }
+        return replace(app, **opened) if opened else app
 
     def origin_allowed(self, origin: str) -> bool:
         """Whether any app lets browsers at `origin` call /client/... (CORS preflights)."""
