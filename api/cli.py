@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from api.text import fields, table
 from engine import logs
 from engine.accounts.apps import setting_problem
+from engine.accounts.repository import SECRET_COLUMNS
 from engine.container import Engine
 from engine.errors import InvalidRequestError, TallyError, UnavailableError
 from engine.ledger.outbox import outbox_lag
@@ -194,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
         provider = secret.removesuffix("_webhook_secret")
         update.add_argument(
             "--" + secret.replace("_", "-"), dest=secret, metavar="SECRET",
-            help=f"the signing secret of the app's {provider} webhooks (- reads it from stdin)",
+            help=f"the signing secret of the app's {provider} webhooks"
+            " (- reads it from stdin; '' removes it)",
         )  # fmt: skip
     update.add_argument(
         "--credit-rate", type=_setting("credit_rate", Decimal), metavar="R",
@@ -228,7 +230,9 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--currency", metavar="CODE", help="purchases' currency (default usd)")
     # Purchases, stored cards and browser access.
     update.add_argument(
-        "--stripe-secret-key", metavar="KEY", help="the app's Stripe sk_... (- reads it from stdin)"
+        "--stripe-secret-key",
+        metavar="KEY",
+        help="the app's Stripe sk_... (- reads it from stdin; '' removes it)",
     )
     update.add_argument(
         "--cors-origins",
@@ -386,14 +390,17 @@ def _key_role(kid: str, current: str | None, known: frozenset[str]) -> str:
 def _secrets_rotate(args: argparse.Namespace, cx: Context) -> None:
     keyring = cx.engine.keyring
     moved = reseal(cx.engine.pool, keyring)
-    total = sum(census(cx.engine.pool).values())
-    view = {"moved": moved, "key_id": keyring.current_id, "secrets": total}
-    _print(
-        args,
-        view,
-        f"re-encrypted {moved} secrets under key {keyring.current_id};"
-        f" all {total} stored secrets are under it",
-    )
+    counts = census(cx.engine.pool)
+    under = counts[keyring.current_id or ""]
+    # A process still running with the old key as its TALLY_SECRET_KEY writes behind us.
+    left = sum(counts.values()) - under
+    view = {"moved": moved, "key_id": keyring.current_id, "secrets": under, "left": left}
+    text = f"re-encrypted {moved} secrets under key {keyring.current_id}; {under} are under it"
+    if left:
+        text += f", {left} are not: is a process still running with the old key? run it again"
+    _print(args, view, text)
+    if left:
+        sys.exit(1)
 
 
 def _webhooks_list(args: argparse.Namespace, cx: Context) -> None:
@@ -441,12 +448,14 @@ def _apps_update(args: argparse.Namespace, cx: Context) -> None:
         for name in (*_SECRETS, *_BILLING, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
         if getattr(args, name) is not None
     }
-    from_stdin = [name for name in (*_SECRETS, "stripe_secret_key") if changes.get(name) == "-"]
+    from_stdin = [name for name in SECRET_COLUMNS if changes.get(name) == "-"]
     if len(from_stdin) > 1:
         raise InvalidRequestError("only one secret can be read from stdin at a time")
     for name in from_stdin:
         # A secret on the command line is visible to `ps` and kept in shell history.
         changes[name] = sys.stdin.readline().strip()
+        if not changes[name]:
+            raise InvalidRequestError(f"no {name} on stdin (pass '' to remove the secret)")
     view = _app_view(cx.engine.apps.update(args.app_id, changes), cx.settings)
     _print(args, view, fields(view))
 

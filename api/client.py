@@ -50,6 +50,7 @@ async def create_token(request: Request) -> Response:
     secret = app.client_token_secret
     if secret is None:
         secret = await engine.bridge.call(engine.apps.client_token_secret, app)
+        engine.app_cache.forget(app.app_id)
     token = client_tokens.mint(app.app_id, secret, body.user_id, body.ttl_seconds)
     expires = client_tokens.read_unverified(token).expires_at
     return JSONResponse(

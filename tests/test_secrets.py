@@ -5,7 +5,6 @@ import contextlib
 import json
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from engine.errors import SecretKeyError
 from engine.settings import Settings
 from engine.store.db import migrate, open_pool
 from engine.vault.keyring import Keyring, generate_key, key_id, keyring, parse_key
-from engine.vault.stored import census
+from engine.vault.stored import census, reseal
 from tests.browser import CHARGE_DECLINED, VISA, Browser
 from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, tally_env
 from tests.servers import LocalStripe, PostgresServer, pg_bin
@@ -56,6 +55,11 @@ def test_a_sealed_value_opens_only_under_its_key_for_its_app_and_field() -> None
     rotating = Keyring(parse_key(KEY_B, "K"), previous=parse_key(KEY_A, "K"))
     assert rotating.open(sealed, "app_1", "stripe_secret_key") == "sk_live_abc"
     assert rotating.seal("x", "app_1", "f").split(":")[2] == key_id(parse_key(KEY_B, "K"))
+    with pytest.raises(SecretKeyError, match="stored in plain text: run `tally migrate`"):
+        ring.open("whsec_written_by_hand", "app_1", "stripe_webhook_secret")
+    for damaged in (sealed + "=", sealed + "\n", sealed[:30]):
+        with pytest.raises(SecretKeyError, match="damaged"):
+            ring.open(damaged, "app_1", "stripe_secret_key")
 
 
 @pytest.mark.parametrize("bad", ["", "short", "A" * 44, KEY_A[:-4], KEY_A + "AAAA"])
@@ -160,6 +164,8 @@ def test_migrate_encrypts_the_plain_values_of_an_older_tally_once(fresh_db: Sett
         )
         conn.execute("INSERT INTO apps (app_id, name) VALUES ('app_bare', 'bare')")
 
+    waiting = _tally(_env(fresh_db, KEY_A), "worker")
+    assert waiting.returncode == 1 and "6 secrets are stored in plain text" in waiting.stderr
     refused = _tally(_env(fresh_db, None), "migrate")
     assert refused.returncode == 1, refused
     assert (
@@ -181,8 +187,10 @@ def test_migrate_encrypts_the_plain_values_of_an_older_tally_once(fresh_db: Sett
     assert _opened(fresh_db, KEY_A, "app_old") == PLAIN
 
 
-def _app_with_every_secret(env: dict[str, str], values: dict[str, str]) -> str:
-    created = _tally(env, "apps", "create", "vault", "--json")
+def _app_with_every_secret(
+    env: dict[str, str], values: dict[str, str], create_env: dict[str, str] | None = None
+) -> str:
+    created = _tally(create_env or env, "apps", "create", "vault", "--json")
     assert created.returncode == 0, created.stderr
     app_id: str = json.loads(created.stdout)["app_id"]
     flags = [f"--{c.replace('_', '-')}" for c in SECRET_COLUMNS if c != "client_token_secret"]
@@ -233,8 +241,45 @@ def test_the_key_can_live_in_a_file(fresh_db: Settings, tmp_path: Path) -> None:
     env = _env(fresh_db, None) | {"TALLY_SECRET_KEY_FILE": str(path)}
     app_id = _app_with_every_secret(env, {c: _unique("s_") for c in SECRET_COLUMNS})
     assert _tally(env, "apps", "show", app_id).returncode == 0
-    assert _tally(env | {"TALLY_SECRET_KEY_FILE": str(tmp_path / "gone")}, "apps", "list").stderr
     assert _opened(fresh_db, key.strip(), app_id)["stripe_secret_key"] is not None
+    binary = tmp_path / "binary-key"
+    binary.write_bytes(bytes(range(200, 232)))
+    for broken, message in (
+        ({"TALLY_SECRET_KEY_FILE": str(tmp_path / "gone")}, "cannot read"),
+        ({"TALLY_SECRET_KEY_FILE": str(binary)}, "not base64 text"),
+        ({"TALLY_SECRET_KEY": KEY_B}, "set TALLY_SECRET_KEY or TALLY_SECRET_KEY_FILE, not both"),
+    ):
+        refused = _tally(env | broken, "apps", "list")
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert message in refused.stderr and "TALLY_SECRET_KEY" in refused.stderr
+
+
+def test_a_secret_from_stdin_must_not_be_empty_and_an_empty_flag_removes_it(
+    fresh_db: Settings,
+) -> None:
+    _schema(fresh_db)
+    env = _env(fresh_db, KEY_A)
+    app_id = _app_with_every_secret(env, {c: _unique("s_") for c in SECRET_COLUMNS})
+    empty = _tally(env, "apps", "update", app_id, "--stripe-secret-key", "-", stdin="")
+    assert empty.returncode == 1 and "no stripe_secret_key on stdin" in empty.stderr
+    assert _stored(fresh_db, app_id)["stripe_secret_key"] is not None
+    removed = _tally(env, "apps", "update", app_id, "--stripe-secret-key", "", "--json")
+    assert json.loads(removed.stdout)["stripe_secret_key_set"] is False
+    assert _stored(fresh_db, app_id)["stripe_secret_key"] is None
+
+
+class _KilledAfter(Keyring):
+    """A rotation that dies after sealing `seals` values, mid-row, like a killed process."""
+
+    def __init__(self, current: bytes, previous: bytes, seals: int) -> None:
+        super().__init__(current, previous)
+        self.seals = seals
+
+    def seal(self, value: str, owner: str, field: str) -> str:
+        self.seals -= 1
+        if self.seals < 0:
+            raise KeyboardInterrupt
+        return super().seal(value, owner, field)
 
 
 def test_rotation_moves_every_value_and_an_interrupted_run_loses_nothing(
@@ -244,42 +289,30 @@ def test_rotation_moves_every_value_and_an_interrupted_run_loses_nothing(
     pool = open_pool(fresh_db.database_url, 1, wait=True)
     repository = AppRepository(pool, Keyring(parse_key(KEY_A, "K")))
     expected: dict[str, dict[str, str]] = {}
-    for n in range(120):
-        app = repository.create_app(f"app_{n:04}", "rotating")
+    for n in range(40):
+        app = repository.create_app(f"app_{n:04}", "rotating", None)
         values = {c: _unique(f"{c}_") for c in SECRET_COLUMNS}
         repository.update_app(app.app_id, values)
         expected[app.app_id] = values
-    pool.close()
-    total = 120 * len(SECRET_COLUMNS)
+    total = 40 * len(SECRET_COLUMNS)
+    kid_a, kid_b = key_id(parse_key(KEY_A, "K")), key_id(parse_key(KEY_B, "K"))
     rotating = _env(fresh_db, KEY_B, previous=KEY_A)
 
     status = json.loads(_tally(rotating, "secrets", "status", "--json").stdout)
-    assert status == [{"key_id": key_id(parse_key(KEY_A, "K")),
-                       "key": "TALLY_SECRET_KEY_PREVIOUS", "secrets": total}]  # fmt: skip
-
-    interrupted = subprocess.Popen([sys.executable, "-m", "api.cli", "secrets", "rotate"],
-                                   env=rotating, stdout=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while (
-        census(_pool := open_pool(fresh_db.database_url, 1, wait=True))[
-            key_id(parse_key(KEY_B, "K"))
-        ]
-        < 10
-    ):
-        _pool.close()
-        assert time.monotonic() < deadline and interrupted.poll() is None
-        time.sleep(0.01)
-    _pool.close()
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.communicate()
+    assert status == [{"key_id": kid_a, "key": "TALLY_SECRET_KEY_PREVIOUS", "secrets": total}]
+    # Killed on the 3rd value of the 11th app: 10 apps moved, the 11th rolled back whole.
+    with pytest.raises(KeyboardInterrupt):
+        reseal(pool, _KilledAfter(parse_key(KEY_B, "K"), parse_key(KEY_A, "K"), seals=52))
+    assert census(pool) == {kid_b: 50, kid_a: total - 50}
+    pool.close()
 
     finished = _tally(rotating, "secrets", "rotate", "--json")
     assert finished.returncode == 0, finished.stderr
-    report = json.loads(finished.stdout)
-    assert 0 < report["moved"] < total and report["secrets"] == total, report
+    assert json.loads(finished.stdout) == {
+        "moved": total - 50, "key_id": kid_b, "secrets": total, "left": 0
+    }  # fmt: skip
     again = json.loads(_tally(rotating, "secrets", "rotate", "--json").stdout)
     assert again["moved"] == 0
-    kid_b = key_id(parse_key(KEY_B, "K"))
     for app_id, values in expected.items():
         assert all(
             v and v.startswith(f"sealed:v1:{kid_b}:") for v in _stored(fresh_db, app_id).values()
@@ -289,6 +322,8 @@ def test_rotation_moves_every_value_and_an_interrupted_run_loses_nothing(
     assert "TALLY_SECRET_KEY " in new_only.stdout and str(total) in new_only.stdout
     old_only = _tally(_env(fresh_db, KEY_A), "apps", "list")
     assert old_only.returncode == 1 and kid_b in old_only.stderr
+    without_previous = _tally(_env(fresh_db, generate_key()), "secrets", "rotate")
+    assert without_previous.returncode == 1 and kid_b in without_previous.stderr
 
 
 # --- nothing leaks -------------------------------------------------------------------------------
@@ -299,13 +334,18 @@ def test_a_pg_dump_holds_no_secret(fresh_db: Settings, tmp_path: Path) -> None:
     env = _env(fresh_db, KEY_A)
     values = {c: _unique(f"{c[:6]}_") for c in SECRET_COLUMNS if c != "client_token_secret"}
     values["stripe_secret_key"] = _unique("sk_test_")
-    app_id = _app_with_every_secret(env, values)
+    # Created without a key: its client token signing secret is made with its first token.
+    app_id = _app_with_every_secret(env, values, create_env=_env(fresh_db, None))
+    assert _stored(fresh_db, app_id)["client_token_secret"] is None
     key = json.loads(_tally(env, "keys", "create", app_id, "--json").stdout)["api_key"]
     server = ApiServer(env, tmp_path / "api.log")
     try:
         minted = httpx.post(f"{server.url}/client-tokens", json={"user_id": "u"},
                             headers={"Authorization": f"Bearer {key}"})  # fmt: skip
         assert minted.status_code == 200, minted.text
+        used = httpx.get(f"{server.url}/client/balance",
+                         headers={"Authorization": f"Bearer {minted.json()['token']}"})  # fmt: skip
+        assert used.status_code == 200, used.text
     finally:
         server.stop()
     values["client_token_secret"] = str(_opened(fresh_db, KEY_A, app_id)["client_token_secret"])
@@ -365,6 +405,7 @@ def test_no_secret_key_token_signature_or_payload_reaches_logs_errors_or_the_cli
     leaks.said.append(created.stderr)
     app = json.loads(created.stdout)
     needles["API key"] = app["api_key"]
+    needles["TALLY_SECRET_KEY"] = KEY_A
     secrets_set = {
         "stripe_webhook_secret": _unique("whsec_"),
         "polar_webhook_secret": _unique("polar_whs_"),

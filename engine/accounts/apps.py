@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from engine.accounts.client_tokens import new_secret
-from engine.accounts.repository import AppRepository
+from engine.accounts.repository import SECRET_COLUMNS, AppRepository
 from engine.errors import InvalidRequestError, NotFoundError
 from engine.models import MAX_AMOUNT, ApiKey, App, text_problem
 
@@ -103,7 +103,9 @@ class Apps:
         problem = text_problem("name", name, 200)
         if problem:
             raise InvalidRequestError(problem)
-        app = self._repository.create_app(f"app_{secrets.token_hex(8)}", name)
+        # Without TALLY_SECRET_KEY the signing secret waits for the app's first client token.
+        secret = new_secret() if self._repository.seals else None
+        app = self._repository.create_app(f"app_{secrets.token_hex(8)}", name, secret)
         return app, self.create_key(app.app_id)
 
     def get(self, app_id: str) -> App:
@@ -119,7 +121,8 @@ class Apps:
         if not changes:
             raise InvalidRequestError("nothing to update: pass at least one setting")
         current = self.get(app_id)
-        changes = dict(changes)
+        # An empty secret removes it: a webhook provider or Stripe account no longer used.
+        changes = {k: None if k in SECRET_COLUMNS and v == "" else v for k, v in changes.items()}
         if "overdraft_limit" in changes and "overdraft_enabled" not in changes:
             # Setting a limit alone is how overdraft was always switched on.
             changes["overdraft_enabled"] = changes["overdraft_limit"] > 0
@@ -130,7 +133,7 @@ class Apps:
         return app
 
     def client_token_secret(self, app: App) -> str:
-        """The app's client token signing secret, made when its first token is."""
+        """The app's client token signing secret; made now for an app created without a key."""
         if app.client_token_secret is None:
             app = self._repository.first_client_token_secret(app.app_id, new_secret()) or app
         if app.client_token_secret is None:

@@ -126,6 +126,10 @@ class AppCache:
     async def get(self, app_id: str) -> App | None:
         return await self._cached(self._apps, app_id, self._repository.get_app)
 
+    def forget(self, app_id: str) -> None:
+        """Read the app afresh next time: this process just changed it."""
+        self._apps.pop(app_id, None)
+
     async def origin_allowed(self, origin: str) -> bool:
         return await self._cached(self._origins, origin, self._repository.origin_allowed)
 
@@ -150,9 +154,6 @@ class AppCache:
             )
         claims = client_tokens.read_unverified(token)
         app = await self.get(claims.app_id)
-        if app is not None and app.client_token_secret is None:
-            # Cached from before the app's first token made its secret, maybe a moment ago.
-            app = await self._bridge.call(self._repository.get_app, claims.app_id)
         if app is None or app.client_token_secret is None:
             raise AuthenticationError("invalid client token")
         client_tokens.verify(token, app.client_token_secret)

@@ -35,11 +35,20 @@ class AppRepository:
         self._pool = pool
         self._keyring = keyring
 
-    def create_app(self, app_id: str, name: str) -> App:
+    @property
+    def seals(self) -> bool:
+        """Whether secrets can be stored: TALLY_SECRET_KEY is set."""
+        return self._keyring.current_id is not None
+
+    def create_app(self, app_id: str, name: str, client_token_secret: str | None) -> App:
+        sealed = client_token_secret and self._keyring.seal(
+            client_token_secret, app_id, "client_token_secret"
+        )
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(App)) as cur:
             cur.execute(
-                f"INSERT INTO apps (app_id, name) VALUES (%s, %s) RETURNING {_APP_COLUMNS}",
-                (app_id, name),
+                "INSERT INTO apps (app_id, name, client_token_secret) VALUES (%s, %s, %s)"
+                f" RETURNING {_APP_COLUMNS}",
+                (app_id, name, sealed),
             )
             return self._opened(one(cur.fetchone()))
 

@@ -19,7 +19,8 @@ from pydantic import SecretStr
 from engine.errors import SecretKeyError
 from engine.settings import Settings
 
-_SEALED = re.compile(r"sealed:v1:([0-9a-f]{16}):([A-Za-z0-9_-]+)")
+_PREFIX = "sealed:"
+_SEALED = re.compile(r"sealed:v1:([0-9a-f]{16}):([A-Za-z0-9_-]{38,})")
 _NONCE_BYTES = 12
 _STANDARD = str.maketrans("-_", "+/")
 KEY_HELP = "32 random bytes in base64 (`tally secrets generate-key` makes one)"
@@ -45,21 +46,27 @@ def key_id(key: bytes) -> str:
 
 
 def sealed_with(value: str) -> str | None:
-    """The id of the key that sealed `value`; None for a value stored before sealing."""
+    """The id of the key that sealed `value`; None for a plain value, stored before sealing."""
+    if not value.startswith(_PREFIX):
+        return None
     match = _SEALED.fullmatch(value)
-    return match.group(1) if match else None
+    if match is None:
+        raise SecretKeyError("a stored secret is damaged: set it again with `tally apps update`")
+    return match.group(1)
 
 
 def keyring(settings: Settings) -> "Keyring":
-    """The keys the settings name: a key given as a file (TALLY_SECRET_KEY_FILE) is read here."""
+    """The keys the settings name, each given directly or as a file (TALLY_SECRET_KEY_FILE)."""
 
     def read(variable: str, value: SecretStr | None, path: str | None) -> bytes | None:
-        if value is None and path:
+        if value is not None and path:
+            raise SecretKeyError(f"set {variable} or {variable}_FILE, not both")
+        if path:
             try:
-                value = SecretStr(Path(path).read_text())
-            except OSError as exc:
-                message = f"{variable}_FILE: cannot read {path}: {exc.strerror}"
-                raise SecretKeyError(message) from None
+                return parse_key(Path(path).read_text(), f"{variable}_FILE ({path})")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not base64 text"
+                raise SecretKeyError(f"{variable}_FILE: cannot read {path}: {reason}") from None
         return parse_key(value.get_secret_value(), variable) if value is not None else None
 
     return Keyring(
@@ -92,21 +99,25 @@ class Keyring:
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._keys[self.current_id].encrypt(nonce, value.encode(), _bound(owner, field))
         payload = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
-        return f"sealed:v1:{self.current_id}:{payload}"
+        return f"{_PREFIX}v1:{self.current_id}:{payload}"
 
     def open(self, stored: str, owner: str, field: str) -> str:
-        """The plain value; a value stored before sealing existed is returned as it is."""
-        match = _SEALED.fullmatch(stored)
-        if match is None:
-            return stored
-        kid, payload = match.groups()
+        kid = sealed_with(stored)
+        if kid is None:
+            # Only `tally migrate` reads plain values, to seal them: a plain value written
+            # into the table by hand is not trusted.
+            raise SecretKeyError(
+                f"the {field} of {owner} is stored in plain text: run `tally migrate`"
+                " with TALLY_SECRET_KEY set to encrypt it"
+            )
         cipher = self._keys.get(kid)
         if cipher is None:
             raise SecretKeyError(self.missing(kid))
+        payload = stored.rsplit(":", 1)[1]
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         try:
             plain = cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _bound(owner, field))
-        except InvalidTag:
+        except (InvalidTag, ValueError, binascii.Error):
             raise SecretKeyError(
                 f"the stored {field} of {owner} does not open: it was altered or moved"
             ) from None

@@ -1,6 +1,5 @@
 """Where sealed secrets are stored, how many each key sealed, and moving them to the current key."""
 
-import logging
 from collections import Counter
 
 from psycopg_pool import ConnectionPool
@@ -9,8 +8,6 @@ from engine.errors import SecretKeyError, UnavailableError
 from engine.settings import Settings
 from engine.store.db import connection, open_pool
 from engine.vault.keyring import KEY_HELP, Keyring, keyring, sealed_with
-
-log = logging.getLogger(__name__)
 
 # The columns of secrets Tally must read back, by table, with the column naming each row's
 # owner: the owner is bound into every value sealed in that row.
@@ -40,13 +37,11 @@ def census(pool: ConnectionPool) -> Counter[str]:
 
 
 def require_keys(pool: ConnectionPool, keyring: Keyring) -> Counter[str]:
-    """The census, once it is sure the keyring opens every stored secret."""
+    """The census, once it is sure the keyring opens every sealed secret."""
     counts = census(pool)
     for kid in counts:
         if kid != PLAIN and kid not in keyring.key_ids:
             raise SecretKeyError(keyring.missing(kid))
-    if counts[PLAIN] and keyring.current_id is None:
-        raise SecretKeyError(_plain_without_key(counts[PLAIN]))
     return counts
 
 
@@ -58,9 +53,9 @@ def reseal(pool: ConnectionPool, keyring: Keyring, *, plain_only: bool = False) 
         plain = census(pool)[PLAIN]
         if plain_only and not plain:
             return 0
-        raise SecretKeyError(
-            _plain_without_key(plain) if plain_only else f"TALLY_SECRET_KEY must be set: {KEY_HELP}"
-        )
+        raise SecretKeyError(_plain_waiting(plain) if plain else f"TALLY_SECRET_KEY: {KEY_HELP}")
+    if not plain_only:
+        require_keys(pool, keyring)  # fail before the first row changes
     moved = 0
     with connection(pool) as conn:
         for table, (owner, columns) in SEALED.items():
@@ -71,13 +66,13 @@ def reseal(pool: ConnectionPool, keyring: Keyring, *, plain_only: bool = False) 
                         f"SELECT {', '.join(columns)} FROM {table} WHERE {owner} = %s FOR UPDATE",
                         (name,),
                     ).fetchone()
-                    changes = {
-                        column: keyring.seal(keyring.open(value, name, column), name, column)
-                        for column, value in zip(columns, row or (), strict=False)
-                        if value is not None
-                        and sealed_with(value) != keyring.current_id
-                        and not (plain_only and sealed_with(value))
-                    }
+                    changes: dict[str, str] = {}
+                    for column, value in zip(columns, row or (), strict=False):
+                        kid = None if value is None else sealed_with(value)
+                        if value is None or kid == keyring.current_id or (plain_only and kid):
+                            continue
+                        opened = value if kid is None else keyring.open(value, name, column)
+                        changes[column] = keyring.seal(opened, name, column)
                     if changes:
                         assignments = ", ".join(f"{column} = %s" for column in changes)
                         conn.execute(
@@ -88,16 +83,16 @@ def reseal(pool: ConnectionPool, keyring: Keyring, *, plain_only: bool = False) 
     return moved
 
 
-def _plain_without_key(count: int) -> str:
+def _plain_waiting(count: int) -> str:
     return (
-        f"{count} secrets are stored in plain text and TALLY_SECRET_KEY is not set: set it"
-        f" ({KEY_HELP}) and run `tally migrate` to encrypt them"
+        f"{count} secrets are stored in plain text: run `tally migrate` with TALLY_SECRET_KEY"
+        f" set ({KEY_HELP}) to encrypt them"
     )
 
 
 def check_keys(settings: Settings) -> None:
-    """Before `serve` and `worker` start: the keys open every stored secret, or a SecretKeyError
-    says what is missing. PostgreSQL down: each use checks, once it is back."""
+    """Before `serve` and `worker` start: every stored secret is sealed under a key they hold,
+    or a SecretKeyError says what is missing. PostgreSQL down: each use checks, once it is back."""
     keys = keyring(settings)
     pool = open_pool(settings.database_url, 1)
     try:
@@ -107,6 +102,4 @@ def check_keys(settings: Settings) -> None:
     finally:
         pool.close()
     if counts[PLAIN]:
-        log.warning(
-            "%s secrets are stored in plain text: tally migrate encrypts them", counts[PLAIN]
-        )
+        raise SecretKeyError(_plain_waiting(counts[PLAIN]))
