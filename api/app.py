@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from api import client, config, credits, health, webhooks
+from api import client, config, credits, health, openapi, webhooks
 from api.cors import ClientCors
 from api.edge import AccessLog, Edge
 from api.errors import HANDLERS
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/client/auto-top-up", client.get_auto_top_up, methods=["GET"]),
         Route("/client/auto-top-up", client.put_auto_top_up, methods=["PUT"]),
         Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
     ]
     # CORS outermost: a browser can read every answer it grants, the edge's refusals too.

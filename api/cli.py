@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command(commands, "migrate", _migrate, "create or upgrade the PostgreSQL schema")
+    command(commands, "openapi", _openapi, "print the API's OpenAPI 3.1 document")
 
     serve = command(commands, "serve", _serve, "run the HTTP API")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
@@ -300,6 +301,13 @@ def _migrate(args: argparse.Namespace, cx: Context) -> None:
     sealed = reseal(cx.engine.pool, cx.engine.keyring, plain_only=True)
     if sealed:
         print(f"encrypted {sealed} secrets stored in plain text")
+
+
+def _openapi(args: argparse.Namespace, cx: Context) -> None:
+    from api.app import create_app
+    from api.openapi import document
+
+    print(json.dumps(document(create_app(cx.settings).routes), indent=2))
 
 
 def _serve(args: argparse.Namespace, cx: Context) -> None:

@@ -24,6 +24,13 @@ from api.schemas import (
 )
 from api.state import authenticated, engine_of
 from api.views import (
+    CardDeleted,
+    CardsView,
+    ClientTokenView,
+    Done,
+    SetupIntentView,
+    TransactionsPage,
+    TransactionView,
     balance_view,
     card_view,
     cards_view,
@@ -53,13 +60,12 @@ async def create_token(request: Request) -> Response:
         engine.app_cache.forget(app.app_id)
     token = client_tokens.mint(app.app_id, secret, body.user_id, body.ttl_seconds)
     expires = client_tokens.read_unverified(token).expires_at
-    return JSONResponse(
-        {
-            "token": token,
-            "user_id": body.user_id,
-            "expires_at": iso8601(expires * 1000),
-        }
-    )
+    view: ClientTokenView = {
+        "token": token,
+        "user_id": body.user_id,
+        "expires_at": iso8601(expires * 1000),
+    }
+    return JSONResponse(view)
 
 
 async def revoke_tokens(request: Request) -> Response:
@@ -67,7 +73,7 @@ async def revoke_tokens(request: Request) -> Response:
     engine = engine_of(request)
     app = await _server_app(request)
     await engine.bridge.call_outside(engine.apps.rotate_client_secret, app.app_id)
-    return JSONResponse({"success": True})
+    return JSONResponse(Done(success=True))
 
 
 async def get_server_auto_top_up(request: Request) -> Response:
@@ -105,15 +111,14 @@ async def transactions(request: Request) -> Response:
     page = await engine.credits.history(
         session.app.context(), session.user_id, query.limit, query.offset
     )
-    return JSONResponse(
-        {
-            "user_id": session.user_id,
-            "transactions": [{"id": e.ledger_id} | entry_view(e) for e in page.entries],
-            "limit": page.limit,
-            "offset": page.offset,
-            "has_more": page.has_more,
-        }
-    )
+    view: TransactionsPage = {
+        "user_id": session.user_id,
+        "transactions": [TransactionView(id=e.ledger_id, **entry_view(e)) for e in page.entries],
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": page.has_more,
+    }
+    return JSONResponse(view)
 
 
 async def config(request: Request) -> Response:
@@ -124,7 +129,7 @@ async def config(request: Request) -> Response:
 async def payment_methods(request: Request) -> Response:
     engine, session = await _session(request)
     cards = await engine.bridge.call_outside(engine.purchases.cards, session.app, session.user_id)
-    return JSONResponse({"payment_methods": cards_view(cards)})
+    return JSONResponse(CardsView(payment_methods=cards_view(cards)))
 
 
 async def setup_intent(request: Request) -> Response:
@@ -134,7 +139,7 @@ async def setup_intent(request: Request) -> Response:
         engine.purchases.setup_intent, session.app, session.user_id
     )
     return JSONResponse(
-        {"setup_intent_id": intent.setup_intent_id, "client_secret": intent.client_secret}
+        SetupIntentView(setup_intent_id=intent.setup_intent_id, client_secret=intent.client_secret)
     )
 
 
@@ -156,7 +161,7 @@ async def delete_payment_method(request: Request) -> Response:
     await engine.bridge.call_outside(
         engine.purchases.delete_card, session.app, session.user_id, payment_method_id
     )
-    return JSONResponse({"success": True, "deleted": payment_method_id})
+    return JSONResponse(CardDeleted(success=True, deleted=payment_method_id))
 
 
 async def reorder_payment_methods(request: Request) -> Response:
@@ -165,7 +170,7 @@ async def reorder_payment_methods(request: Request) -> Response:
     cards = await engine.bridge.call_outside(
         engine.purchases.reorder, session.app, session.user_id, body.payment_method_ids
     )
-    return JSONResponse({"payment_methods": cards_view(cards)})
+    return JSONResponse(CardsView(payment_methods=cards_view(cards)))
 
 
 async def purchase(request: Request) -> Response:

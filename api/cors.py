@@ -58,7 +58,9 @@ class ClientCors:
             if message["type"] == "http.response.start":
                 response_headers = MutableHeaders(scope=message)
                 response_headers["Access-Control-Allow-Origin"] = origin
-                response_headers["Access-Control-Expose-Headers"] = "Idempotent-Replayed"
+                response_headers["Access-Control-Expose-Headers"] = (
+                    "Idempotent-Replayed, X-Request-Id"
+                )
                 response_headers.add_vary_header("Origin")
             await send(message)
 

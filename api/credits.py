@@ -1,5 +1,7 @@
 """The /credits endpoints."""
 
+from collections.abc import Mapping
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,7 +17,17 @@ from api.schemas import (
     read_json,
 )
 from api.state import authenticated
-from api.views import balance_view, entry_view
+from api.views import (
+    AddResult,
+    BatchApplied,
+    BatchRefused,
+    BatchResult,
+    DeductResult,
+    HistoryPage,
+    RefundResult,
+    balance_view,
+    entry_view,
+)
 from engine.errors import InvalidRequestError, TallyError
 from engine.models import MAX_IDEMPOTENCY_KEY, EntryResult, Operation
 
@@ -25,21 +37,19 @@ MAX_BATCH_BYTES = 1_048_576
 
 async def add(request: Request) -> Response:
     result = await _apply_entry(request, "add")
-    return _entry_response(
-        {
-            "success": True,
-            "ledger_id": result.ledger_id,
-            "user_id": result.user_id,
-            "amount": result.amount,
-            "balance_after": result.balance_after,
-        },
-        result,
-    )
+    body: AddResult = {
+        "success": True,
+        "ledger_id": result.ledger_id,
+        "user_id": result.user_id,
+        "amount": result.amount,
+        "balance_after": result.balance_after,
+    }
+    return _entry_response(body, result)
 
 
 async def deduct(request: Request) -> Response:
     result = await _apply_entry(request, "deduct")
-    body: dict[str, object] = {
+    body: DeductResult = {
         "success": True,
         "ledger_id": result.ledger_id,
         "balance_before": result.balance_before,
@@ -70,12 +80,13 @@ async def batch(request: Request) -> Response:
         for op in body.operations
     ]
     outcomes = await engine.credits.batch(app, operations)
-    return JSONResponse({"success": True, "results": [_outcome(o) for o in outcomes]})
+    result: BatchResult = {"success": True, "results": [_outcome(o) for o in outcomes]}
+    return JSONResponse(result)
 
 
-def _outcome(outcome: EntryResult | TallyError) -> dict[str, object]:
+def _outcome(outcome: EntryResult | TallyError) -> BatchApplied | BatchRefused:
     if isinstance(outcome, TallyError):
-        return error_body(outcome) | {"status": status_of(outcome)}
+        return BatchRefused(**error_body(outcome), status=status_of(outcome))
     return {
         "success": True,
         "ledger_id": outcome.ledger_id,
@@ -94,32 +105,29 @@ async def refund(request: Request) -> Response:
     result = await engine.credits.refund(
         app, body.ledger_id, description=body.description, idempotency_key=idempotency_key
     )
-    return _entry_response(
-        {
-            "success": True,
-            "ledger_id": result.refund.ledger_id,
-            "refunded_ledger_id": result.refunded_ledger_id,
-            "user_id": result.refund.user_id,
-            "amount": result.refund.amount,
-            "balance_after": result.refund.balance_after,
-        },
-        result.refund,
-    )
+    answer: RefundResult = {
+        "success": True,
+        "ledger_id": result.refund.ledger_id,
+        "refunded_ledger_id": result.refunded_ledger_id,
+        "user_id": result.refund.user_id,
+        "amount": result.refund.amount,
+        "balance_after": result.refund.balance_after,
+    }
+    return _entry_response(answer, result.refund)
 
 
 async def history(request: Request) -> Response:
     engine, app = await authenticated(request)
     query = parse_query(HistoryQuery, request.query_params)
     page = await engine.credits.history(app, query.user_id, query.limit, query.offset)
-    return JSONResponse(
-        {
-            "user_id": page.user_id,
-            "entries": [entry_view(entry) for entry in page.entries],
-            "limit": page.limit,
-            "offset": page.offset,
-            "has_more": page.has_more,
-        }
-    )
+    body: HistoryPage = {
+        "user_id": page.user_id,
+        "entries": [entry_view(entry) for entry in page.entries],
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": page.has_more,
+    }
+    return JSONResponse(body)
 
 
 async def balance(request: Request) -> Response:
@@ -144,7 +152,7 @@ async def _apply_entry(request: Request, kind: str) -> EntryResult:
     )
 
 
-def _entry_response(body: dict[str, object], result: EntryResult) -> Response:
+def _entry_response(body: Mapping[str, object], result: EntryResult) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return JSONResponse(body, headers=headers)
 

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse
+from api.views import ErrorBody
 from engine.errors import (
     AlreadyRefundedError,
     AuthenticationError,
@@ -52,8 +53,8 @@ def status_of(exc: TallyError) -> int:
     return 500
 
 
-def error_body(exc: TallyError) -> dict[str, object]:
-    body: dict[str, object] = {"success": False, "error": exc.message}
+def error_body(exc: TallyError) -> ErrorBody:
+    body: ErrorBody = {"success": False, "error": exc.message}
     if isinstance(exc, InsufficientCreditsError):
         body["balance"] = exc.balance
         if exc.floor:

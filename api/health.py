@@ -1,12 +1,13 @@
 """GET /healthz: can this process serve the hot path, and how far behind is the ledger?"""
 
-from dataclasses import asdict
+from typing import Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse
 from api.state import engine_of
+from api.views import HealthView, OutboxShard, OutboxView
 from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.ledger.outbox import outbox_lag
@@ -16,26 +17,38 @@ from engine.store.redis import memory_state
 
 async def healthz(request: Request) -> Response:
     engine = engine_of(request)
-    body: dict[str, object] = {}
+    redis_state, outbox = "unavailable", None
     try:
         lags = await engine.bridge.call(outbox_lag, engine.sync_redis)
         # Out of memory, Redis still answers reads but refuses every write.
-        body["redis"] = await engine.bridge.call(memory_state, engine.sync_redis)
-        body["outbox"] = {
-            "depth": sum(lag.depth for lag in lags),
-            "oldest_age_seconds": max(lag.oldest_age_seconds for lag in lags),
-            "shards": [asdict(lag) for lag in lags if lag.depth],
-        }
+        redis_state = await engine.bridge.call(memory_state, engine.sync_redis)
+        outbox = OutboxView(
+            depth=sum(lag.depth for lag in lags),
+            oldest_age_seconds=max(lag.oldest_age_seconds for lag in lags),
+            shards=[
+                OutboxShard(
+                    shard=lag.shard, depth=lag.depth, oldest_age_seconds=lag.oldest_age_seconds
+                )
+                for lag in lags
+                if lag.depth
+            ],
+        )
     except Exception:
-        body["redis"] = "unavailable"
+        redis_state = "unavailable"
     try:
         await engine.bridge.call(_ping_postgres, engine)
-        body["postgres"] = "ok"
+        postgres: Literal["ok", "unavailable"] = "ok"
     except UnavailableError:
-        body["postgres"] = "unavailable"
+        postgres = "unavailable"
     # PostgreSQL down delays durability, not the hot path: only Redis decides the status.
-    healthy = body["redis"] == "ok"
-    body = {"status": "ok" if healthy else "unavailable", **body}
+    healthy = redis_state == "ok"
+    body: HealthView = {
+        "status": "ok" if healthy else "unavailable",
+        "redis": redis_state,
+        "postgres": postgres,
+    }
+    if outbox is not None:
+        body["outbox"] = outbox
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 

@@ -2,14 +2,213 @@
 purchases and auto top-up settings."""
 
 from datetime import UTC, datetime
+from typing import Any, Literal, NotRequired
+
+from typing_extensions import TypedDict
 
 from engine.billing.purchases import PurchaseResult
 from engine.billing.repository import AutoTopUp
 from engine.billing.stripe import Card
-from engine.models import CREDITS_CONFIG, App, Balance, LedgerEntry
+from engine.models import App, Balance, LedgerEntry
+
+# Each body the API answers with, as a type: mypy holds the views to it and /openapi.json is
+# generated from it (api/openapi.py), so the description cannot drift from the answers.
 
 
-def entry_view(entry: LedgerEntry) -> dict[str, object]:
+class ErrorBody(TypedDict):
+    success: Literal[False]
+    error: str
+    balance: NotRequired[int]  # 402 Insufficient credits
+    floor: NotRequired[int]  # 402 with overdraft: how far the balance may go
+    decline_code: NotRequired[str]  # 402 card declined
+    payment_intent_id: NotRequired[str | None]
+    refund_ledger_id: NotRequired[str]  # 409 already refunded
+
+
+class Done(TypedDict):
+    success: Literal[True]
+
+
+class AddResult(TypedDict):
+    success: Literal[True]
+    ledger_id: str
+    user_id: str
+    amount: int
+    balance_after: int
+
+
+class DeductResult(TypedDict):
+    success: Literal[True]
+    ledger_id: str
+    balance_before: int
+    balance_after: int
+    auto_top_up_started: NotRequired[bool]
+
+
+class RefundResult(TypedDict):
+    success: Literal[True]
+    ledger_id: str
+    refunded_ledger_id: str
+    user_id: str
+    amount: int
+    balance_after: int
+
+
+class BatchApplied(TypedDict):
+    success: Literal[True]
+    ledger_id: str
+    user_id: str
+    amount: int
+    balance_before: int
+    balance_after: int
+    replayed: bool
+
+
+class BatchRefused(ErrorBody):
+    status: int
+
+
+class BatchResult(TypedDict):
+    success: Literal[True]
+    results: list[BatchApplied | BatchRefused]
+
+
+class EntryView(TypedDict):
+    ledger_id: str
+    kind: str
+    amount: int
+    amount_delta: int
+    reason: str | None
+    balance_after: int
+    description: str | None
+    reference_id: str | None
+    metadata: dict[str, Any] | None
+    refund_of: str | None
+    created_at: str | None
+
+
+class TransactionView(EntryView):
+    id: str
+
+
+class HistoryPage(TypedDict):
+    user_id: str
+    entries: list[EntryView]
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class TransactionsPage(TypedDict):
+    user_id: str
+    transactions: list[TransactionView]
+    limit: int
+    offset: int
+    has_more: bool
+
+
+class BalanceView(TypedDict):
+    user_id: str
+    balance: int
+    updated_at: str | None
+
+
+class ConfigView(TypedDict):
+    credits_enabled: bool
+    credits_per_dollar: int | float | None
+    display_name: str
+    display_symbol: str | None
+    display_symbol_position: str  # "left" or "right"
+    display_decimals: int
+    min_purchase_cents: int
+    max_purchase_cents: int
+    overdraft_enabled: bool
+    overdraft_limit: int
+    manual_top_up_available: bool
+    auto_top_up_available: bool
+    currency: str
+
+
+class CardView(TypedDict):
+    id: str
+    provider: str
+    method_type: str
+    card_brand: str | None
+    card_last4: str | None
+    card_exp_month: int | None
+    card_exp_year: int | None
+    priority: int | None
+
+
+class CardsView(TypedDict):
+    payment_methods: list[CardView]
+
+
+class CardDeleted(TypedDict):
+    success: Literal[True]
+    deleted: str
+
+
+class SetupIntentView(TypedDict):
+    setup_intent_id: str
+    client_secret: str
+
+
+class PurchaseView(TypedDict):
+    success: bool
+    purchase_id: int
+    status: str
+    amount_cents: int
+    credits_purchased: int
+    new_balance: int | None
+    payment_intent_id: str | None
+    client_secret: NotRequired[str]  # requires_action: for stripe.handleCardAction
+
+
+class TopUpView(TypedDict):
+    user_id: str
+    enabled: bool
+    threshold_cents: int
+    purchase_amount_cents: int
+    status: str
+    last_failure_reason: str | None
+    retries_remaining: int
+    next_retry_at: str | None
+
+
+class ClientTokenView(TypedDict):
+    token: str
+    user_id: str
+    expires_at: str | None
+
+
+class WebhookReceipt(TypedDict):
+    success: Literal[True]
+    event_id: str
+    status: str
+    reason: str | None
+
+
+class OutboxShard(TypedDict):
+    shard: int
+    depth: int
+    oldest_age_seconds: float
+
+
+class OutboxView(TypedDict):
+    depth: int
+    oldest_age_seconds: float
+    shards: list[OutboxShard]
+
+
+class HealthView(TypedDict):
+    status: Literal["ok", "unavailable"]
+    redis: str
+    postgres: NotRequired[Literal["ok", "unavailable"]]
+    outbox: NotRequired[OutboxView]
+
+
+def entry_view(entry: LedgerEntry) -> EntryView:
     return {
         "ledger_id": entry.ledger_id,
         "kind": entry.kind,
@@ -26,7 +225,7 @@ def entry_view(entry: LedgerEntry) -> dict[str, object]:
     }
 
 
-def balance_view(result: Balance) -> dict[str, object]:
+def balance_view(result: Balance) -> BalanceView:
     return {
         "user_id": result.user_id,
         "balance": result.balance,
@@ -41,22 +240,33 @@ def iso8601(epoch_ms: int | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def config_view(app: App) -> dict[str, object]:
-    view: dict[str, object] = {name: getattr(app, name) for name in CREDITS_CONFIG}
+def config_view(app: App) -> ConfigView:
     rate = app.credits_per_dollar
-    view["credits_per_dollar"] = (
-        None if rate is None else (int(rate) if rate == int(rate) else float(rate))
-    )
-    view["overdraft_limit"] = app.overdraft_limit
-    return view
+    return {
+        "credits_enabled": app.credits_enabled,
+        "credits_per_dollar": (
+            None if rate is None else (int(rate) if rate == int(rate) else float(rate))
+        ),
+        "display_name": app.display_name,
+        "display_symbol": app.display_symbol,
+        "display_symbol_position": app.display_symbol_position,
+        "display_decimals": app.display_decimals,
+        "min_purchase_cents": app.min_purchase_cents,
+        "max_purchase_cents": app.max_purchase_cents,
+        "overdraft_enabled": app.overdraft_enabled,
+        "overdraft_limit": app.overdraft_limit,
+        "manual_top_up_available": app.manual_top_up_available,
+        "auto_top_up_available": app.auto_top_up_available,
+        "currency": app.currency,
+    }
 
 
-def cards_view(cards: list[Card]) -> list[dict[str, object]]:
+def cards_view(cards: list[Card]) -> list[CardView]:
     # Priority 1 is charged first.
     return [card_view(card, rank) for rank, card in enumerate(cards, start=1)]
 
 
-def card_view(card: Card, priority: int | None) -> dict[str, object]:
+def card_view(card: Card, priority: int | None) -> CardView:
     return {
         "id": card.id,
         "provider": card.provider,
@@ -69,8 +279,8 @@ def card_view(card: Card, priority: int | None) -> dict[str, object]:
     }
 
 
-def purchase_view(result: PurchaseResult) -> dict[str, object]:
-    view: dict[str, object] = {
+def purchase_view(result: PurchaseResult) -> PurchaseView:
+    view: PurchaseView = {
         "success": result.status == "succeeded",
         "purchase_id": result.purchase_id,
         "status": result.status,
@@ -84,7 +294,7 @@ def purchase_view(result: PurchaseResult) -> dict[str, object]:
     return view
 
 
-def top_up_view(top_up: AutoTopUp) -> dict[str, object]:
+def top_up_view(top_up: AutoTopUp) -> TopUpView:
     next_retry = top_up.next_retry_at
     return {
         "user_id": top_up.user_id,

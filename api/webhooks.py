@@ -9,6 +9,7 @@ from starlette.responses import Response
 from api.responses import JSONResponse
 from api.schemas import read_body
 from api.state import engine_of, jobs_of
+from api.views import WebhookReceipt
 from engine.payments.defaults import MAX_WEBHOOK_BYTES
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,10 @@ async def receive(request: Request) -> Response:
             # Stored already: the worker's next sweep queues it instead.
             log.warning("webhook event %s not queued (%s); the sweep will", event.event_pk, exc)
             await engine.bridge.call(engine.webhooks.release, event.event_pk)
-    return JSONResponse(
-        {
-            "success": True,
-            "event_id": event.event_id,
-            "status": event.status if new else "duplicate",
-            "reason": event.reason if new else f"event already received ({event.status})",
-        }
-    )
+    receipt: WebhookReceipt = {
+        "success": True,
+        "event_id": event.event_id,
+        "status": event.status if new else "duplicate",
+        "reason": event.reason if new else f"event already received ({event.status})",
+    }
+    return JSONResponse(receipt)

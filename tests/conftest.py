@@ -91,6 +91,14 @@ def repository(settings: Settings) -> Iterator[AppRepository]:
     pool.close()
 
 
+def readme_example(language: str) -> str:
+    """The README's quickstart in `language`, exactly as written there: the tests run it."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    marker = f"<!-- quickstart:{language} -->\n```{language}\n"
+    start = text.index(marker) + len(marker)
+    return text[start : text.index("```", start)]
+
+
 def tally_env(settings: Settings) -> dict[str, str]:
     key = settings.secret_key
     return {
@@ -211,3 +219,33 @@ def client(api_server: ApiServer, test_app: AppUnderTest) -> Iterator[httpx.Clie
     headers = {"Authorization": f"Bearer {test_app.api_key}"}
     with httpx.Client(base_url=api_server.url, headers=headers, timeout=30) as client:
         yield client
+
+
+@dataclass
+class PrivateStack:
+    redis: RedisServer
+    api: ApiServer
+    api_key: str
+
+
+@pytest.fixture
+def private_stack() -> Iterator[PrivateStack]:
+    """Redis, PostgreSQL and an API of this test's own: its Redis goes down."""
+    redis_server = RedisServer().start()
+    postgres = PostgresServer().start()
+    api = None
+    try:
+        settings = Settings(
+            redis_url=redis_server.url, database_url=postgres.url, secret_key=SECRET_KEY
+        )
+        pool = open_pool(settings.database_url, 1, wait=True)
+        migrate(pool)
+        _, new_key = Apps(AppRepository(pool, keyring(settings))).create("private")
+        pool.close()
+        api = ApiServer(tally_env(settings))
+        yield PrivateStack(redis_server, api, new_key.api_key)
+    finally:
+        if api:
+            api.stop()
+        redis_server.stop()
+        postgres.stop()

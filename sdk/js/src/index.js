@@ -1,0 +1,2 @@
+export { Tally } from './tally.js';
+export { TallyError, InsufficientBalanceError } from './errors.js';

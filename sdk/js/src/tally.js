@@ -1,0 +1,128 @@
+/**
+ * The server client: `new Tally({ apiKey, baseUrl })`, the API's own routes and field names.
+ */
+import { TallyError } from './errors.js';
+import { newIdempotencyKey } from './idempotency.js';
+import { Transport } from './transport.js';
+
+export class Tally {
+  /** @type {Credits} */ credits;
+  /** @type {ClientTokens} */ clientTokens;
+
+  constructor(options = {}) {
+    const { apiKey, baseUrl, timeoutMs, maxRetries, fetch } = options;
+    if (typeof apiKey !== 'string' || apiKey === '') {
+      throw new TypeError('Tally: apiKey is required (tally_...)');
+    }
+    const transport = new Transport({
+      baseUrl,
+      authorization: `Bearer ${apiKey}`,
+      timeoutMs,
+      maxRetries,
+      fetch,
+    });
+    this.credits = new Credits(transport);
+    this.clientTokens = new ClientTokens(transport);
+  }
+}
+
+/** POST with an Idempotency-Key: the caller's, or one made now and kept for every retry. */
+export async function keyedPost(transport, path, body, options = {}) {
+  return transport.request({
+    method: 'POST',
+    path,
+    body,
+    idempotencyKey: options.idempotencyKey ?? (await newIdempotencyKey()),
+    signal: options.signal,
+  });
+}
+
+class Credits {
+  #transport;
+
+  constructor(transport) {
+    this.#transport = transport;
+  }
+
+  async add(params, options) {
+    return (await keyedPost(this.#transport, '/credits/add', params, options)).body;
+  }
+
+  /** Resolves the API's 402 body (`success: false`) instead of throwing: running out is normal. */
+  async deduct(params, options) {
+    try {
+      return (await keyedPost(this.#transport, '/credits/deduct', params, options)).body;
+    } catch (error) {
+      if (isInsufficientCredits(error)) return error.body;
+      throw error;
+    }
+  }
+
+  async refund(params, options) {
+    return (await keyedPost(this.#transport, '/credits/refund', params, options)).body;
+  }
+
+  /**
+   * Up to 1,000 adds and deducts. A batch takes no Idempotency-Key header: each operation
+   * without an `idempotency_key` gets one here, before the first attempt, so a retried batch
+   * applies each operation once. Each result carries its operation's key, to retry it alone.
+   */
+  async batch(operations, options = {}) {
+    const list = Array.isArray(operations) ? operations : operations?.operations;
+    if (!Array.isArray(list)) throw new TypeError('batch: give an array of operations');
+    const keyed = await Promise.all(
+      list.map(async (op) =>
+        op?.idempotency_key == null ? { ...op, idempotency_key: await newIdempotencyKey() } : op,
+      ),
+    );
+    const { body } = await this.#transport.request({
+      method: 'POST',
+      path: '/credits/batch',
+      body: { operations: keyed },
+      signal: options.signal,
+    });
+    body?.results?.forEach((result, index) => {
+      if (result && typeof result === 'object' && keyed[index]) {
+        result.idempotency_key = keyed[index].idempotency_key;
+      }
+    });
+    return body;
+  }
+
+  async balance(userId, options = {}) {
+    const query = { user_id: userId };
+    return (await this.#get('/credits/balance', query, options)).body;
+  }
+
+  async history(userId, { limit, offset, signal } = {}) {
+    const query = { user_id: userId, limit, offset };
+    return (await this.#get('/credits/history', query, { signal })).body;
+  }
+
+  #get(path, query, { signal } = {}) {
+    return this.#transport.request({ method: 'GET', path, query, signal });
+  }
+}
+
+/** Client tokens for your users' browsers (see tally-credits-sdk/browser). */
+class ClientTokens {
+  #transport;
+
+  constructor(transport) {
+    this.#transport = transport;
+  }
+
+  /** `{ user_id, ttl_seconds? }` → `{ token, user_id, expires_at }`. */
+  async create(params, options) {
+    return (await keyedPost(this.#transport, '/client-tokens', params, options)).body;
+  }
+
+  /** Rotates the app's signing secret: every token issued so far stops working. */
+  async revokeAll(options) {
+    return (await keyedPost(this.#transport, '/client-tokens/revoke', undefined, options)).body;
+  }
+}
+
+export function isInsufficientCredits(error) {
+  return error instanceof TallyError && error.status === 402 && error.body?.success === false;
+}

@@ -1,0 +1,340 @@
+"""The JavaScript SDK (sdk/js): its own tests under `node --test` against the real stack, the
+packed tarball installed into a clean directory running the quickstart, and a TypeScript
+consumer type-checked against the shipped declarations."""
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from engine.accounts.apps import Apps
+from engine.accounts.repository import AppRepository
+from tests.browser import enable_purchases
+from tests.conftest import ApiServer, AppUnderTest, PrivateStack, readme_example
+from tests.servers import LocalStripe
+
+SDK = Path(__file__).resolve().parent.parent / "sdk" / "js"
+NODE = shutil.which("node")
+NPM = shutil.which("npm")
+NPX = shutil.which("npx")
+
+# .ci/setup installs Node: without it these tests fail rather than skip, so CI cannot pass them
+# unrun.
+assert NODE and NPM, "node and npm are needed: bash .ci/setup installs them"
+
+
+def run(
+    command: list[str], cwd: Path, timeout: float, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, "npm_config_update_notifier": "false", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def shown(done: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {done.returncode}\n--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr}"
+
+
+@pytest.fixture
+def billing_app(repository: AppRepository) -> AppUnderTest:
+    """An app whose Stripe account is localstripe, for cards and purchases."""
+    app, new_key = Apps(repository).create("sdk-js-billing")
+    billing = AppUnderTest(app.app_id, new_key.api_key, new_key.key.key_id)
+    enable_purchases(repository, billing)
+    return billing
+
+
+def test_the_node_tests_pass_against_the_live_stack(
+    api_server: ApiServer,
+    test_app: AppUnderTest,
+    billing_app: AppUnderTest,
+    localstripe: LocalStripe,
+) -> None:
+    done = run(
+        [str(NODE), "--test", "test/"],
+        SDK,
+        timeout=300,
+        TALLY_URL=api_server.url,
+        TALLY_API_KEY=test_app.api_key,
+        TALLY_BILLING_API_KEY=billing_app.api_key,
+        TALLY_STRIPE_URL=localstripe.url,
+    )
+    assert done.returncode == 0, shown(done)
+    # With the stack given, nothing may have skipped itself.
+    assert "# SKIP" not in done.stdout, shown(done)
+    assert "# fail 0" in done.stdout, shown(done)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`npm pack` of sdk/js, installed into a clean directory as a user would."""
+    assert NPM is not None
+    packed = tmp_path_factory.mktemp("pack")
+    done = run([NPM, "pack", "--pack-destination", str(packed)], SDK, timeout=120)
+    assert done.returncode == 0, shown(done)
+    tarballs = list(packed.glob("tally-credits-sdk-*.tgz"))
+    assert len(tarballs) == 1, shown(done)
+
+    consumer = tmp_path_factory.mktemp("consumer")
+    (consumer / "package.json").write_text(
+        json.dumps({"name": "sdk-consumer", "private": True, "type": "module"})
+    )
+    done = run([NPM, "install", "--no-audit", "--no-fund", str(tarballs[0])], consumer, timeout=180)
+    assert done.returncode == 0, shown(done)
+    yield consumer
+
+
+def test_the_tarball_ships_the_sources_and_declarations_only(installed: Path) -> None:
+    package = installed / "node_modules" / "tally-credits-sdk"
+    shipped = sorted(str(p.relative_to(package)) for p in package.rglob("*") if p.is_file())
+    assert "README.md" in shipped and "package.json" in shipped
+    for entry in ("index", "server", "browser"):
+        assert f"src/{entry}.js" in shipped and f"src/{entry}.d.ts" in shipped
+    assert not [p for p in shipped if p.startswith(("test", "node_modules"))], shipped
+    manifest = json.loads((package / "package.json").read_text())
+    assert manifest["type"] == "module"
+    assert not manifest.get("dependencies"), "the SDK has no runtime dependencies"
+
+
+QUICKSTART = """
+import { Tally } from 'tally-credits-sdk'
+import { createServerClient } from 'tally-credits-sdk/server'
+import { createBrowserClient } from 'tally-credits-sdk/browser'
+
+const tally = new Tally({ apiKey: process.env.TALLY_API_KEY, baseUrl: process.env.TALLY_URL })
+
+const data = await tally.credits.add(
+  { user_id: 'user_001', amount: 100, description: 'Welcome credits' },
+  { idempotencyKey: 'order_abc123_credits' },
+)
+console.log('add', data.success, data.balance_after)
+
+const result = await tally.credits.deduct({
+  user_id: 'user_001',
+  amount: 10,
+  description: 'AI generation',
+})
+console.log('deduct', result.success, result.balance_after)
+
+const refused = await tally.credits.deduct({ user_id: 'user_001', amount: 1000 })
+console.log('refused', refused.success, refused.error, refused.balance)
+
+const { TALLY_API_KEY: apiKey, TALLY_URL: baseUrl } = process.env
+const reauth = createServerClient({ apiKey, baseUrl })
+console.log('reauth', (await reauth.getBalance('user_001')).balance)
+console.log('browser', typeof createBrowserClient)
+"""
+
+
+def test_the_readme_quickstart_runs_as_written(
+    installed: Path, api_server: ApiServer, test_app: AppUnderTest
+) -> None:
+    script = installed / "readme.mjs"
+    script.write_text(readme_example("js"))
+    env = {"TALLY_URL": api_server.url, "TALLY_API_KEY": test_app.api_key}
+    done = run([str(NODE), script.name], installed, timeout=60, **env)
+    assert done.returncode == 0, shown(done)
+    assert done.stdout == "Balance after 90\n", shown(done)
+
+
+def test_the_installed_package_runs_the_quickstart(
+    installed: Path, api_server: ApiServer, test_app: AppUnderTest
+) -> None:
+    script = installed / "quickstart.mjs"
+    script.write_text(QUICKSTART)
+    done = run(
+        [str(NODE), script.name],
+        installed,
+        timeout=60,
+        TALLY_URL=api_server.url,
+        TALLY_API_KEY=test_app.api_key,
+    )
+    assert done.returncode == 0, shown(done)
+    assert done.stdout.splitlines() == [
+        "add true 100",
+        "deduct true 90",
+        "refused false Insufficient credits 90",
+        "reauth 90",
+        "browser function",
+    ], shown(done)
+
+
+CONSUMER_TS = """
+import { Tally, TallyError, type DeductResult } from 'tally-credits-sdk';
+import { createServerClient, InsufficientBalanceError } from 'tally-credits-sdk/server';
+import { createBrowserClient, type PaymentMethod } from 'tally-credits-sdk/browser';
+
+// No DOM and no @types/node: the declarations must stand on their own.
+declare function report(...values: unknown[]): void;
+
+export async function main(apiKey: string, baseUrl: string): Promise<number> {
+  const tally = new Tally({ apiKey, baseUrl, timeoutMs: 5000, maxRetries: 1 });
+  const added = await tally.credits.add(
+    { user_id: 'u', amount: 1, metadata: { plan: 'pro' } },
+    { idempotencyKey: 'k' },
+  );
+  const result: DeductResult = await tally.credits.deduct({ user_id: 'u', amount: 1 });
+  if (!result.success) {
+    const balance: number = result.balance;
+    return balance;
+  }
+  const after: number = result.balance_after;
+  // @ts-expect-error amount is required
+  await tally.credits.add({ user_id: 'u' });
+  // @ts-expect-error the API's field names are snake_case
+  await tally.credits.add({ userId: 'u', amount: 1 });
+  const batch = await tally.credits.batch([{ type: 'deduct', user_id: 'u', amount: 1 }]);
+  const key: string = batch.results[0].idempotency_key;
+  const refund = await tally.credits.refund({ ledger_id: added.ledger_id }, { signal: undefined });
+  const history = await tally.credits.history('u', { limit: 10, offset: 0 });
+  const hasMore: boolean = history.has_more;
+  const token: string = (await tally.clientTokens.create({ user_id: 'u', ttl_seconds: 60 })).token;
+  try {
+    await tally.credits.balance('u');
+  } catch (err) {
+    if (err instanceof TallyError) {
+      const status: number = err.status;
+      const requestId: string | null = err.requestId;
+      report(status, requestId, err.error);
+    }
+  }
+
+  const reauth = createServerClient({ baseUrl, apiKey });
+  try {
+    const { newBalance } = await reauth.charge('u', { amount: 1, requestUuid: 'r', note: 'n' });
+    report(newBalance);
+  } catch (err) {
+    if (err instanceof InsufficientBalanceError) report(err.balance, err.message);
+  }
+  await reauth.deposit('u', { amount: 1, requestUuid: 'd' });
+  const { transactions } = await reauth.getTransactions('u', { limit: 5, offset: 0 });
+  const delta: number = transactions[0].amountDelta;
+  const { balance } = await reauth.getBalance('u');
+
+  const browser = createBrowserClient({ baseUrl, getToken: async () => token });
+  const cards: PaymentMethod[] = await browser.getPaymentMethods();
+  const overdraw: boolean = (await browser.getCreditsConfig()).overdrawEnabled;
+  const { clientSecret, setupIntentId } = await browser.createSetupIntent();
+  await browser.savePaymentMethod(setupIntentId);
+  await browser.reorderPaymentMethods(cards.map((card) => card.id));
+  await browser.deletePaymentMethod(cards[0].id);
+  const purchase = await browser.purchaseCredits({
+    amountCents: 1000,
+    paymentMethodId: cards[0].id,
+    idempotencyKey: key,
+  });
+  const topUp = await browser.updateAutoTopUp({
+    enabled: false,
+    thresholdCents: 0,
+    purchaseAmountCents: 0,
+  });
+  const status: string = (await browser.getAutoTopUpStatus()).status;
+  // @ts-expect-error reauth's names are camelCase
+  await browser.updateAutoTopUp({ enabled: true, threshold_cents: 1, purchase_amount_cents: 1 });
+  // @ts-expect-error getToken is required
+  createBrowserClient({ baseUrl });
+  report(clientSecret, overdraw, hasMore, status, topUp.enabled, refund.amount);
+  return after + delta + balance + purchase.creditsPurchased + (purchase.newBalance ?? 0);
+}
+"""
+
+TSCONFIGS = {
+    # A Node app.
+    "tsconfig.node.json": {"module": "nodenext", "moduleResolution": "nodenext", "lib": ["es2022"]},
+    # A bundled browser app.
+    "tsconfig.bundler.json": {
+        "module": "esnext",
+        "moduleResolution": "bundler",
+        "lib": ["es2022", "dom"],
+    },
+}
+
+
+def test_a_typescript_consumer_type_checks(installed: Path) -> None:
+    if NPX is None:
+        pytest.skip("npx is not installed: cannot run the TypeScript compiler")
+    tsc = [NPX, "-y", "-p", "typescript@5", "tsc"]
+    probe = run([*tsc, "--version"], installed, timeout=300)
+    if probe.returncode != 0 or "Version 5." not in probe.stdout:
+        pytest.skip(f"npx -y -p typescript@5 tsc is not usable here: {shown(probe)[-500:]}")
+    (installed / "consumer.ts").write_text(CONSUMER_TS)
+    for name, options in TSCONFIGS.items():
+        config = {
+            "compilerOptions": {
+                "strict": True,
+                "noEmit": True,
+                "target": "es2022",
+                "types": [],
+                "skipLibCheck": False,
+                **options,
+            },
+            "files": ["consumer.ts"],
+        }
+        (installed / name).write_text(json.dumps(config))
+        done = run([*tsc, "-p", name], installed, timeout=300)
+        assert done.returncode == 0, f"{name}: {shown(done)}"
+
+
+RETRYING_DEDUCT = """
+import { Tally } from '%s'
+
+const attempts = []
+const tally = new Tally({
+  apiKey: process.env.TALLY_API_KEY,
+  baseUrl: process.env.TALLY_URL,
+  maxRetries: 30,
+  fetch: async (url, init) => {
+    const answer = await fetch(url, init)
+    attempts.push({ key: init.headers['Idempotency-Key'], status: answer.status })
+    console.log('attempt', answer.status)
+    return answer
+  },
+})
+const result = await tally.credits.deduct({ user_id: 'u', amount: 30, description: 'while down' })
+console.log(JSON.stringify({ result, attempts }))
+"""
+
+
+def test_a_deduct_retried_while_redis_is_down_applies_once(
+    private_stack: PrivateStack, tmp_path: Path
+) -> None:
+    stack = private_stack
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    added = httpx.post(f"{stack.api.url}/credits/add", json={"user_id": "u", "amount": 100},
+                       headers=headers)  # fmt: skip
+    assert added.status_code == 200
+    direct = redis.Redis(port=stack.redis.port)
+    direct.save()  # no worker runs here: the snapshot keeps the balance over the restart
+    direct.close()
+    stack.redis.kill()
+    script = tmp_path / "retrying.mjs"
+    script.write_text(RETRYING_DEDUCT % (SDK / "src" / "index.js").as_uri())
+    env = {**os.environ, "TALLY_URL": stack.api.url, "TALLY_API_KEY": stack.api_key}
+    node = subprocess.Popen([str(NODE), str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    assert node.stdout is not None
+    try:
+        assert node.stdout.readline() == "attempt 503\n", "Redis is down: the API says 503"
+        stack.redis.start()  # the same port and directory
+        out, _ = node.communicate(timeout=60)
+    finally:
+        node.kill()
+    report = json.loads(out.splitlines()[-1])
+    assert report["result"]["success"] and report["result"]["balance_after"] == 70, report
+    statuses = [a["status"] for a in report["attempts"]]
+    keys = {a["key"] for a in report["attempts"]}
+    assert statuses[0] == 503 and statuses[-1] == 200 and len(keys) == 1 and None not in keys
+    history = httpx.get(f"{stack.api.url}/credits/history", params={"user_id": "u"},
+                        headers=headers).json()  # fmt: skip
+    assert [(e["kind"], e["amount"]) for e in history["entries"]] == [("deduct", -30), ("add", 100)]

@@ -1,0 +1,566 @@
+"""The Python SDK (sdk/python, import package tally_credits) against the real stack: the
+session's API for the calls, a private stack whose Redis goes down for the retry path, and a
+wheel installed in a fresh virtualenv for the packaging."""
+
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import venv
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from tally_credits import (
+    AddResult,
+    APIError,
+    AsyncTally,
+    AuthenticationError,
+    BatchOperation,
+    DeductResult,
+    IdempotencyConflict,
+    InsufficientBalance,
+    RetryPolicy,
+    ServiceUnavailable,
+    Tally,
+    TallyError,
+    Transaction,
+)
+from tally_credits.retry import parse_retry_after
+
+from tests.conftest import ApiServer, AppUnderTest, PrivateStack, readme_example
+from tests.servers import free_port
+
+SDK = Path(__file__).resolve().parent.parent / "sdk" / "python"
+
+
+class Recorder:
+    """Every attempt the SDK makes (request hook) and every answer it gets (response hook)."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.responses: list[httpx.Response] = []
+
+    def client(self) -> httpx.Client:
+        hooks: dict[str, list[Any]] = {
+            "request": [self.requests.append],
+            "response": [self.responses.append],
+        }
+        return httpx.Client(event_hooks=hooks)
+
+    def async_client(self) -> httpx.AsyncClient:
+        async def on_request(request: httpx.Request) -> None:
+            self.requests.append(request)
+
+        async def on_response(response: httpx.Response) -> None:
+            self.responses.append(response)
+
+        hooks: dict[str, list[Any]] = {"request": [on_request], "response": [on_response]}
+        return httpx.AsyncClient(event_hooks=hooks)
+
+    def posts(self, path: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.method == "POST" and r.url.path == path]
+
+    def keys(self) -> list[str | None]:
+        return [r.headers.get("Idempotency-Key") for r in self.requests]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def tally(api_server: ApiServer, test_app: AppUnderTest, recorder: Recorder) -> Iterator[Tally]:
+    with recorder.client() as http, Tally(test_app.api_key, api_server.url, http_client=http) as t:
+        yield t
+
+
+def test_add_deduct_balance_and_history(tally: Tally) -> None:
+    added = tally.credits.add(
+        "alice", 100, description="Welcome credits", reference_id="pay_1", metadata={"plan": "pro"}
+    )
+    assert isinstance(added, AddResult)
+    assert (added.user_id, added.amount, added.balance_after) == ("alice", 100, 100)
+    assert not added.replayed and added.request_id
+    spent = tally.credits.deduct("alice", 30, description="AI generation")
+    assert isinstance(spent, DeductResult) and spent.success
+    assert (spent.balance_before, spent.balance_after, spent.error) == (100, 70, None)
+
+    balance = tally.credits.balance("alice")
+    assert (balance.user_id, balance.balance) == ("alice", 70) and balance.updated_at
+    nobody = tally.credits.balance("nobody")
+    assert (nobody.balance, nobody.updated_at) == (0, None)
+
+    page = tally.credits.history("alice")
+    assert (page.user_id, page.limit, page.offset, page.has_more) == ("alice", 50, 0, False)
+    newest, oldest = page.entries
+    assert (newest.ledger_id, oldest.ledger_id) == (spent.ledger_id, added.ledger_id)
+    assert (newest.kind, newest.amount, newest.amount_delta, newest.balance_after) == (
+        "deduct", -30, -30, 70,
+    )  # fmt: skip
+    assert (newest.description, newest.reason) == ("AI generation", "AI generation")
+    assert (oldest.reference_id, oldest.metadata) == ("pay_1", {"plan": "pro"})
+    assert oldest.created_at and oldest.created_at.endswith("Z")
+    second = tally.credits.history("alice", limit=1, offset=1)
+    assert [e.ledger_id for e in second.entries] == [added.ledger_id] and not second.has_more
+    assert tally.credits.history("alice", limit=1).has_more
+
+
+def test_deduct_without_enough_credits_answers_success_false_and_writes_nothing(
+    tally: Tally,
+) -> None:
+    tally.credits.add("bob", 5)
+    refused = tally.credits.deduct("bob", 10, description="too much")
+    assert not refused.success
+    assert (refused.error, refused.balance, refused.ledger_id) == ("Insufficient credits", 5, None)
+    assert refused.request_id
+    assert tally.credits.balance("bob").balance == 5
+    assert len(tally.credits.history("bob").entries) == 1
+
+
+def test_refund_once_then_409_and_unknown_entry_404(tally: Tally) -> None:
+    tally.credits.add("carol", 100)
+    spent = tally.credits.deduct("carol", 40)
+    assert spent.ledger_id
+    refunded = tally.credits.refund(spent.ledger_id, description="generation failed")
+    assert (refunded.refunded_ledger_id, refunded.user_id) == (spent.ledger_id, "carol")
+    assert (refunded.amount, refunded.balance_after) == (40, 100)
+    with pytest.raises(APIError) as again:
+        tally.credits.refund(spent.ledger_id)
+    assert again.value.status == 409 and again.value.request_id
+    assert again.value.body["refund_ledger_id"] == refunded.ledger_id
+    with pytest.raises(APIError) as unknown:
+        tally.credits.refund(str(uuid.uuid4()))
+    assert unknown.value.status == 404
+    assert [e.kind for e in tally.credits.history("carol").entries] == ["refund", "deduct", "add"]
+
+
+def test_batch_gives_each_operation_a_key_and_sends_no_header(
+    tally: Tally, recorder: Recorder
+) -> None:
+    as_dict = {"type": "deduct", "user_id": "dan", "amount": 20, "description": "tokens"}
+    operations: list[BatchOperation | dict[str, Any]] = [
+        BatchOperation("add", "dan", 50),
+        as_dict,
+        BatchOperation("deduct", "erin", 1),
+        {"type": "add", "user_id": "erin", "amount": 7, "idempotency_key": "grant-7"},
+    ]
+    result = tally.credits.batch(operations)
+    first, second, refused, granted = result.results
+    assert (first.success, first.amount, first.balance_after) == (True, 50, 50)
+    assert (second.success, second.amount, second.balance_before, second.balance_after) == (
+        True, -20, 50, 30,
+    )  # fmt: skip
+    assert (refused.success, refused.status, refused.error, refused.balance) == (
+        False, 402, "Insufficient credits", 0,
+    )  # fmt: skip
+    assert result.failed == (refused,)
+    assert granted.success and granted.idempotency_key == "grant-7"
+    keys = [item.idempotency_key for item in result.results]
+    for key in keys[:3]:
+        assert key and uuid.UUID(key).version == 4
+    assert len(set(keys)) == 4
+    assert "idempotency_key" not in as_dict  # the caller's dict is left as it was
+
+    (sent,) = recorder.posts("/credits/batch")
+    assert "Idempotency-Key" not in sent.headers
+    assert [op["idempotency_key"] for op in json.loads(sent.content)["operations"]] == keys
+
+    # The same operations with the keys the result gave: nothing is applied twice.
+    again = tally.credits.batch(
+        [{"type": "add", "user_id": "dan", "amount": 50, "idempotency_key": first.idempotency_key}]
+    )
+    assert again.results[0].replayed and again.results[0].ledger_id == first.ledger_id
+    assert tally.credits.balance("dan").balance == 30
+    assert tally.credits.balance("erin").balance == 7
+
+
+def test_reauth_names(tally: Tally) -> None:
+    assert tally.deposit("fay", amount=100, request_uuid=str(uuid.uuid4()), note="Welcome") == 100
+    assert tally.charge("fay", amount=30, note="API call: generate-report") == 70
+    with pytest.raises(InsufficientBalance) as short:
+        tally.charge("fay", amount=500, note="too much")
+    assert (short.value.status, short.value.error) == (402, "Insufficient credits")
+    assert short.value.balance == 70 and short.value.request_id
+    assert tally.get_balance("fay") == 70
+    assert tally.get_balance("nobody") == 0
+
+    transactions = tally.get_transactions("fay")
+    assert all(isinstance(t, Transaction) for t in transactions)
+    history = tally.credits.history("fay").entries
+    assert [t.id for t in transactions] == [e.ledger_id for e in history]
+    assert [(t.amount_delta, t.reason, t.balance_after) for t in transactions] == [
+        (-30, "API call: generate-report", 70),
+        (100, "Welcome", 100),
+    ]
+    assert all(t.created_at and t.created_at.endswith("Z") for t in transactions)
+    older = tally.get_transactions("fay", limit=1, offset=1)
+    assert [t.id for t in older] == [history[1].ledger_id]
+
+
+def test_same_idempotency_key_applies_once_and_replays(tally: Tally) -> None:
+    first = tally.credits.add("gus", 100, idempotency_key="order-1")
+    again = tally.credits.add("gus", 100, idempotency_key="order-1")
+    assert again.ledger_id == first.ledger_id
+    assert (first.replayed, again.replayed) == (False, True)
+    spent = tally.credits.deduct("gus", 10, idempotency_key="call-1")
+    assert tally.credits.deduct("gus", 10, idempotency_key="call-1") == DeductResult(
+        success=True,
+        ledger_id=spent.ledger_id,
+        balance_before=100,
+        balance_after=90,
+        replayed=True,
+    )
+    # reauth's requestUuid is the same key.
+    assert tally.charge("gus", amount=5, request_uuid="req-1") == 85
+    assert tally.charge("gus", amount=5, request_uuid="req-1") == 85
+    assert tally.get_balance("gus") == 85
+    assert len(tally.credits.history("gus").entries) == 3
+    with pytest.raises(IdempotencyConflict) as conflict:
+        tally.credits.add("gus", 999, idempotency_key="order-1")
+    assert conflict.value.status == 422 and conflict.value.request_id
+
+
+def test_every_write_carries_an_idempotency_key(tally: Tally, recorder: Recorder) -> None:
+    added = tally.credits.add("hal", 10)
+    tally.credits.deduct("hal", 100)  # refused: 402
+    spent = tally.credits.deduct("hal", 1)
+    assert spent.ledger_id
+    tally.credits.refund(spent.ledger_id)
+    tally.deposit("hal", amount=1)
+    tally.charge("hal", amount=1)
+    tally.credits.balance("hal")
+    posts = [r for r in recorder.requests if r.method == "POST"]
+    assert len(posts) == 6
+    keys = [r.headers["Idempotency-Key"] for r in posts]
+    assert all(uuid.UUID(key).version == 4 for key in keys) and len(set(keys)) == 6
+    assert all("Idempotency-Key" not in r.headers for r in recorder.requests if r.method == "GET")
+    assert added.request_id == recorder.responses[0].headers["X-Request-Id"]
+
+
+def test_errors_carry_the_request_id_and_nothing_shows_the_key(
+    api_server: ApiServer, test_app: AppUnderTest, recorder: Recorder, caplog: Any
+) -> None:
+    key = test_app.api_key
+    wrong = key[:-4] + ("aaaa" if not key.endswith("aaaa") else "bbbb")
+    shown: list[str] = []
+    with recorder.client() as http:
+        with Tally(wrong, api_server.url, http_client=http) as bad:
+            with pytest.raises(AuthenticationError) as denied:
+                bad.credits.balance("ian")
+            shown += [repr(bad), str(bad)]
+        assert denied.value.status == 401
+        assert denied.value.request_id == recorder.responses[-1].headers["X-Request-Id"]
+
+        with Tally(key, api_server.url, http_client=http) as tally:
+            with pytest.raises(APIError) as invalid:
+                tally.credits.deduct("ian", 0)
+            assert invalid.value.status == 400 and "amount" in invalid.value.error
+            assert invalid.value.request_id == recorder.responses[-1].headers["X-Request-Id"]
+            refused = tally.credits.deduct("ian", 1)
+            assert refused.request_id == recorder.responses[-1].headers["X-Request-Id"]
+            shown += [repr(tally), str(tally), repr(tally.credits)]
+            assert "api_key=<hidden>" in repr(tally) and api_server.url in repr(tally)
+
+    for error in (denied.value, invalid.value):
+        assert isinstance(error, TallyError)
+        assert error.request_id and error.request_id in str(error)
+        copy = pickle.loads(pickle.dumps(error))
+        assert (copy.status, copy.error, copy.request_id) == (
+            error.status, error.error, error.request_id,
+        )  # fmt: skip
+        shown += [repr(error), str(error), repr(error.args), repr(error.body), repr(vars(error))]
+    shown.append(caplog.text)
+    for text in shown:
+        assert key not in text and wrong not in text and key[6:] not in text
+
+
+def test_async_client_core_calls(api_server: ApiServer, test_app: AppUnderTest) -> None:
+    recorder = Recorder()
+
+    async def run() -> None:
+        async with (
+            recorder.async_client() as http,
+            AsyncTally(test_app.api_key, api_server.url, http_client=http) as tally,
+        ):
+            added = await tally.credits.add("jo", 100, description="Welcome")
+            assert added.balance_after == 100 and added.request_id
+            again = await tally.credits.add(
+                "jo", 100, description="Welcome", idempotency_key=recorder.keys()[0]
+            )
+            assert again.replayed and again.ledger_id == added.ledger_id
+            spent = await tally.credits.deduct("jo", 30)
+            assert spent.success and spent.balance_after == 70 and spent.ledger_id
+            refused = await tally.credits.deduct("jo", 1_000)
+            assert (refused.success, refused.balance) == (False, 70)
+            refunded = await tally.credits.refund(spent.ledger_id)
+            assert refunded.balance_after == 100
+            batch = await tally.credits.batch(
+                [BatchOperation("deduct", "jo", 10), {"type": "add", "user_id": "kim", "amount": 3}]
+            )
+            assert [item.balance_after for item in batch.results] == [90, 3]
+            assert (await tally.credits.balance("jo")).balance == 90
+            page = await tally.credits.history("jo")
+            assert [e.kind for e in page.entries] == ["deduct", "refund", "deduct", "add"]
+            assert await tally.deposit("kim", amount=7, note="gift") == 10
+            assert await tally.charge("kim", amount=4, request_uuid="r-1") == 6
+            with pytest.raises(InsufficientBalance) as short:
+                await tally.charge("kim", amount=100)
+            assert short.value.balance == 6 and short.value.request_id
+            assert await tally.get_balance("kim") == 6
+            transactions = await tally.get_transactions("kim", limit=2)
+            assert [(t.amount_delta, t.reason) for t in transactions] == [(-4, None), (7, "gift")]
+            assert "api_key=<hidden>" in repr(tally) and test_app.api_key not in repr(tally)
+
+    asyncio.run(run())
+    posts = [r for r in recorder.requests if r.method == "POST"]
+    assert all("Idempotency-Key" in r.headers for r in posts if r.url.path != "/credits/batch")
+
+
+@contextlib.contextmanager
+def _unanswering_server() -> Iterator[int]:
+    """A port that accepts connections and never answers: every read times out."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield server.getsockname()[1]
+
+
+def test_no_answer_is_retried_with_the_same_key_then_raised(caplog: Any) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    recorder = Recorder()
+    started = time.monotonic()
+    with (
+        recorder.client() as http,
+        Tally("tally_secret_key", closed, max_retries=3, backoff=0.01, http_client=http) as t,
+    ):
+        with pytest.raises(ServiceUnavailable) as down:
+            t.credits.deduct("u", 1)
+        assert (down.value.status, down.value.request_id) == (None, None)
+        assert "ConnectError" in str(down.value)
+        assert isinstance(down.value.__cause__, httpx.ConnectError)
+        keys = recorder.keys()
+        assert len(keys) == 4 and len(set(keys)) == 1 and keys[0]
+
+        # A batch: no header, and the same body (the same per-operation keys) every attempt.
+        recorder.requests.clear()
+        with pytest.raises(ServiceUnavailable):
+            t.credits.batch([{"type": "add", "user_id": "u", "amount": 1}])
+        assert len(recorder.requests) == 4
+        assert len({r.content for r in recorder.requests}) == 1
+        assert "Idempotency-Key" not in recorder.requests[0].headers
+    assert time.monotonic() - started < 5
+
+    # A timeout is retried too.
+    recorder = Recorder()
+    with _unanswering_server() as port:
+        with (
+            recorder.client() as http,
+            Tally(
+                "tally_secret_key",
+                f"http://127.0.0.1:{port}",
+                timeout=0.2,
+                max_retries=1,
+                backoff=0.01,
+                http_client=http,
+            ) as t,
+            pytest.raises(ServiceUnavailable) as slow,
+        ):
+            t.charge("u", amount=1, request_uuid="charge-1")
+        assert isinstance(slow.value.__cause__, httpx.TimeoutException)
+        assert recorder.keys() == ["charge-1", "charge-1"]
+
+    # And the async client's retries keep the key as well.
+    async def run() -> list[str | None]:
+        async_recorder = Recorder()
+        async with (
+            async_recorder.async_client() as http,
+            AsyncTally("tally_secret_key", closed, backoff=0.01, http_client=http) as t,
+        ):
+            with pytest.raises(ServiceUnavailable):
+                await t.credits.add("u", 1)
+        return async_recorder.keys()
+
+    keys = asyncio.run(run())
+    assert len(keys) == 3 and len(set(keys)) == 1
+    assert "retry 1 of" in caplog.text and "tally_secret_key" not in caplog.text
+
+
+def test_retry_policy_backoff_and_retry_after() -> None:
+    policy = RetryPolicy(max_retries=5, backoff=0.5, max_backoff=2.0, max_retry_after=30)
+    for retry, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (6, 2.0)]:
+        delays = [policy.delay(retry) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling / 2  # jittered over the whole range, not fixed
+    assert policy.delay(0, retry_after=1.0) == 1.0
+    assert policy.delay(3, retry_after=120.0) == 30.0
+    assert parse_retry_after("1") == 1.0
+    assert parse_retry_after(" 2.5 ") == 2.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("-3") == 0.0
+    later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 10))
+    assert 8 <= (parse_retry_after(later) or 0) <= 11
+    with pytest.raises(ValueError):
+        RetryPolicy(max_retries=-1)
+
+
+def test_deduct_while_redis_is_down_is_retried_and_applied_once(
+    private_stack: PrivateStack,
+) -> None:
+    recorder = Recorder()
+    stack = private_stack
+    with (
+        recorder.client() as http,
+        Tally(
+            stack.api_key,
+            stack.api.url,
+            max_retries=15,
+            backoff=0.05,
+            max_backoff=0.2,
+            http_client=http,
+        ) as tally,
+    ):
+        tally.credits.add("u", 100)
+        # No worker runs here: a snapshot keeps the balance over Redis's restart.
+        direct = redis.Redis(port=stack.redis.port)
+        direct.save()
+        direct.close()
+        recorder.requests.clear()
+        recorder.responses.clear()
+        stack.redis.kill()
+
+        outcome: list[DeductResult | BaseException] = []
+
+        def deduct() -> None:
+            try:
+                outcome.append(tally.credits.deduct("u", 30, description="while down"))
+            except BaseException as exc:  # handed to the test's thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=deduct)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not any(r.status_code == 503 for r in recorder.responses):
+            assert time.monotonic() < deadline, "no 503 while Redis was down"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        stack.redis.start()  # the same port and directory
+        worker.join(15)
+        assert not worker.is_alive()
+
+        (result,) = outcome
+        assert isinstance(result, DeductResult), result
+        assert result.success and (result.balance_before, result.balance_after) == (100, 70)
+        statuses = [r.status_code for r in recorder.responses]
+        assert statuses[0] == 503 and statuses[-1] == 200 and set(statuses) <= {200, 503}
+        keys = recorder.keys()
+        assert len(keys) == len(statuses) >= 2 and len(set(keys)) == 1 and keys[0]
+
+        # Applied exactly once.
+        assert tally.credits.balance("u").balance == 70
+        entries = tally.credits.history("u").entries
+        assert [(e.kind, e.amount) for e in entries] == [("deduct", -30), ("add", 100)]
+
+
+def _build_wheel(source: Path, out: Path) -> Path:
+    try:
+        importlib.metadata.version("build")
+        command = [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(source)]
+    except importlib.metadata.PackageNotFoundError:
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(source)]
+    subprocess.run(command, check=True, capture_output=True, cwd=out, timeout=300)
+    (wheel,) = out.glob("tally_credits_sdk-*.whl")
+    return wheel
+
+
+QUICKSTART = """
+import os
+import tally_credits
+from tally_credits import Tally
+
+with Tally(api_key=os.environ["TALLY_API_KEY"], base_url=os.environ["TALLY_URL"]) as tally:
+    added = tally.credits.add("quickstart-user", 100, description="Welcome credits")
+    print("added", added.balance_after)
+    spent = tally.credits.deduct("quickstart-user", 30, description="AI generation")
+    print("deducted", spent.balance_after)
+print("from", os.path.dirname(tally_credits.__file__))
+"""
+
+
+def test_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
+    api_server: ApiServer, test_app: AppUnderTest
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="tally-sdk-wheel-"))
+    try:
+        # Built from a copy, so the build leaves nothing (build/, *.egg-info) in the tree.
+        source = root / "source"
+        shutil.copytree(
+            SDK, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+        )
+        out = root / "dist"
+        out.mkdir()
+        wheel = _build_wheel(source, out)
+        names = zipfile.ZipFile(wheel).namelist()
+        assert "tally_credits/py.typed" in names and "tally_credits/client.py" in names
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        requires = [
+            line
+            for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+        assert requires == ["Requires-Dist: httpx>=0.27"]
+
+        env_dir = root / "venv"
+        venv.EnvBuilder(with_pip=True).create(env_dir)
+        python = env_dir / "bin" / "python"
+        clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", str(wheel)],
+            check=True,
+            capture_output=True,
+            env=clean,
+            timeout=300,
+        )
+        script = root / "quickstart.py"
+        script.write_text(QUICKSTART)
+        done = subprocess.run(
+            [str(python), str(script)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env=clean | {"TALLY_API_KEY": test_app.api_key, "TALLY_URL": api_server.url},
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[:2] == ["added 100", "deducted 70"]
+        assert lines[2].startswith(f"from {env_dir}")
+        readme = root / "readme.py"
+        readme.write_text(readme_example("python"))
+        done = subprocess.run(
+            [str(python), str(readme)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env=clean | {"TALLY_API_KEY": test_app.api_key, "TALLY_URL": api_server.url},
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout) == (0, "Balance after 90\n"), done.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
