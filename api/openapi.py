@@ -68,6 +68,12 @@ _ERRORS = {
 }
 
 
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    503: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"}},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Doc:
     """What one operation takes and answers, beyond the input rules every one follows."""
@@ -78,6 +84,7 @@ class Doc:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     idempotent: bool = False  # takes an Idempotency-Key header
+    replays: bool = False  # answers a repeated key with the first answer (header or body key)
     errors: tuple[int, ...] = ()
     path: dict[str, str] = field(default_factory=dict)  # path parameter -> description
 
@@ -144,7 +151,7 @@ DOCS: dict[Callable[..., Any], Doc] = {
     client.purchase: Doc(
         "Buy credits with a stored card (202: the card holder must authenticate first)",
         {200: PurchaseView, 202: PurchaseView}, auth="client_token", body=PurchaseRequest,
-        errors=(402, 403, 404, 409, 502),
+        replays=True, errors=(402, 403, 404, 409, 422, 502),
     ),
     client.get_auto_top_up: Doc("The user's auto top-up", {200: TopUpView},
                                 auth="client_token", errors=(403,)),
@@ -154,7 +161,7 @@ DOCS: dict[Callable[..., Any], Doc] = {
                         {200: HealthView, 503: HealthView}, auth=None),
     webhooks.receive: Doc(
         "A payment provider's event, signed with the app's webhook secret",
-        {200: WebhookReceipt}, auth=None, errors=(404,),
+        {200: WebhookReceipt}, auth=None, errors=(404, 413),
         path={"provider": "stripe, polar or lemonsqueezy", "app_id": "the app's id"},
     ),
     openapi: Doc("This document", {200: dict[str, Any]}, auth=None),
@@ -190,7 +197,12 @@ def document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
         "info": {
             "title": "Tally",
             "version": "1",
-            "description": "Self-hosted credits engine. Input rules: docs/api.md#input-rules.",
+            "description": (
+                "Self-hosted credits engine. Input rules: docs/api.md#input-rules. Every route"
+                " also answers 405 to a method it does not take and 401 to a request with more"
+                " than one Authorization header; /client/ routes answer CORS preflights"
+                " (OPTIONS) with 204, or 403 for an origin no app allows."
+            ),
         },
         "paths": paths,
         "components": {
@@ -249,7 +261,7 @@ def _operation(path: str, method: str, doc: Doc, ref: dict[str, Any]) -> dict[st
     if doc.auth is not None:
         operation["security"] = [{doc.auth: []}]
     headers = {"X-Request-Id": {"schema": {"type": "string"}, "description": "Names the request"}}
-    if doc.idempotent:
+    if doc.idempotent or doc.replays:
         headers["Idempotent-Replayed"] = {
             "schema": {"type": "string", "enum": ["true"]},
             "description": "Present when this is the stored answer of an earlier request",
@@ -262,11 +274,12 @@ def _operation(path: str, method: str, doc: Doc, ref: dict[str, Any]) -> dict[st
             "content": {"application/json": {"schema": ref[_name(answer)]}},
         }
     for status in _errors(doc):
+        extra = _ERROR_HEADERS.get(status, {})
         responses.setdefault(
             str(status),
             {
                 "description": _ERRORS[status],
-                "headers": headers,
+                "headers": headers | extra,
                 "content": {"application/json": {"schema": ref["ErrorBody"]}},
             },
         )
@@ -280,9 +293,11 @@ def _errors(doc: Doc) -> Iterable[int]:
     statuses = {400, 503, *doc.errors}
     if doc.auth is not None:
         statuses.add(401)
+    if doc.auth == "api_key":
+        statuses.add(403)  # a client token where the API key belongs
     if doc.body is not None:
         statuses |= {413, 415}
-    if doc.idempotent:
+    if doc.idempotent or doc.replays:
         statuses.add(422)
     return sorted(statuses)
 

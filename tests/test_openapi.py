@@ -41,6 +41,19 @@ def test_the_document_is_valid_openapi_3_1_and_describes_every_route() -> None:
     assert spec["paths"]["/client/balance"]["get"]["security"] == [{"client_token": []}]
 
 
+def test_a_client_token_on_a_server_route_is_a_documented_403(
+    api_server: ApiServer, credentials: dict[str, str]
+) -> None:
+    spec = document(create_app().routes)
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("security") == [{"api_key": []}]:
+                assert "403" in operation["responses"], f"{method} {path}"
+    token = {"Authorization": f"Bearer {credentials['client_token']}"}
+    refused = httpx.get(f"{api_server.url}/credits/balance", params={"user_id": "u"}, headers=token)
+    assert refused.status_code == 403 and refused.json()["success"] is False
+
+
 def test_served_without_a_key(api_server: ApiServer) -> None:
     answer = httpx.get(f"{api_server.url}/openapi.json")
     assert answer.status_code == 200

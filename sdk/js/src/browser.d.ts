@@ -63,8 +63,8 @@ export interface PurchaseResult {
   status: 'succeeded' | 'requires_action' | string;
   creditsPurchased: number;
   newBalance: number | null;
-  paymentIntentId: string;
-  purchaseId: string;
+  paymentIntentId: string | null;
+  purchaseId: number;
   amountCents: number;
   clientSecret?: string;
 }
@@ -80,7 +80,7 @@ export interface AutoTopUpStatus extends AutoTopUpSettings {
   /** 'active', 'retrying', 'paused'… */
   status: string;
   lastFailureReason: string | null;
-  retriesRemaining: number | null;
+  retriesRemaining: number;
   nextRetryAt: string | null;
 }
 

@@ -168,9 +168,10 @@ export interface Credits {
 
 export interface ClientTokens {
   /** A token for one user's browser (see `tally-credits-sdk/browser`). */
-  create(params: ClientTokenParams, options?: WriteOptions): Promise<ClientTokenResult>;
+  /** A retry after a lost answer mints another token: tokens are not idempotent. */
+  create(params: ClientTokenParams, options?: RequestOptions): Promise<ClientTokenResult>;
   /** Rotates the app's signing secret: every token issued so far gets 401. */
-  revokeAll(options?: WriteOptions): Promise<{ success: true }>;
+  revokeAll(options?: RequestOptions): Promise<{ success: true }>;
 }
 
 export declare class Tally {

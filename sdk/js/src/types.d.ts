@@ -32,7 +32,7 @@ export interface Transaction {
   amountDelta: number;
   reason: string | null;
   balanceAfter: number;
-  createdAt: string;
+  createdAt: string | null;
   ledgerId: string;
   kind: string;
   amount: number;

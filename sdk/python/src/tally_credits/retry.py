@@ -69,7 +69,8 @@ class RetryPolicy:
                 rid = outcome.headers.get("X-Request-Id")
                 reason = f"HTTP {outcome.status_code} (request id {rid})"
             elif isinstance(outcome, httpx.TransportError):
-                if retry >= self.max_retries:
+                # A URL httpx cannot send to is a mistake in the settings, not a network blip.
+                if retry >= self.max_retries or isinstance(outcome, httpx.UnsupportedProtocol):
                     raise ServiceUnavailable(
                         f"could not reach Tally after {retry + 1} attempt(s): {describe(outcome)}"
                     ) from outcome
