@@ -564,3 +564,17 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
         assert (done.returncode, done.stdout) == (0, "Balance after 90\n"), done.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_an_answer_that_is_not_tallys_is_an_api_error_with_its_request_id() -> None:
+    """A proxy in front of Tally answering 200 with a page of its own."""
+    page = httpx.MockTransport(
+        lambda request: httpx.Response(200, text="<html>hi</html>", headers={"X-Request-Id": "r1"})
+    )
+    with (
+        httpx.Client(transport=page) as http,
+        Tally("tally_" + "k" * 43, "http://tally", http_client=http) as tally,
+        pytest.raises(APIError) as raised,
+    ):
+        tally.credits.balance("u")
+    assert raised.value.status == 200 and raised.value.request_id == "r1"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .endpoints import Call, Reply
-from .errors import TallyError, error_for_status
+from .errors import APIError, TallyError, error_for_status
 from .retry import RetryPolicy
 from .version import __version__
 
@@ -102,7 +102,16 @@ class Core:
         """The result of `call` from its last answer, or the error it stands for."""
         reply = _reply(response)
         if reply.status in call.accept:
-            return call.parse(reply)
+            try:
+                return call.parse(reply)
+            except (KeyError, TypeError, ValueError) as exc:
+                # Not Tally's answer (a proxy's page, a truncated body): say so, with its id.
+                raise APIError(
+                    f"HTTP {reply.status}: the answer is not what Tally sends ({exc!r})",
+                    status=reply.status,
+                    request_id=reply.request_id,
+                    body=reply.body,
+                ) from exc
         raise _error(reply, response)
 
 
