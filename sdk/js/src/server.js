@@ -11,22 +11,12 @@
 import { transactionsPage } from './case.js';
 import { InsufficientBalanceError } from './errors.js';
 import { isInsufficientCredits, keyedPost } from './tally.js';
-import { Transport } from './transport.js';
+import { apiKeyTransport } from './transport.js';
 
 export { TallyError, InsufficientBalanceError } from './errors.js';
 
 export function createServerClient(options = {}) {
-  const { apiKey, baseUrl, timeoutMs, maxRetries, fetch } = options;
-  if (typeof apiKey !== 'string' || apiKey === '') {
-    throw new TypeError('createServerClient: apiKey is required (tally_...)');
-  }
-  const transport = new Transport({
-    baseUrl,
-    authorization: `Bearer ${apiKey}`,
-    timeoutMs,
-    maxRetries,
-    fetch,
-  });
+  const transport = apiKeyTransport('createServerClient', options);
 
   const entry = async (path, userId, { amount, requestUuid, note, signal } = {}) => {
     const body = { user_id: userId, amount };

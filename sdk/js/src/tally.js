@@ -3,24 +3,14 @@
  */
 import { TallyError } from './errors.js';
 import { newIdempotencyKey } from './idempotency.js';
-import { Transport } from './transport.js';
+import { apiKeyTransport } from './transport.js';
 
 export class Tally {
   /** @type {Credits} */ credits;
   /** @type {ClientTokens} */ clientTokens;
 
   constructor(options = {}) {
-    const { apiKey, baseUrl, timeoutMs, maxRetries, fetch } = options;
-    if (typeof apiKey !== 'string' || apiKey === '') {
-      throw new TypeError('Tally: apiKey is required (tally_...)');
-    }
-    const transport = new Transport({
-      baseUrl,
-      authorization: `Bearer ${apiKey}`,
-      timeoutMs,
-      maxRetries,
-      fetch,
-    });
+    const transport = apiKeyTransport('Tally', options);
     this.credits = new Credits(transport);
     this.clientTokens = new ClientTokens(transport);
   }

@@ -19,6 +19,14 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 8_000;
 const RETRY_AFTER_CAP_MS = 60_000;
 
+/** The transport of a server-side client, which authenticates with the app's API key. */
+export function apiKeyTransport(who, { apiKey, baseUrl, timeoutMs, maxRetries, fetch } = {}) {
+  if (typeof apiKey !== 'string' || apiKey === '') {
+    throw new TypeError(`${who}: apiKey is required (tally_...)`);
+  }
+  return new Transport({ baseUrl, authorization: `Bearer ${apiKey}`, timeoutMs, maxRetries, fetch });
+}
+
 export class Transport {
   #baseUrl;
   #authorization;

@@ -86,13 +86,8 @@ def add(
     metadata: Mapping[str, Any] | None,
     idempotency_key: str | None,
 ) -> Call[AddResult]:
-    return Call(
-        "POST",
-        "/credits/add",
-        lambda r: AddResult.from_json(r.body, replayed=r.replayed, request_id=r.request_id),
-        body=_entry(user_id, amount, description, reference_id, metadata),
-        idempotency_key=_key(idempotency_key),
-    )
+    entry = _entry(user_id, amount, description, reference_id, metadata)
+    return _keyed("/credits/add", AddResult.from_json, entry, idempotency_key, frozenset({200}))
 
 
 def deduct(
@@ -103,13 +98,27 @@ def deduct(
     metadata: Mapping[str, Any] | None,
     idempotency_key: str | None,
 ) -> Call[DeductResult]:
+    entry = _entry(user_id, amount, description, reference_id, metadata)
+    # 402 is an answer: success False, nothing written.
+    accept = frozenset({200, 402})
+    return _keyed("/credits/deduct", DeductResult.from_json, entry, idempotency_key, accept)
+
+
+def _keyed(
+    path: str,
+    parse: Callable[..., T],
+    body: dict[str, Any],
+    idempotency_key: str | None,
+    accept: frozenset[int],
+) -> Call[T]:
+    """An add or a deduct: a POST with an Idempotency-Key, its answer read by `parse`."""
     return Call(
         "POST",
-        "/credits/deduct",
-        lambda r: DeductResult.from_json(r.body, replayed=r.replayed, request_id=r.request_id),
-        body=_entry(user_id, amount, description, reference_id, metadata),
+        path,
+        lambda r: parse(r.body, replayed=r.replayed, request_id=r.request_id),
+        body=body,
         idempotency_key=_key(idempotency_key),
-        accept=frozenset({200, 402}),  # 402 is an answer: success False, nothing written
+        accept=accept,
     )
 
 
