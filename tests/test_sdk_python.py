@@ -537,30 +537,21 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
             env=clean,
             timeout=300,
         )
-        script = root / "quickstart.py"
-        script.write_text(QUICKSTART)
-        done = subprocess.run(
-            [str(python), str(script)],
-            capture_output=True,
-            text=True,
-            cwd=root,
-            env=clean | {"TALLY_API_KEY": test_app.api_key, "TALLY_URL": api_server.url},
-            timeout=60,
-        )
+        env = clean | {"TALLY_API_KEY": test_app.api_key, "TALLY_URL": api_server.url}
+
+        def run(name: str, text: str) -> subprocess.CompletedProcess[str]:
+            (root / name).write_text(text)
+            return subprocess.run(
+                [str(python), str(root / name)],
+                capture_output=True, text=True, cwd=root, env=env, timeout=60,
+            )  # fmt: skip
+
+        done = run("quickstart.py", QUICKSTART)
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
         assert lines[:2] == ["added 100", "deducted 70"]
         assert lines[2].startswith(f"from {env_dir}")
-        readme = root / "readme.py"
-        readme.write_text(readme_example("python"))
-        done = subprocess.run(
-            [str(python), str(readme)],
-            capture_output=True,
-            text=True,
-            cwd=root,
-            env=clean | {"TALLY_API_KEY": test_app.api_key, "TALLY_URL": api_server.url},
-            timeout=60,
-        )
+        done = run("readme.py", readme_example("python"))
         assert (done.returncode, done.stdout) == (0, "Balance after 90\n"), done.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
