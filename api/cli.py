@@ -22,6 +22,9 @@ from engine.container import Engine
 from engine.errors import InvalidRequestError, TallyError, UnavailableError
 from engine.ledger.outbox import outbox_lag
 from engine.models import CREDITS_CONFIG, ApiKey, App
+from engine.operators.passwords import generate_password
+from engine.operators.repository import Operator
+from engine.operators.service import ROLES
 from engine.payments.providers import webhook_urls
 from engine.payments.repository import WebhookEvent
 from engine.settings import Settings
@@ -253,6 +256,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("app_id", help="the app's id (app_...)")
 
+    operators = commands.add_parser(
+        "operators", help="the people who sign in to the dashboard"
+    ).add_subparsers(required=True, metavar="ACTION")
+    op_create = command(operators, "create", _operators_create, "create a dashboard operator")
+    op_create.add_argument("email", help="what the operator signs in with")
+    op_create.add_argument(
+        "--password-stdin", action="store_true",
+        help="read the password from stdin (otherwise one is generated and printed once)",
+    )  # fmt: skip
+    op_create.add_argument(
+        "--role", choices=ROLES, default="admin", help="admin changes things; viewer only looks"
+    )
+    command(operators, "list", _operators_list, "list operators")
+    op_disable = command(
+        operators, "disable", _operators_disable, "disable an operator and end their sessions"
+    )
+    op_disable.add_argument("email", help="the operator's email")
+    op_reset = command(
+        operators, "reset-password", _operators_reset, "set a new password; ends their sessions"
+    )
+    op_reset.add_argument("email", help="the operator's email")
+    op_reset.add_argument(
+        "--password-stdin", action="store_true",
+        help="read the password from stdin (otherwise one is generated and printed once)",
+    )  # fmt: skip
+
     keys = commands.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -263,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = command(keys, "revoke", _keys_revoke, "revoke an API key")
     revoke.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
 
-    for action in (apps, keys, webhooks, vault):
+    for action in (apps, keys, webhooks, vault, operators):
         for sub in action.choices.values():
             sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -481,13 +510,62 @@ def _keys_create(args: argparse.Namespace, cx: Context) -> None:
 
 def _keys_list(args: argparse.Namespace, cx: Context) -> None:
     keys = [_key_view(key) for key in cx.engine.apps.list_keys(args.app_id)]
-    columns = ("key_id", "key_prefix", "status", "created_at", "revoked_at")
+    columns = ("key_id", "key_prefix", "status", "created_at", "last_used_at", "revoked_at")
     _print(args, keys, table(keys, columns, "no API keys"))
 
 
 def _keys_revoke(args: argparse.Namespace, cx: Context) -> None:
     key = _key_view(cx.engine.apps.revoke_key(args.key_id))
     _print(args, key, f"key {key['key_id']} revoked")
+
+
+def _operators_create(args: argparse.Namespace, cx: Context) -> None:
+    password, generated = _password(args)
+    operator = cx.engine.operators.create(args.email, password, args.role)
+    cx.engine.audit.record("cli", "operator.created", email=operator.email, role=operator.role)
+    view = _operator_view(operator) | ({"password": password} if generated else {})
+    text = f"operator {operator.email} ({operator.role}) created"
+    _print(args, view, text + (f"\npassword (shown once): {password}" if generated else ""))
+
+
+def _operators_list(args: argparse.Namespace, cx: Context) -> None:
+    views = [_operator_view(operator) for operator in cx.engine.operators.list()]
+    _print(args, views, table(views, ("email", "role", "status", "created_at"), "no operators"))
+
+
+def _operators_disable(args: argparse.Namespace, cx: Context) -> None:
+    operator = cx.engine.operators.disable(args.email)
+    cx.engine.audit.record("cli", "operator.disabled", email=operator.email)
+    _print(args, _operator_view(operator), f"operator {operator.email} disabled; signed out")
+
+
+def _operators_reset(args: argparse.Namespace, cx: Context) -> None:
+    password, generated = _password(args)
+    operator = cx.engine.operators.reset_password(args.email, password)
+    cx.engine.audit.record("cli", "operator.password_reset", email=operator.email)
+    view = _operator_view(operator) | ({"password": password} if generated else {})
+    text = f"operator {operator.email}: new password set; signed out everywhere"
+    _print(args, view, text + (f"\npassword (shown once): {password}" if generated else ""))
+
+
+def _password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The password from stdin (a password on the command line is visible to `ps`), or a
+    generated one; and whether it was generated."""
+    if not args.password_stdin:
+        return generate_password(), True
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise InvalidRequestError("no password on stdin")
+    return password, False
+
+
+def _operator_view(operator: Operator) -> dict[str, Any]:
+    return {
+        "email": operator.email,
+        "role": operator.role,
+        "status": "disabled" if operator.disabled_at else "active",
+        "created_at": operator.created_at.isoformat(),
+    }
 
 
 def _app_view(app: App, settings: Settings) -> dict[str, Any]:
@@ -513,6 +591,7 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
         "status": "revoked" if key.revoked_at else "active",
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
     }
 
 

@@ -22,6 +22,7 @@ from engine.errors import (
     PaymentProviderError,
     SecretKeyError,
     TallyError,
+    TooManyRequestsError,
     UnavailableError,
     UnsupportedMediaTypeError,
 )
@@ -40,6 +41,7 @@ STATUS: dict[type[TallyError], int] = {
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     IdempotencyConflictError: 422,
+    TooManyRequestsError: 429,
     PaymentProviderError: 502,
     UnavailableError: 503,
     SecretKeyError: 500,  # the server's configuration, which only its operator can fix
@@ -81,6 +83,8 @@ def error_response(exc: TallyError) -> Response:
     headers = {}
     if isinstance(exc, UnavailableError):
         headers["Retry-After"] = "1"
+    elif isinstance(exc, TooManyRequestsError):
+        headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
     if exc.replayed:

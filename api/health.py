@@ -16,7 +16,12 @@ from engine.store.redis import memory_state
 
 
 async def healthz(request: Request) -> Response:
-    engine = engine_of(request)
+    body = await report(engine_of(request))
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+async def report(engine: Engine) -> HealthView:
+    """Redis, PostgreSQL and the outbox as /healthz and the dashboard's Health tab show them."""
     redis_state, outbox = "unavailable", None
     try:
         lags = await engine.bridge.call(outbox_lag, engine.sync_redis)
@@ -49,7 +54,7 @@ async def healthz(request: Request) -> Response:
     }
     if outbox is not None:
         body["outbox"] = outbox
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return body
 
 
 def _ping_postgres(engine: Engine) -> None:

@@ -4,6 +4,7 @@ import json
 import re
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import parse_qsl
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
@@ -295,3 +296,16 @@ def _message(exc: ValidationError, where: str = "") -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown {where or 'field '}{prefix}{field}"
     return prefix + _FIELD_RULES.get(field, f"{field} is invalid")
+
+
+async def read_form(request: Request, limit: int) -> dict[str, str]:
+    """A dashboard form's fields: at most `limit` bytes, URL-encoded (a field sent twice: the
+    last one counts, as for a checkbox after its hidden default)."""
+    body = await read_body(request, limit)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaTypeError("send the form as application/x-www-form-urlencoded")
+    try:
+        return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
+    except UnicodeDecodeError:
+        raise InvalidRequestError("the form is not valid UTF-8") from None

@@ -16,6 +16,7 @@ from redis.asyncio import Redis as AsyncRedis
 from engine.accounts.apps import Apps
 from engine.accounts.auth import AppCache, KeyCache
 from engine.accounts.repository import AppRepository
+from engine.audit.log import AuditLog
 from engine.billing.auto_top_up import AutoTopUps
 from engine.billing.purchases import Purchases
 from engine.billing.repository import BillingRepository
@@ -24,6 +25,9 @@ from engine.ledger.credits import Credits
 from engine.ledger.outbox import OutboxWriter
 from engine.ledger.reconcile import Report, reconcile
 from engine.ledger.repository import LedgerRepository
+from engine.ledger.summaries import Summaries
+from engine.operators.repository import OperatorRepository
+from engine.operators.service import Operators
 from engine.payments.repository import WebhookRepository
 from engine.payments.service import Webhooks
 from engine.settings import Settings
@@ -58,6 +62,10 @@ class Engine:
     webhooks: Webhooks
     purchases: Purchases
     top_ups: AutoTopUps
+    # The dashboard's, on the billing pool: an operator's page never holds up the hot path.
+    operators: Operators
+    audit: AuditLog
+    summaries: Summaries
 
     @classmethod
     def build(cls, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> "Engine":
@@ -99,6 +107,9 @@ class Engine:
             top_ups=AutoTopUps(
                 billing, billing_apps, purchases, sync_redis, credits, bridge, settings
             ),
+            operators=Operators(OperatorRepository(billing_pool)),
+            audit=AuditLog(billing_pool),
+            summaries=Summaries(billing_pool),
         )
 
     def reconcile(self, *, repair: bool = False) -> Report:

@@ -101,3 +101,21 @@ class SecretKeyError(TallyError):
     the operator must fix the configuration; no retry helps."""
 
     code = "secret_key"
+
+
+class SettingsError(InvalidRequestError):
+    """App settings that break their rules: `problems` maps each setting to what is wrong."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(problems.values()))
+        self.problems = problems
+
+
+class TooManyRequestsError(TallyError):
+    """Too many attempts in a window (sign-in failures); `retry_after` seconds until the next."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

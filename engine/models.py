@@ -107,6 +107,7 @@ class ApiKey:
     key_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from engine.vault.keyring import generate_key
 from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
 
 ENV_FILE = Path(".tally-dev") / "env"
+OPERATOR = "admin@tally.localhost"
 
 
 class _Stop(Exception):
@@ -69,6 +70,12 @@ def main() -> None:
                 env=env, check=True, capture_output=True, text=True,
             ).stdout
         )  # fmt: skip
+        operator = json.loads(
+            subprocess.run(
+                [*tally, "operators", "create", OPERATOR, "--json"],
+                env=env, check=True, capture_output=True, text=True,
+            ).stdout
+        )  # fmt: skip
         serve = [*tally, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         processes.append(subprocess.Popen(serve, env=env))
         processes.append(subprocess.Popen([*tally, "worker"], env=env))
@@ -77,7 +84,7 @@ def main() -> None:
         ENV_FILE.unlink(missing_ok=True)
         ENV_FILE.touch(mode=0o600)  # it holds the secret key
         ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in variables.items()))
-        print(_banner(url, created, redis, postgres), flush=True)
+        print(_banner(url, created, operator, redis, postgres), flush=True)
         signal.pause()
         while True:  # a signal other than the three above woke us: keep waiting
             signal.pause()
@@ -99,13 +106,22 @@ def main() -> None:
         ENV_FILE.unlink(missing_ok=True)
 
 
-def _banner(url: str, created: dict[str, str], redis: RedisServer, postgres: PostgresServer) -> str:
+def _banner(
+    url: str,
+    created: dict[str, str],
+    operator: dict[str, str],
+    redis: RedisServer,
+    postgres: PostgresServer,
+) -> str:
     key = created["api_key"]
     return f"""
 Tally is running.
   API          {url}
   app          {created["app_id"]}
   API key      {key}
+  dashboard    {url}/dashboard/
+    email      {operator["email"]}
+    password   {operator["password"]}
   Redis        {redis.url}  (data in {redis.root})
   PostgreSQL   {postgres.url}  (data in {postgres.root})
   secret key   TALLY_SECRET_KEY in {ENV_FILE.resolve()}  (encrypts stored secrets)

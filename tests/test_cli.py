@@ -197,6 +197,9 @@ def test_human_output_is_words_and_aligned_tables(settings: Settings) -> None:
         "STATUS",
         "CREATED",
         "AT",
+        "LAST",
+        "USED",
+        "AT",
         "REVOKED",
         "AT",
     ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from engine.accounts.client_tokens import new_secret
 from engine.accounts.repository import SECRET_COLUMNS, AppRepository
-from engine.errors import InvalidRequestError, NotFoundError
+from engine.errors import InvalidRequestError, NotFoundError, SettingsError
 from engine.models import MAX_AMOUNT, ApiKey, App, text_problem
 
 KEY_PREFIX = "tally_"
@@ -88,11 +88,15 @@ def setting_problem(name: str, value: Any) -> str | None:
 
 def _check_settings(settings: dict[str, Any]) -> None:
     """Every rule of an app's settings, checked on the merged result before anything is saved."""
-    problems = [message for name, (ok, message) in SETTING_RULES.items() if not ok(settings[name])]
-    if settings["max_purchase_cents"] < settings["min_purchase_cents"]:
-        problems.append("max_purchase_cents must not be below min_purchase_cents")
+    problems = {
+        name: message for name, (ok, message) in SETTING_RULES.items() if not ok(settings[name])
+    }
+    if "max_purchase_cents" not in problems and (
+        settings["max_purchase_cents"] < settings["min_purchase_cents"]
+    ):
+        problems["max_purchase_cents"] = "max_purchase_cents must not be below min_purchase_cents"
     if problems:
-        raise InvalidRequestError("; ".join(problems))
+        raise SettingsError(problems)
 
 
 class Apps:

@@ -139,11 +139,13 @@ class AppRepository:
 
     def app_for_key(self, key_hash: bytes, timeout: float | None = None) -> AppContext | None:
         with connection(self._pool, timeout) as conn:
+            # The key cache looks a key up again while it is in use, so last_used_at is
+            # right to within that cache's lifetime at no cost per request.
             row = conn.execute(
-                "SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END,"
-                " a.auto_top_up_available AND a.credits_enabled"
-                " FROM api_keys k JOIN apps a USING (app_id)"
-                " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+                "WITH k AS (UPDATE api_keys SET last_used_at = now()"
+                "  WHERE key_hash = %s AND revoked_at IS NULL RETURNING app_id)"
+                " SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END,"
+                " a.auto_top_up_available AND a.credits_enabled FROM k JOIN apps a USING (app_id)",
                 (key_hash,),
             ).fetchone()
         return AppContext(*row) if row else None

@@ -88,6 +88,9 @@ class Purchases:
         # Cards attached outside Tally go last, in Stripe's order (sorted() is stable).
         return sorted(cards, key=lambda card: order.get(card.id, len(order)))
 
+    def history(self, app: App, user_id: str, limit: int = 20) -> list[Purchase]:
+        return self._billing.purchases_of(app.app_id, user_id, limit)
+
     def setup_intent(self, app: App, user_id: str) -> SetupIntentView:
         gateway = self._gateway(app)
         customer = self._customer(app, user_id, gateway)

@@ -174,6 +174,16 @@ class BillingRepository:
             )
             return one(cur.fetchone())
 
+    def purchases_of(self, app_id: str, user_id: str, limit: int) -> list[Purchase]:
+        """The user's purchases, newest first."""
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(Purchase)) as cur:
+            cur.execute(
+                f"SELECT {_PURCHASE_COLUMNS} FROM purchases WHERE app_id = %s AND user_id = %s"
+                " ORDER BY created_at DESC, purchase_id DESC LIMIT %s",
+                (app_id, user_id, limit),
+            )
+            return cur.fetchall()
+
     def auto_top_up_spent_today(self, app_id: str, user_id: str) -> int:
         """Cents auto top-up charged (or has in flight) since midnight UTC."""
         with connection(self._pool) as conn:

@@ -22,6 +22,7 @@ from engine.errors import (
 )
 from engine.ledger.defaults import HYDRATE_ATTEMPTS
 from engine.ledger.repository import LedgerRepository
+from engine.ledger.summaries import Refusals
 from engine.models import (
     MAX_AMOUNT,
     MAX_DESCRIPTION,
@@ -71,6 +72,8 @@ class Credits:
         self._bridge = bridge
         self._idempotency_ttl = settings.idempotency_ttl_seconds
         self._recent_entries = settings.recent_entries
+        # Refused deducts write no entry: counted here for the dashboard (engine.ledger.summaries).
+        self.refusals = Refusals()
 
     async def add(
         self, app: AppContext, user_id: str, amount: int, **fields: Unpack[EntryFields]
@@ -80,7 +83,11 @@ class Credits:
     async def deduct(
         self, app: AppContext, user_id: str, amount: int, **fields: Unpack[EntryFields]
     ) -> EntryResult:
-        return await self._apply(app, self._prepare(app, "deduct", user_id, -amount, **fields))
+        try:
+            return await self._apply(app, self._prepare(app, "deduct", user_id, -amount, **fields))
+        except InsufficientCreditsError:
+            self.refusals.count(app.app_id)
+            raise
 
     async def take_back(
         self,
@@ -137,6 +144,18 @@ class Credits:
         )  # fmt: skip
         result = await self._apply(app, call)
         return RefundResult(refund=result, refunded_ledger_id=original.ledger_id)
+
+    async def refunded(self, app: AppContext, user_id: str, ledger_ids: list[str]) -> set[str]:
+        """Which of the account's entries have been refunded: Redis marks a refund the moment
+        it is applied, PostgreSQL keeps it when Redis has lost the mark."""
+        if not ledger_ids:
+            return set()
+        keys = account_keys(app.app_id, user_id)
+        with outages():
+            marks = await self._redis.mget([keys.refund_marker(i) for i in ledger_ids])
+        found = {ledger_id for ledger_id, mark in zip(ledger_ids, marks, strict=True) if mark}
+        rest = [ledger_id for ledger_id in ledger_ids if ledger_id not in found]
+        return found | await self._bridge.call(self._repository.refunded, rest)
 
     async def balance(self, app: AppContext, user_id: str) -> Balance:
         _check_text("user_id", user_id, MAX_USER_ID, required=True)
@@ -274,6 +293,9 @@ class Credits:
                 else:
                     try:
                         outcomes[index] = calls[index].result(reply)
+                    except InsufficientCreditsError as exc:
+                        self.refusals.count(app.app_id)
+                        outcomes[index] = exc
                     except TallyError as exc:
                         outcomes[index] = exc
             if missing:

@@ -67,6 +67,15 @@ class LedgerRepository:
             ).fetchone()
         return row[0] if row else None
 
+    def refunded(self, ledger_ids: list[str]) -> set[str]:
+        """Which of these entries have a persisted refund."""
+        with connection(self._pool) as conn:
+            rows = conn.execute(
+                "SELECT refund_of::text FROM ledger_entries WHERE refund_of = ANY(%s::uuid[])",
+                (ledger_ids,),
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def entries_between(self, app_id: str, user_id: str, low: int, high: int) -> list[LedgerEntry]:
         """The account's entries with seq from `low` to `high`, newest first."""
         with connection(self._pool) as conn:
@@ -120,6 +129,18 @@ class LedgerRepository:
                 ([a[0] for a in accounts], [a[1] for a in accounts], [a[2] for a in accounts]),
             ).fetchall()
         return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in rows}
+
+    def last_report(self) -> dict[str, Any] | None:
+        """The latest reconciliation's report, as save_report stored it."""
+        with connection(self._pool) as conn:
+            cursor = conn.execute(
+                "SELECT report_id, started_at, finished_at, accounts_checked, accounts_skipped,"
+                " drifted, repaired, drift FROM reconciliation_reports"
+                " ORDER BY report_id DESC LIMIT 1"
+            )
+            row = cursor.fetchone()
+            names = [column.name for column in cursor.description or ()]
+        return dict(zip(names, row, strict=True)) if row else None
 
     def save_report(self, report: dict[str, Any]) -> int:
         with connection(self._pool) as conn:

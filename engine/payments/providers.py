@@ -20,6 +20,12 @@ from engine.models import MAX_AMOUNT, MAX_USER_ID
 from engine.payments.defaults import TOLERANCE_SECONDS
 
 PROVIDERS = ("stripe", "polar", "lemonsqueezy")
+# The events to select in each provider's webhook settings: the ones parse() acts on.
+EVENTS = {
+    "stripe": ("checkout.session.completed", "payment_intent.succeeded", "charge.refunded"),
+    "polar": ("order.paid", "order.refunded"),
+    "lemonsqueezy": ("order_created", "order_refunded"),
+}
 
 # Currencies whose amounts have no minor unit, or three decimals (Stripe's lists).
 _ZERO_DECIMAL = frozenset(

@@ -54,6 +54,13 @@ class Webhooks:
     def list_events(self, app_id: str | None, status: str | None, limit: int) -> list[WebhookEvent]:
         return self._events.list_events(app_id, status, limit)
 
+    def get(self, event_pk: int) -> WebhookEvent | None:
+        return self._events.get(event_pk)
+
+    def payload(self, event_pk: int) -> bytes:
+        """The body exactly as received and verified."""
+        return self._events.payload(event_pk)
+
     def reopen(self, event_pk: int) -> WebhookEvent:
         event = self._events.reopen(event_pk)
         if event is None:
