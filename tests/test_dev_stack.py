@@ -60,6 +60,7 @@ def test_tally_dev_up_serves_and_a_closed_terminal_leaves_nothing_behind() -> No
             headers={"Authorization": f"Bearer {key[1]}"},
         )
         assert added.status_code == 200 and added.json()["balance_after"] == 100
+        _sign_in(output, port)
     finally:
         os.killpg(process.pid, signal.SIGHUP)  # the terminal closes
         rest, _ = process.communicate(timeout=60)
@@ -68,3 +69,21 @@ def test_tally_dev_up_serves_and_a_closed_terminal_leaves_nothing_behind() -> No
     assert not Path(env_file[1]).exists()
     for marker in [f"--port {port}", *map(str, dirs)]:
         assert _running(marker) == []
+
+
+def _sign_in(output: str, port: int) -> None:
+    """The printed dashboard URL, email and password sign in."""
+    url = re.search(r"dashboard\s+(\S+)", output)
+    email = re.search(r"email\s+(\S+)", output)
+    password = re.search(r"password\s+(\S+)", output)
+    assert url and email and password, output
+    assert url[1] == f"http://127.0.0.1:{port}/dashboard/"
+    with httpx.Client(base_url=url[1]) as browser:
+        form = browser.get("login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert form.status_code == 200 and token, form.text
+        signed_in = browser.post(
+            "login", data={"csrf_token": token[1], "email": email[1], "password": password[1]}
+        )
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard/"
+        assert "Apps" in browser.get("").text

@@ -36,7 +36,7 @@ async def login(request: Request) -> Response:
         new = await engine.bridge.call(engine.operators.sign_in, email, form.get("password", ""))
     except (AuthenticationError, TooManyRequestsError) as exc:
         return _login(request, email, exc, status_of(exc))
-    response = RedirectResponse(PREFIX, status_code=303)
+    response = RedirectResponse(f"{PREFIX}/", status_code=303)
     response.set_cookie(
         COOKIE,
         new.token,
