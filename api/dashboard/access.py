@@ -36,13 +36,19 @@ class Visit:
     engine: Engine
     session: Session
     form: dict[str, str]
+    loaded_app: App | None = None
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """A blocking engine call (PostgreSQL), on the engine's threads."""
         return await self.engine.bridge.call(function, *args, **kwargs)
 
-    async def app(self, app_id: str) -> App:
-        return await self.run(self.engine.apps.get, app_id)
+    async def app(self) -> App:
+        """The app in the path, read once per request however many parts of the page ask."""
+        if self.loaded_app is None:
+            self.loaded_app = await self.run(
+                self.engine.apps.get, self.request.path_params["app_id"]
+            )
+        return self.loaded_app
 
     def audit(self, action: str, app_id: str | None = None, **details: Any) -> Awaitable[None]:
         return self.run(self.engine.audit.record, self.session.email, action, app_id, **details)

@@ -49,7 +49,7 @@ async def _home(
 
 @page
 async def overview(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     summaries = visit.engine.summaries
     days = await visit.run(summaries.days, app.app_id, DAYS)
     hours = await visit.run(summaries.deducts_per_hour, app.app_id, HOURS)
@@ -94,7 +94,7 @@ async def keys(visit: Visit) -> Response:
 
 @change
 async def create_key(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     new_key = await visit.run(visit.engine.apps.create_key, app.app_id)
     await visit.audit("key.created", app.app_id, key_id=new_key.key.key_id)
     return await _keys(visit, new_key=new_key, status=201)
@@ -102,7 +102,7 @@ async def create_key(visit: Visit) -> Response:
 
 @change
 async def revoke_key(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     key_id = visit.request.path_params["key_id"]
     if key_id not in {
         key.key_id for key in await visit.run(visit.engine.apps.list_keys, app.app_id)
@@ -114,7 +114,7 @@ async def revoke_key(visit: Visit) -> Response:
 
 
 async def _keys(visit: Visit, *, new_key: NewKey | None = None, status: int = 200) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     listed = await visit.run(visit.engine.apps.list_keys, app.app_id)
     return visit.render(
         "keys.html", status, app=app, tab="keys", keys=listed[::-1], new_key=new_key

@@ -13,7 +13,7 @@ LIMIT = 200
 
 @page
 async def events(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     status = visit.request.query_params.get("status") or None
     if status not in (None, *STATUSES):
         status = None

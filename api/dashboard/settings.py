@@ -42,14 +42,14 @@ PROVIDER_NAMES = {"stripe": "Stripe", "polar": "Polar", "lemonsqueezy": "Lemon S
 
 @page
 async def settings_page(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     saved = visit.request.query_params.get("saved") == "1"
     return _page(visit, app, _values(app), {}, saved=saved)
 
 
 @change
 async def save_settings(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     values, problems = _parse(visit.form)
     changes = {name: value for name, value in values.items() if value != getattr(app, name)}
     if "overdraft_limit" in changes:

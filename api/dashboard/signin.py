@@ -18,6 +18,7 @@ from api.schemas import read_form
 from api.state import engine_of
 from engine.errors import AuthenticationError, ForbiddenError, TooManyRequestsError
 from engine.operators.service import SESSION_SECONDS
+from engine.settings import Settings
 
 
 async def login_page(request: Request) -> Response:
@@ -44,7 +45,7 @@ async def login(request: Request) -> Response:
         path=PREFIX,
         httponly=True,
         samesite="lax",
-        secure=engine.settings.public_url.startswith("https://"),
+        secure=_secure(engine.settings),
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=f"{PREFIX}/login")
     return response
@@ -75,9 +76,13 @@ def _login(
         status_code=status,
         headers=headers,
     )
-    secure = engine_of(request).settings.public_url.startswith("https://")
     response.set_cookie(
         LOGIN_CSRF_COOKIE, token, path=f"{PREFIX}/login", httponly=True, samesite="strict",
-        secure=secure,
+        secure=_secure(engine_of(request).settings),
     )  # fmt: skip
     return response
+
+
+def _secure(settings: Settings) -> bool:
+    """Cookies only over https when the dashboard is served over https."""
+    return settings.public_url.startswith("https://")

@@ -13,7 +13,7 @@ AUDIT_PAGE = 100
 
 @page
 async def health(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     state = await report(visit.engine)
     try:
         last = await visit.run(visit.engine.ledger.last_report)

@@ -17,7 +17,7 @@ PAGE = 50
 
 @page
 async def users(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     query = visit.request.query_params
     prefix = query.get("q", "")
     after = _cursor(query.get("after", ""))
@@ -51,7 +51,7 @@ async def user(visit: Visit) -> Response:
 
 @change
 async def adjust(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     form = visit.form
     user_id, kind, reason = (
         form.get("user_id", ""),
@@ -83,7 +83,7 @@ async def adjust(visit: Visit) -> Response:
 
 @change
 async def refund(visit: Visit) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     user_id, ledger_id = visit.form.get("user_id", ""), visit.form.get("ledger_id", "")
     try:
         result = await visit.engine.credits.refund(
@@ -103,7 +103,7 @@ async def refund(visit: Visit) -> Response:
 async def _user(
     visit: Visit, user_id: str, *, error: str | None = None, status: int = 200
 ) -> Response:
-    app = await visit.app(visit.request.path_params["app_id"])
+    app = await visit.app()
     engine, context = visit.engine, app.context()
     offset = _page_number(visit.request.query_params.get("page", "0")) * PAGE
     balance = await engine.credits.balance(context, user_id)
