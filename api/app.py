@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from api import client, config, credits, health, openapi, webhooks
+from api import client, config, credits, health, holds, openapi, webhooks
 from api.cors import ClientCors
 from api.dashboard.routes import routes as dashboard_routes
 from api.edge import AccessLog, Edge
@@ -48,6 +48,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/credits/batch", credits.batch, methods=["POST"]),
         Route("/credits/balance", credits.balance, methods=["GET"]),
         Route("/credits/history", credits.history, methods=["GET"]),
+        Route("/credits/holds", holds.create, methods=["POST"]),
+        Route("/credits/holds", holds.list_holds, methods=["GET"]),
+        Route("/credits/holds/{hold_id}", holds.get_hold, methods=["GET"]),
+        Route("/credits/holds/{hold_id}/capture", holds.capture, methods=["POST"]),
+        Route("/credits/holds/{hold_id}/release", holds.release, methods=["POST"]),
         Route("/credits/config", config.get_config, methods=["GET"]),
         Route("/credits/config", config.patch_config, methods=["PATCH"]),
         Route("/credits/auto-top-up", client.get_server_auto_top_up, methods=["GET"]),

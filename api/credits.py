@@ -8,11 +8,14 @@ from starlette.responses import Response
 from api.errors import error_body, status_of
 from api.responses import JSONResponse
 from api.schemas import (
+    AddRequest,
+    BatchOperation,
     BatchRequest,
     EntryRequest,
     HistoryQuery,
     RefundRequest,
     UserQuery,
+    epoch_ms,
     parse_query,
     read_json,
 )
@@ -27,6 +30,7 @@ from api.views import (
     RefundResult,
     balance_view,
     entry_view,
+    iso8601,
 )
 from engine.errors import InvalidRequestError, TallyError
 from engine.models import MAX_IDEMPOTENCY_KEY, EntryResult, Operation
@@ -44,7 +48,10 @@ async def add(request: Request) -> Response:
         "amount": result.amount,
         "balance_after": result.balance_after,
     }
-    return _entry_response(body, result)
+    if result.expires_at_ms is not None:
+        body["grant_id"] = result.ledger_id
+        body["expires_at"] = iso8601(result.expires_at_ms) or ""
+    return entry_response(body, result)
 
 
 async def deduct(request: Request) -> Response:
@@ -57,7 +64,7 @@ async def deduct(request: Request) -> Response:
     }
     if result.top_up_started:
         body["auto_top_up_started"] = True
-    return _entry_response(body, result)
+    return entry_response(body, result)
 
 
 async def batch(request: Request) -> Response:
@@ -76,12 +83,21 @@ async def batch(request: Request) -> Response:
             reference_id=op.reference_id,
             metadata=op.metadata,
             idempotency_key=op.idempotency_key,
+            expires_at_ms=_grant_expiry(index, op),
         )
-        for op in body.operations
+        for index, op in enumerate(body.operations)
     ]
     outcomes = await engine.credits.batch(app, operations)
     result: BatchResult = {"success": True, "results": [_outcome(o) for o in outcomes]}
     return JSONResponse(result)
+
+
+def _grant_expiry(index: int, op: BatchOperation) -> int | None:
+    if op.expires_at is None:
+        return None
+    if op.type != "add":
+        raise InvalidRequestError(f"operations[{index}].expires_at applies to adds only")
+    return epoch_ms(op.expires_at)
 
 
 def _outcome(outcome: EntryResult | TallyError) -> BatchApplied | BatchRefused:
@@ -113,7 +129,7 @@ async def refund(request: Request) -> Response:
         "amount": result.refund.amount,
         "balance_after": result.refund.balance_after,
     }
-    return _entry_response(answer, result.refund)
+    return entry_response(answer, result.refund)
 
 
 async def history(request: Request) -> Response:
@@ -139,20 +155,23 @@ async def balance(request: Request) -> Response:
 async def _apply_entry(request: Request, kind: str) -> EntryResult:
     engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
-    body = await read_json(request, EntryRequest, engine.settings.max_body_bytes)
-    operation = engine.credits.add if kind == "add" else engine.credits.deduct
-    return await operation(
-        app,
-        body.user_id,
-        body.amount,
-        description=body.description,
-        reference_id=body.reference_id,
-        metadata=body.metadata,
+    if kind == "deduct":
+        body = await read_json(request, EntryRequest, engine.settings.max_body_bytes)
+        return await engine.credits.deduct(
+            app, body.user_id, body.amount, description=body.description,
+            reference_id=body.reference_id, metadata=body.metadata,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+    grant = await read_json(request, AddRequest, engine.settings.max_body_bytes)
+    return await engine.credits.add(
+        app, grant.user_id, grant.amount, description=grant.description,
+        reference_id=grant.reference_id, metadata=grant.metadata,
         idempotency_key=idempotency_key,
-    )
+        expires_at_ms=None if grant.expires_at is None else epoch_ms(grant.expires_at),
+    )  # fmt: skip
 
 
-def _entry_response(body: Mapping[str, object], result: EntryResult) -> Response:
+def entry_response(body: Mapping[str, object], result: EntryResult) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return JSONResponse(body, headers=headers)
 

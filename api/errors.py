@@ -59,6 +59,8 @@ def error_body(exc: TallyError) -> ErrorBody:
     body: ErrorBody = {"success": False, "error": exc.message}
     if isinstance(exc, InsufficientCreditsError):
         body["balance"] = exc.balance
+        if exc.available is not None:
+            body["available"] = exc.available
         if exc.floor:
             # With overdraft the user may go below zero: say how far.
             body["floor"] = exc.floor

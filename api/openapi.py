@@ -11,18 +11,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api import client, config, credits, health, webhooks
+from api import client, config, credits, health, holds, webhooks
 from api.config import ConfigPatch
 from api.responses import JSONResponse
 from api.schemas import (
     AddPaymentMethodRequest,
+    AddRequest,
     AutoTopUpRequest,
     BatchRequest,
+    CaptureRequest,
     ClientTokenRequest,
     EntryRequest,
     HistoryQuery,
+    HoldRequest,
     PurchaseRequest,
     RefundRequest,
+    ReleaseRequest,
     ReorderRequest,
     ServerAutoTopUpRequest,
     TransactionsQuery,
@@ -32,6 +36,7 @@ from api.views import (
     AddResult,
     BalanceView,
     BatchResult,
+    CaptureResult,
     CardDeleted,
     CardsView,
     CardView,
@@ -42,6 +47,10 @@ from api.views import (
     ErrorBody,
     HealthView,
     HistoryPage,
+    HoldCreated,
+    HoldReleased,
+    HoldsList,
+    HoldView,
     PurchaseView,
     RefundResult,
     SetupIntentView,
@@ -59,7 +68,7 @@ _ERRORS = {
     402: "Not enough credits, or the card was declined",
     403: "Authenticated, but not allowed (a setting of the app, an origin, the wrong token)",
     404: "Nothing by that id",
-    409: "Conflicts with what happened before (already refunded)",
+    409: "Conflicts with what happened before (already refunded; a hold settled or expired)",
     413: "The body is too large",
     415: "The body is not `Content-Type: application/json`",
     422: "The Idempotency-Key was used before with a different request",
@@ -96,10 +105,12 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(state.openapi)
 
 
+_HOLD_ID = "the hold's id, as POST /credits/holds answered it"
+
 DOCS: dict[Callable[..., Any], Doc] = {
     credits.add: Doc(
-        "Add credits to a user's balance (creates the user)",
-        {200: AddResult}, body=EntryRequest, idempotent=True,
+        "Add credits to a user's balance (creates the user); with expires_at they are a grant",
+        {200: AddResult}, body=AddRequest, idempotent=True, errors=(409,),
     ),
     credits.deduct: Doc(
         "Deduct credits atomically; 402 and nothing written when the balance is short",
@@ -113,7 +124,25 @@ DOCS: dict[Callable[..., Any], Doc] = {
         "Up to 1000 adds and deducts; each operation has its own outcome and idempotency_key",
         {200: BatchResult}, body=BatchRequest,
     ),
-    credits.balance: Doc("A user's balance", {200: BalanceView}, query=UserQuery),
+    credits.balance: Doc("A user's balance, what holds keep of it, and its grants",
+                         {200: BalanceView}, query=UserQuery),
+    holds.create: Doc(
+        "Hold credits for work whose cost is known only afterwards; 402 when available is short",
+        {200: HoldCreated}, body=HoldRequest, idempotent=True, errors=(402, 409),
+    ),
+    holds.list_holds: Doc("A user's active holds, soonest expiry first", {200: HoldsList},
+                          query=UserQuery),
+    holds.get_hold: Doc("One hold, active or settled", {200: HoldView}, errors=(404,),
+                        path={"hold_id": _HOLD_ID}),
+    holds.capture: Doc(
+        "Spend amount of the hold (default: all of it) and release the rest, as one deduct",
+        {200: CaptureResult}, body=CaptureRequest, idempotent=True, errors=(404, 409),
+        path={"hold_id": _HOLD_ID},
+    ),
+    holds.release: Doc(
+        "Release the whole hold", {200: HoldReleased}, body=ReleaseRequest, idempotent=True,
+        errors=(404, 409), path={"hold_id": _HOLD_ID},
+    ),
     credits.history: Doc("A user's ledger entries, newest first", {200: HistoryPage},
                          query=HistoryQuery),
     config.get_config: Doc("The app's credits configuration", {200: ConfigView}),

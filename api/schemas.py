@@ -2,6 +2,7 @@
 
 import json
 import re
+from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
@@ -13,6 +14,8 @@ from starlette.requests import Request
 from engine.accounts.apps import SETTING_RULES
 from engine.accounts.client_tokens import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 from engine.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from engine.holds.service import DEFAULT_TTL_SECONDS as DEFAULT_HOLD_TTL_SECONDS
+from engine.holds.service import MAX_TTL_SECONDS as MAX_HOLD_TTL_SECONDS
 from engine.models import (
     MAX_AMOUNT,
     MAX_DESCRIPTION,
@@ -28,6 +31,9 @@ MAX_BATCH = 1000
 MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000
 
+_EXPIRES_AT_RULE = (
+    "expires_at must be an ISO 8601 date-time with a time zone, e.g. 2027-01-31T00:00:00Z"
+)
 _FIELD_RULES = {
     "user_id": f"user_id must be a non-empty string of at most {MAX_USER_ID} characters",
     "amount": f"amount must be an integer from 1 to {MAX_AMOUNT}",
@@ -48,6 +54,7 @@ _FIELD_RULES = {
     "manual_top_up_available": "manual_top_up_available must be true or false",
     "auto_top_up_available": "auto_top_up_available must be true or false",
     "ttl_seconds": f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}",
+    "expires_at": _EXPIRES_AT_RULE,
     "amount_cents": f"amount_cents must be an integer from 1 to {MAX_AMOUNT}",
     "payment_method_id": "payment_method_id must be a string of 1 to 255 characters",
     "payment_method_ids": "payment_method_ids must be a list of payment method ids",
@@ -88,8 +95,33 @@ class EntryRequest(Strict):
     metadata: dict[str, Any] | None = None
 
 
+def _expires_at(value: str) -> str:
+    epoch_ms(value)
+    return value
+
+
+def epoch_ms(value: str) -> int:
+    """An ISO 8601 date-time with its time zone, as epoch milliseconds."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(_EXPIRES_AT_RULE) from None
+    if moment.tzinfo is None:
+        raise ValueError(_EXPIRES_AT_RULE)
+    return int(moment.timestamp() * 1000)
+
+
+_ExpiresAt = Annotated[str, Field(max_length=64), AfterValidator(_expires_at)]
+
+
+class AddRequest(EntryRequest):
+    # Credits that expire then (a grant); without it, credits never expire.
+    expires_at: _ExpiresAt | None = None
+
+
 class BatchOperation(EntryRequest):
     type: Literal["add", "deduct"]
+    expires_at: _ExpiresAt | None = None  # adds only
     idempotency_key: Annotated[str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)] | None = (
         None
     )
@@ -97,6 +129,24 @@ class BatchOperation(EntryRequest):
 
 class BatchRequest(Strict):
     operations: Annotated[list[BatchOperation], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class HoldRequest(Strict):
+    user_id: _UserId
+    amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)]
+    ttl_seconds: Annotated[int, Field(ge=1, le=MAX_HOLD_TTL_SECONDS)] = DEFAULT_HOLD_TTL_SECONDS
+    description: _Description | None = None
+    reference_id: Annotated[str, Field(max_length=MAX_REFERENCE_ID)] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CaptureRequest(Strict):
+    amount: Annotated[int, Field(ge=1, le=MAX_AMOUNT)] | None = None  # default: the whole hold
+    description: _Description | None = None
+
+
+class ReleaseRequest(Strict):
+    description: _Description | None = None
 
 
 class RefundRequest(Strict):
@@ -187,9 +237,14 @@ def _quoted(name: str) -> bytes:
     return f'"{name}"'.encode()
 
 
-async def read_json(request: Request, model: type[Model], limit: int) -> Model:
-    """A write's body: at most `limit` bytes, JSON by its Content-Type, valid for `model`."""
+async def read_json(
+    request: Request, model: type[Model], limit: int, *, optional: bool = False
+) -> Model:
+    """A write's body: at most `limit` bytes, JSON by its Content-Type, valid for `model`;
+    with `optional`, an empty body stands for `{}`."""
     body = await read_body(request, limit)
+    if optional and not body.strip():
+        return model()
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaTypeError(

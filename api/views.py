@@ -9,7 +9,7 @@ from typing_extensions import TypedDict
 from engine.billing.purchases import PurchaseResult
 from engine.billing.repository import AutoTopUp
 from engine.billing.stripe import Card
-from engine.models import App, Balance, LedgerEntry
+from engine.models import App, Balance, Hold, LedgerEntry
 
 # Each body the API answers with, as a type: mypy holds the views to it and /openapi.json is
 # generated from it (api/openapi.py), so the description cannot drift from the answers.
@@ -19,6 +19,7 @@ class ErrorBody(TypedDict):
     success: Literal[False]
     error: str
     balance: NotRequired[int]  # 402 Insufficient credits
+    available: NotRequired[int]  # 402 Insufficient credits: balance less active holds
     floor: NotRequired[int]  # 402 with overdraft: how far the balance may go
     decline_code: NotRequired[str]  # 402 card declined
     payment_intent_id: NotRequired[str | None]
@@ -35,6 +36,8 @@ class AddResult(TypedDict):
     user_id: str
     amount: int
     balance_after: int
+    grant_id: NotRequired[str]  # credits that expire: the grant's id (its ledger_id)
+    expires_at: NotRequired[str]
 
 
 class DeductResult(TypedDict):
@@ -43,6 +46,54 @@ class DeductResult(TypedDict):
     balance_before: int
     balance_after: int
     auto_top_up_started: NotRequired[bool]
+
+
+class CaptureResult(DeductResult):
+    hold_id: str
+    user_id: str
+    captured: int
+    released: int  # what the hold kept and this capture gave back
+    available: int
+
+
+class HoldCreated(TypedDict):
+    success: Literal[True]
+    hold_id: str
+    user_id: str
+    amount: int
+    expires_at: str
+    balance: int
+    available: int  # balance less every active hold, this one included
+
+
+class HoldReleased(TypedDict):
+    success: Literal[True]
+    hold_id: str
+    user_id: str
+    ledger_id: str
+    released: int
+    balance: int
+    available: int
+
+
+class HoldView(TypedDict):
+    hold_id: str
+    user_id: str
+    amount: int
+    status: Literal["active", "captured", "released", "expired"]
+    expires_at: str
+    created_at: str
+    description: str | None
+    reference_id: str | None
+    metadata: dict[str, Any] | None
+    ledger_id: str  # the hold's own entry
+    settled_by: str | None  # the entry that captured or released it
+    captured: int | None
+
+
+class HoldsList(TypedDict):
+    user_id: str
+    holds: list[HoldView]
 
 
 class RefundResult(TypedDict):
@@ -73,6 +124,17 @@ class BatchResult(TypedDict):
     results: list[BatchApplied | BatchRefused]
 
 
+class GrantPart(TypedDict):
+    grant_id: str
+    amount: int  # grant credits taken (negative) or given back; on a hold, reserved
+
+
+class GrantView(TypedDict):
+    grant_id: str
+    remaining: int  # not reserved by a hold
+    expires_at: str
+
+
 class EntryView(TypedDict):
     ledger_id: str
     kind: str
@@ -85,6 +147,10 @@ class EntryView(TypedDict):
     metadata: dict[str, Any] | None
     refund_of: str | None
     created_at: str | None
+    hold_id: str | None
+    held: int | None  # change of held credits: +amount by a hold, -amount when it is settled
+    expires_at: str | None  # a grant's or a hold's
+    grants: list[GrantPart] | None
 
 
 class TransactionView(EntryView):
@@ -111,6 +177,9 @@ class BalanceView(TypedDict):
     user_id: str
     balance: int
     updated_at: str | None
+    available: int  # balance less active holds: what a deduct may spend (down to the floor)
+    held: int
+    grants: list[GrantView]  # active grants, soonest expiry first
 
 
 class ConfigView(TypedDict):
@@ -222,6 +291,14 @@ def entry_view(entry: LedgerEntry) -> EntryView:
         "metadata": entry.metadata,
         "refund_of": entry.refund_of,
         "created_at": iso8601(entry.created_at_ms),
+        "hold_id": entry.hold_id,
+        "held": entry.held,
+        "expires_at": iso8601(entry.expires_at_ms),
+        "grants": [
+            {"grant_id": part["grant_id"], "amount": int(part["amount"])} for part in entry.grants
+        ]
+        if entry.grants
+        else None,
     }
 
 
@@ -230,6 +307,33 @@ def balance_view(result: Balance) -> BalanceView:
         "user_id": result.user_id,
         "balance": result.balance,
         "updated_at": iso8601(result.updated_at_ms),
+        "available": result.available,
+        "held": result.held,
+        "grants": [
+            {
+                "grant_id": grant.grant_id,
+                "remaining": grant.remaining,
+                "expires_at": iso8601(grant.expires_at_ms) or "",
+            }
+            for grant in result.grants
+        ],
+    }
+
+
+def hold_view(hold: Hold) -> HoldView:
+    return {
+        "hold_id": hold.hold_id,
+        "user_id": hold.user_id,
+        "amount": hold.amount,
+        "status": hold.status,  # type: ignore[typeddict-item]
+        "expires_at": iso8601(hold.expires_at_ms) or "",
+        "created_at": iso8601(hold.created_at_ms) or "",
+        "description": hold.description,
+        "reference_id": hold.reference_id,
+        "metadata": hold.metadata,
+        "ledger_id": hold.ledger_id,
+        "settled_by": hold.settled_by,
+        "captured": hold.captured,
     }
 
 

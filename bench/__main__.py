@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from bench import cpu, engine_bench, load, report
+from bench import cpu, engine_bench, holds, load, report
 from bench.stack import USERS, Stack, burst, server, stack, worker
 from engine.ledger.outbox import outbox_depths
 from engine.store.redis import sync_client
@@ -84,6 +84,9 @@ def main() -> None:
                 measure("tally balance", url, "/credits/balance?user_id={user}", USERS, conns,
                         key=key, method="GET")  # fmt: skip
             _batch(url, key, measure)
+            # The same server: a hold + capture pair against a deduct, sequential medians.
+            hold_figures = holds.run(url, key, 500 if args.quick else 2000)
+            print("\n".join(hold_figures.lines()))
             peak = max(r["rps"] for r in rows if r["scenario"] == "tally deduct")
             write_through = _write_through(s, url, key, peak, seconds)
             aof = _aof(s, url, key, seconds)
@@ -108,10 +111,15 @@ def main() -> None:
         "engine": engine,
         "cpu_us_per_request": cpu_us,
         "write_through": write_through | aof,
+        "holds": hold_figures.as_dict(),
     }
     results["summary"] = _summary(rows, write_through, aof, peak)
     results["summary"]["CPU per deduct, in-process: tally / floor"] = (
         f"{cpu_us['tally / floor']:.2f} ({cpu_us['tally deduct']:.0f} vs {cpu_us['floor']:.0f} µs)"
+    )
+    results["summary"]["hold + capture / deduct, sequential median latency"] = (
+        f"{hold_figures.ratio:.2f} ({hold_figures.hold_capture_ms:.2f} vs"
+        f" {hold_figures.deduct_ms:.2f} ms)"
     )
     print()
     print(report.table(rows))

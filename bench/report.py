@@ -69,6 +69,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
     extra = "\n".join(
         f"| {k} | {v} |" for k, v in results["write_through"].items() if not k.startswith("_")
     )
+    holds = results["holds"]
     return f"""# Benchmarks
 
 Produced by `{command}` on {results["finished_at"]}; every figure comes from that one session
@@ -113,6 +114,19 @@ processes each (uvloop, httptools), Redis with AOF `everysec`, PostgreSQL with
 The ASGI app called directly, {results["cpu_us_per_request"]["floor"]:.0f} µs for the floor and
 {results["cpu_us_per_request"]["tally deduct"]:.0f} µs for Tally's deduct: steadier than wrk,
 and free of the HTTP server and the load generator.
+
+## Holds: hold + capture against a deduct
+
+Sequential requests on one keep-alive connection to the same server, deducts and hold +
+capture pairs alternating ({holds["pairs"]:,} of each); medians, client time included.
+
+| operation | median ms |
+|---|---|
+| deduct | {holds["deduct_ms"]:.3f} |
+| hold | {holds["hold_ms"]:.3f} |
+| capture | {holds["capture_ms"]:.3f} |
+| hold + capture | {holds["hold_capture_ms"]:.3f} |
+| hold + capture / deduct | {holds["hold_capture_over_deduct"]:.2f} |
 
 ## Write-through and durability
 

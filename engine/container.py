@@ -21,6 +21,7 @@ from engine.billing.auto_top_up import AutoTopUps
 from engine.billing.purchases import Purchases
 from engine.billing.repository import BillingRepository
 from engine.bridge import Bridge
+from engine.holds.service import Holds
 from engine.ledger.credits import Credits
 from engine.ledger.outbox import OutboxWriter
 from engine.ledger.reconcile import Report, reconcile
@@ -55,6 +56,7 @@ class Engine:
     ledger: LedgerRepository
     app_repository: AppRepository
     credits: Credits
+    holds: Holds
     outbox: OutboxWriter
     apps: Apps
     keys: KeyCache
@@ -98,6 +100,7 @@ class Engine:
             ledger=ledger,
             app_repository=app_repository,
             credits=credits,
+            holds=Holds(redis, credits, ledger, bridge, settings),
             outbox=OutboxWriter(sync_redis, ledger, consumer, settings.outbox_batch_size),
             apps=Apps(app_repository),
             keys=KeyCache(app_repository, bridge, settings.auth_cache_seconds),

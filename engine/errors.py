@@ -70,10 +70,12 @@ class AlreadyRefundedError(TallyError):
 class InsufficientCreditsError(TallyError):
     code = "insufficient_credits"
 
-    def __init__(self, balance: int, floor: int) -> None:
+    def __init__(self, balance: int, floor: int, available: int | None = None) -> None:
         super().__init__("Insufficient credits")
         self.balance = balance
         self.floor = floor
+        # balance - held: told when holds keep some of the balance (and always for a hold)
+        self.available = available
 
 
 class IdempotencyConflictError(TallyError):

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -123,6 +124,19 @@ class EntryResult:
     created_at_ms: int
     replayed: bool
     top_up_started: bool = False  # this deduct left the balance below the auto top-up threshold
+    available: int | None = None  # balance - held after the entry
+    expires_at_ms: int | None = None  # a grant's expiry
+    hold_id: str | None = None
+    held: int | None = None  # change of the held credits (a hold: +amount; its settle: -amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Credits that expire: what is left of them (not reserved by a hold), and when."""
+
+    grant_id: str  # the ledger_id of the add that made it
+    remaining: int
+    expires_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +144,12 @@ class Balance:
     user_id: str
     balance: int
     updated_at_ms: int | None
+    held: int = 0
+    grants: tuple[Grant, ...] = ()
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +157,9 @@ class LedgerEntry:
     ledger_id: str
     app_id: str
     user_id: str
-    kind: str  # add, deduct, refund
+    # add, deduct, refund, payment_refund; expire (a grant's remainder at its expiry); hold,
+    # release, hold_expire (amount 0: they change what is held, not the balance)
+    kind: str
     amount: int  # signed: negative takes credits away
     balance_after: int
     description: str | None
@@ -147,13 +169,54 @@ class LedgerEntry:
     refund_of: str | None
     seq: int  # position in the account's history, from 1
     created_at_ms: int
+    hold_id: str | None = None
+    held: int | None = None  # change of the account's held credits
+    expires_at_ms: int | None = None  # a grant's or a hold's expiry
+    # Grant credits this entry took (negative) or gave back (positive); on a hold, what it
+    # reserved (docs/holds-and-grants.md)
+    grants: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "LedgerEntry":
         """Parse an entry as the Lua scripts store it; json keeps big metadata integers exact."""
         fields = json.loads(text)
         fields["created_at_ms"] = fields.pop("created_at")
+        if "expires_at" in fields:
+            fields["expires_at_ms"] = fields.pop("expires_at")
         return cls(**fields)
+
+    def to_json(self) -> str:
+        """The entry as the Lua scripts write it (from_json reads it back)."""
+        fields = {field.name: getattr(self, field.name) for field in dataclass_fields(self)}
+        fields["created_at"] = fields.pop("created_at_ms")
+        fields["expires_at"] = fields.pop("expires_at_ms")
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Credits reserved for work whose cost is known only afterwards."""
+
+    hold_id: str
+    user_id: str
+    amount: int
+    status: str  # active, captured, released, expired
+    expires_at_ms: int
+    created_at_ms: int
+    description: str | None
+    reference_id: str | None
+    metadata: dict[str, Any] | None
+    ledger_id: str  # the hold's own entry
+    settled_by: str | None = None  # the ledger_id of the entry that captured or released it
+    captured: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    hold: Hold
+    balance: int
+    available: int
+    replayed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +245,4 @@ class Operation:
     reference_id: str | None = None
     metadata: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    expires_at_ms: int | None = None  # an add that is a grant

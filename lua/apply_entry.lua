@@ -1,126 +1,141 @@
 -- apply_entry.lua: post one ledger entry (add, deduct or refund) to an account, at most once per
--- idempotency key, and a refund at most once per refunded entry.
--- Called by engine.credits.Credits._apply (one entry) and Credits.batch (many, pipelined).
+-- idempotency key, and a refund at most once per refunded entry. Grant credits are burned and
+-- given back here; what is due to expire expires first (lua/account.lua).
+-- Called by engine.ledger.credits.Credits (one entry, or many pipelined for a batch).
 --
--- KEYS[1] account hash (balance, seq, updated_at)
--- KEYS[2] recent-entries list of the account
--- KEYS[3] outbox stream of the account's shard
--- KEYS[4] unpersisted-entries hash of the shard (ledger_id -> entry JSON)
--- KEYS[5] idempotency hash, when ARGV[9] has "i"
--- next:  refund marker of the refunded entry, when ARGV[9] has "r"
--- next two: the account's auto top-up hash (threshold, pending) and its shard's top-up-due sorted
---       set, when ARGV[9] has "t"
+-- KEYS[1..7] account hash, recent-entries list, the shard's outbox stream, the shard's
+--            unpersisted-entries hash, grants hash, holds hash, the shard's expiry-due set
+-- next, as ARGV[9] names them: "i" idempotency hash, "r" refund marker of the refunded entry,
+--       "t" the account's auto top-up hash and its shard's top-up-due set
 --
 -- ARGV[1] delta: signed integer, |delta| in 1..2^53-1
--- ARGV[2] floor: lowest balance a negative delta may leave (0, or -overdraft limit)
--- ARGV[3] entry JSON without amount and closing brace; the script appends amount,
---         balance_after and seq
+-- ARGV[2] floor: lowest balance a negative delta may leave (0, or -overdraft limit); held
+--         credits count as spent
+-- ARGV[3] entry JSON without amount and closing brace, ledger_id first; the script appends
+--         amount, balance_after, seq and the grants the entry drew from or gave back to
 -- ARGV[4] request fingerprint (compared on a repeated idempotency key)
 -- ARGV[5] idempotency TTL in seconds
 -- ARGV[6] length of the recent-entries list
--- ARGV[7] now, epoch milliseconds (the account's updated_at)
--- ARGV[8] ledger_id of the entry
--- ARGV[9] mode, any of: "i" KEYS holds an idempotency key, "r" KEYS holds a refund marker,
---         "c" take only what the floor allows when a negative delta would cross it,
---         "t" start an auto top-up when the entry leaves the balance below the threshold
+-- ARGV[7] now, epoch milliseconds
+-- ARGV[8] ledger_id of the entry (the grant_id of a grant)
+-- ARGV[9] mode, any of: "i", "r", "t" (keys above); "c" take only what the floor allows when a
+--         negative delta would cross it; "g" the entry is a grant expiring at ARGV[11];
+--         "x" a refund of the grant ARGV[11]: it takes what is left of it, whatever the delta;
+--         "p" a negative delta takes credits that never expire first (a refunded purchase),
+--         else grant credits go first (soonest expiry first)
 -- ARGV[10] the account's member in the top-up-due set, when ARGV[9] has "t"
+-- ARGV[11] see "g" and "x"
+-- ARGV[12..] a refund of an entry that drew from grants: grant_id, credits, ... to give back
 --
 -- A positive delta may not take the balance above 2^53-1 (exact in doubles and JavaScript).
 --
 -- Returns one of:
---   {"ok", balance_before, entry_json, top_up} applied; top_up is 1 when this entry started an
---                                            auto top-up (at most one is pending per account)
---   {"replay", balance_before, entry_json}   the stored first result of this idempotency key
+--   {"ok", balance_before, entry_json, top_up, available}  top_up is 1 when this entry started
+--                                            an auto top-up (at most one pending per account)
+--   {"replay", balance_before, entry_json, 0, available}  the first result of this key
 --   {"conflict"}                             the key was used with a different request
 --   {"refunded", ledger_id}                  the refunded entry already has this refund
 --   {"missing"}                              no account in Redis: hydrate it, then call again
---   {"insufficient", balance}                below the floor (or at it, when clamping); nothing
---                                            written
---   {"overflow", balance}                    above the ceiling; nothing written
+--   {"insufficient", balance, available}     below the floor (or at it, when clamping)
+--   {"overflow", balance}                    above the ceiling
+--   {"grant_gone"} / {"grant_spent"}         "x": the grant expired / has nothing left
+--   {"too_many_grants"}                      "g": the account has MAX_GRANTS active grants
+-- Nothing is written unless the answer is "ok" (expiries that were due excepted).
 --
 -- Every check comes before the first write: Redis never rolls a script back. Numbers are turned
 -- into text with %d only, because Lua's tostring rounds past 14 digits.
 
-local CEILING = 9007199254740991
 local mode = ARGV[9]
-local next_key = 5
-local idem, marker, top_up, top_up_due
-if string.find(mode, 'i', 1, true) then
-  idem = KEYS[next_key]
-  next_key = next_key + 1
+local st, reply = start(mode, ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5])
+if not st then
+  return reply
 end
-if string.find(mode, 'r', 1, true) then
-  marker = KEYS[next_key]
-  next_key = next_key + 1
-end
-if string.find(mode, 't', 1, true) then
-  top_up = KEYS[next_key]
-  top_up_due = KEYS[next_key + 1]
-end
-
-if idem then
-  local stored = redis.call('HMGET', idem, 'fingerprint', 'balance_before', 'entry')
-  if stored[1] then
-    if stored[1] ~= ARGV[4] then
-      return {'conflict'}
-    end
-    return {'replay', stored[2], stored[3]}
-  end
-end
-
-if marker then
-  local refund = redis.call('GET', marker)
+if A.marker then
+  local refund = redis.call('GET', A.marker)
   if refund then
+    finish()
     return {'refunded', refund}
   end
 end
 
-local raw = redis.call('HGET', KEYS[1], 'balance')
-if not raw then
-  return {'missing'}
-end
-
 local delta = tonumber(ARGV[1])
 local floor = tonumber(ARGV[2])
-local after = tonumber(raw) + delta
-if delta < 0 and after < floor then
-  if not string.find(mode, 'c', 1, true) or tonumber(raw) <= floor then
-    return {'insufficient', raw}
+local refunded_grant
+if string.find(mode, 'x', 1, true) then
+  local value = redis.call('HGET', A.grants, ARGV[11])
+  if not value then
+    finish()
+    return {'grant_gone'}
   end
-  delta = floor - tonumber(raw)
+  refunded_grant = parse_grant(ARGV[11], value)
+  if refunded_grant.left == 0 then
+    finish()
+    return {'grant_spent'}
+  end
+  delta = -refunded_grant.left
 end
-if delta > 0 and after > CEILING then
-  return {'overflow', raw}
+local before = st.balance
+local available = before - st.held
+if delta < 0 and available + delta < floor then
+  if not string.find(mode, 'c', 1, true) or available <= floor then
+    finish()
+    return {'insufficient', fmt(before), fmt(available)}
+  end
+  delta = floor - available
 end
+if delta > 0 and before + delta > CEILING then
+  finish()
+  return {'overflow', fmt(before)}
+end
+local grant_expires
+if string.find(mode, 'g', 1, true) then
+  grant_expires = tonumber(ARGV[11])
+  if redis.call('HLEN', A.grants) >= MAX_GRANTS then
+    finish()
+    return {'too_many_grants'}
+  end
+end
+local threshold = top_up_threshold(-delta)
 
-local threshold
-if top_up and delta < 0 then
-  threshold = redis.call('HGET', top_up, 'threshold')
+-- Writes from here on.
+local parts, sign, dead = {}, -1, {}
+if refunded_grant then
+  redis.call('HDEL', A.grants, refunded_grant.id)
+  set_granted(st, st.granted - refunded_grant.left)
+  parts = {{refunded_grant.id, refunded_grant.left}}
+elseif delta < 0 and string.find(mode, 'p', 1, true) then
+  local lasting = math.max(0, before - st.held - st.granted)
+  parts = burn(st, -delta - math.min(-delta, lasting))
+elseif delta < 0 then
+  parts = burn(st, -delta)
+elseif ARGV[12] then
+  for i = 12, #ARGV, 2 do
+    parts[#parts + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
+  end
+  sign = 1
+  dead = give_back(st, parts)
 end
-
-delta = string.format('%d', delta)
-after = redis.call('HINCRBY', KEYS[1], 'balance', delta)
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[7])
-local entry = ARGV[3] .. ',"amount":' .. delta .. ',"balance_after":' .. string.format('%d', after)
-  .. ',"seq":' .. string.format('%d', seq) .. '}'
-redis.call('XADD', KEYS[3], '*', 'e', entry)
-redis.call('HSET', KEYS[4], ARGV[8], entry)
-redis.call('LPUSH', KEYS[2], entry)
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
-if idem then
-  redis.call('HSET', idem, 'fingerprint', ARGV[4], 'balance_before', raw, 'entry', entry)
-  redis.call('EXPIRE', idem, ARGV[5])
+-- A grant first pays back an overdraft, recorded as taken from it: what it covered no longer
+-- expires with it.
+local repaid = 0
+if grant_expires then
+  repaid = math.max(0, math.min(delta, st.held + st.granted - before))
+  if repaid > 0 then
+    parts = {{ARGV[8], repaid}}
+  end
 end
-if marker then
-  redis.call('SET', marker, ARGV[8])
+local entry, seq = post(st, ARGV[8], ARGV[3], delta, grants_json(parts, sign))
+if grant_expires then
+  local left = delta - repaid
+  redis.call('HSET', A.grants, ARGV[8], grant_value({expires = grant_expires, seq = seq, left = left}))
+  set_granted(st, st.granted + left)
+  sooner(st, grant_expires)
 end
--- HSETNX lets exactly one of many concurrent deducts below the threshold start the top-up; the
--- worker clears `pending` when the top-up is over.
-local started = 0
-if threshold and after < tonumber(threshold)
-    and redis.call('HSETNX', top_up, 'pending', ARGV[8]) == 1 then
-  redis.call('ZADD', top_up_due, ARGV[7], ARGV[10])
-  started = 1
+expire_parts(st, dead)
+finish()
+remember(before, entry, st.balance - st.held)
+if A.marker then
+  redis.call('SET', A.marker, ARGV[8])
 end
-return {'ok', raw, entry, started}
+local started = start_top_up(threshold, st.balance, ARGV[8], ARGV[10])
+return {'ok', fmt(before), entry, started, fmt(st.balance - st.held)}

@@ -55,14 +55,18 @@ def test_deduct_from_unknown_user_is_402_with_zero(client: httpx.Client) -> None
 def test_balance(client: httpx.Client) -> None:
     add(client, "u", 42)
     body = client.get("/credits/balance", params={"user_id": "u"}).json()
-    assert set(body) == {"user_id", "balance", "updated_at"}
-    assert (body["user_id"], body["balance"]) == ("u", 42)
+    assert set(body) == {"user_id", "balance", "updated_at", "available", "held", "grants"}
+    assert (body["user_id"], body["balance"], body["available"]) == ("u", 42, 42)
+    assert (body["held"], body["grants"]) == (0, [])
     assert body["updated_at"].endswith("Z") and body["updated_at"].startswith("20")
 
 
 def test_balance_of_unknown_user_is_zero_with_null_updated_at(client: httpx.Client) -> None:
     body = client.get("/credits/balance", params={"user_id": "ghost"}).json()
-    assert body == {"user_id": "ghost", "balance": 0, "updated_at": None}
+    assert body == {
+        "user_id": "ghost", "balance": 0, "updated_at": None, "available": 0, "held": 0,
+        "grants": [],
+    }  # fmt: skip
 
 
 def test_big_amounts_stay_exact(client: httpx.Client) -> None:

@@ -66,6 +66,9 @@ def test_a_token_for_one_user_cannot_reach_another_or_change_credits(
             "user_id": "alice",
             "balance": 0,
             "updated_at": None,
+            "available": 0,
+            "held": 0,
+            "grants": [],
         }
         # Server routes refuse it whatever the body says.
         for path, body in (

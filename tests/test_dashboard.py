@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -470,6 +471,78 @@ def test_an_entry_refunded_on_a_newer_page_is_marked_refunded(
     expect(first_row).to_have_count(1)
     expect(first_row.get_by_role("button", name="Refund")).to_have_count(0, timeout=1000)
     expect(first_row.locator("td").last).to_have_text("refunded")
+
+
+def test_the_user_page_shows_grants_holds_and_what_is_available(
+    page: Page, test_app: AppUnderTest, client: httpx.Client
+) -> None:
+    user = "erin"
+    expires = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+    grant = ok(client.post("/credits/add", json={
+        "user_id": user, "amount": 100, "description": "Trial credits",
+        "expires_at": expires.isoformat().replace("+00:00", "Z"),
+    }))  # fmt: skip
+    ok(client.post("/credits/add", json={"user_id": user, "amount": 50, "description": "Plan"}))
+    hold = ok(client.post("/credits/holds", json={
+        "user_id": user, "amount": 30, "ttl_seconds": 600, "description": "Render job",
+        "reference_id": "job-7",
+    }))  # fmt: skip
+    captured = ok(client.post("/credits/holds", json={"user_id": user, "amount": 20}))
+    ok(client.post(f"/credits/holds/{captured['hold_id']}/capture", json={"amount": 15}))
+    released = ok(client.post("/credits/holds", json={"user_id": user, "amount": 10}))
+    ok(client.post(f"/credits/holds/{released['hold_id']}/release"))
+    # Grant credits go first: 30 reserved by the open hold and 15 spent leave 55 of the 100.
+    figures = ok(client.get("/credits/balance", params={"user_id": user}))
+    assert (figures["balance"], figures["held"], figures["available"]) == (135, 30, 105)
+    assert [(g["grant_id"], g["remaining"]) for g in figures["grants"]] == [(grant["grant_id"], 55)]
+
+    goto(page, user_path(test_app.app_id, user))
+    expect(page.locator("#balance")).to_have_text("135")
+    expect(page.locator("#held")).to_have_text("30")
+    expect(page.locator("#available")).to_have_text("105")
+
+    grants = page.locator("table.grants tbody tr")
+    expect(grants).to_have_count(1)
+    grant_short = grant["grant_id"][:8] + "…"
+    expect(grants.locator("td").nth(0)).to_have_text(grant_short)
+    expect(grants.locator("td code")).to_have_attribute("title", grant["grant_id"])
+    expect(grants.locator("td").nth(1)).to_have_text("55")
+    expect(grants.locator("td").nth(2)).to_have_text(expires.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+    holds = page.locator("table.holds tbody tr")
+    expect(holds).to_have_count(1)  # the captured and the released holds are not active
+    hold_short = hold["hold_id"][:13] + "…"
+    expect(holds.locator("td").nth(0)).to_have_text(hold_short)
+    expect(holds.locator("td code")).to_have_attribute("title", hold["hold_id"])
+    expect(holds.locator("td").nth(1)).to_have_text("30")
+    expect(holds.locator("td").nth(3)).to_have_text("Render job")
+    expect(holds.locator("td").nth(4)).to_have_text("job-7")
+
+    # The ledger names each kind and says which hold and grant an entry concerns.
+    ledger = page.locator("table.ledger tbody tr")
+    expect(ledger).to_have_count(7)
+    kinds = ledger.evaluate_all("rows => rows.map(r => r.cells[1].innerText.trim())")
+    assert kinds == ["hold released", "hold", "capture", "hold", "hold", "add", "add"], kinds
+    capture = ledger.nth(2)
+    expect(capture.locator("td").nth(2)).to_have_text("-15")
+    notes = capture.locator("td.notes .note")
+    expect(notes).to_have_text([
+        f"{captured['hold_id'][:13]}…: frees 20 held", f"15 from grant {grant_short}",
+    ])  # fmt: skip
+    expect(ledger.nth(4).locator("td.notes .note")).to_have_text([
+        re.compile(rf"^{re.escape(hold_short)}: holds 30 until \d{{4}}-"),
+        f"reserves 30 of grant {grant_short}",
+    ])  # fmt: skip
+    expect(ledger.nth(0).locator("td.notes")).to_have_text(
+        f"{released['hold_id'][:13]}…: frees 10 held"
+    )
+    granted = ledger.filter(has_text="Trial credits")
+    expect(granted.locator("td.notes")).to_have_text(
+        "grant, expires " + expires.strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+    for n in (0, 1, 3, 4):  # a hold or its release moves no credits: nothing to refund
+        expect(ledger.nth(n).get_by_role("button", name="Refund")).to_have_count(0)
+    expect(capture.get_by_role("button", name="Refund")).to_have_count(1)
 
 
 # --- who may change what -------------------------------------------------------------------------

@@ -47,24 +47,25 @@ async def apply_entry(
     recent: int = 5,
     top_up: bool = False,
 ) -> list[Any]:
-    keys = [KEYS.account, KEYS.recent, KEYS.outbox, KEYS.unpersisted]
+    keys = KEYS.script_keys()
     if idempotency_key:
         keys.append(KEYS.idempotency(idempotency_key))
     if refund_of:
         keys.append(KEYS.refund_marker(refund_of))
     mode = ("i" if idempotency_key else "") + ("r" if refund_of else "") + ("c" if clamp else "")
-    args = [delta, floor, _entry(ledger_id), fingerprint, 86_400, recent, 1234, ledger_id, mode]
+    args = [delta, floor, _entry(ledger_id), fingerprint, 86_400, recent, 1234, ledger_id, mode, ""]
     if top_up:
         keys += [KEYS.top_up(), KEYS.top_up_due()]
-        args[-1] += "t"
-        args.append(KEYS.top_up_member())
+        args[8] += "t"
+        args[9] = KEYS.top_up_member()
     reply: list[Any] = await Scripts.register_async(redis).apply_entry(keys=keys, args=args)
     return reply
 
 
 async def hydrate(redis: "Redis", balance: int, updated_at: str = "99", seq: int = 0) -> int:
     written: int = await Scripts.register_async(redis).hydrate(
-        keys=[KEYS.account], args=[balance, seq, updated_at]
+        keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
+        args=[balance, seq, updated_at, "", 0, 0, "", 0],
     )
     return written
 
@@ -82,7 +83,7 @@ async def test_hydrate_writes_only_a_missing_account(redis: "Redis") -> None:
 
 async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis") -> None:
     await hydrate(redis, 100, seq=41)
-    status, before, entry, _ = await apply_entry(redis, -30)
+    status, before, entry, *_ = await apply_entry(redis, -30)
     assert (status, int(before)) == ("ok", 100)
     assert orjson.loads(entry)["amount"] == -30
     assert orjson.loads(entry)["balance_after"] == 70
@@ -96,7 +97,7 @@ async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis"
 
 async def test_insufficient_writes_nothing(redis: "Redis") -> None:
     await hydrate(redis, 5)
-    assert await apply_entry(redis, -6, idempotency_key="k") == ["insufficient", "5"]
+    assert await apply_entry(redis, -6, idempotency_key="k") == ["insufficient", "5", "5"]
     assert await redis.hget(KEYS.account, "balance") == "5"
     assert (
         await redis.exists(KEYS.outbox, KEYS.recent, KEYS.unpersisted, KEYS.idempotency("k")) == 0
@@ -112,7 +113,7 @@ async def test_exact_balance_can_be_spent_to_the_floor(redis: "Redis") -> None:
 async def test_overdraft_floor_allows_negative_balance(redis: "Redis") -> None:
     await hydrate(redis, 5)
     assert (await apply_entry(redis, -15, floor=-10))[0] == "ok"
-    assert await apply_entry(redis, -1, floor=-10) == ["insufficient", "-10"]
+    assert await apply_entry(redis, -1, floor=-10) == ["insufficient", "-10", "-10"]
 
 
 async def test_adds_are_allowed_below_the_floor(redis: "Redis") -> None:
@@ -124,11 +125,11 @@ async def test_adds_are_allowed_below_the_floor(redis: "Redis") -> None:
 async def test_ceiling_refuses_overflow_and_keeps_exact_big_numbers(redis: "Redis") -> None:
     await hydrate(redis, MAX_AMOUNT - 1)
     assert await apply_entry(redis, 2) == ["overflow", str(MAX_AMOUNT - 1)]
-    _, before, entry, _ = await apply_entry(redis, 1)
+    _, before, entry, *_ = await apply_entry(redis, 1)
     assert int(before) == MAX_AMOUNT - 1
     assert orjson.loads(entry)["balance_after"] == MAX_AMOUNT  # not 9.007199254741e+15
     assert await redis.hget(KEYS.account, "balance") == str(MAX_AMOUNT)
-    _, before, entry, _ = await apply_entry(redis, -MAX_AMOUNT)
+    _, before, entry, *_ = await apply_entry(redis, -MAX_AMOUNT)
     assert orjson.loads(entry)["balance_after"] == 0
 
 
@@ -194,7 +195,7 @@ async def test_refused_refund_leaves_no_marker(redis: "Redis") -> None:
     await hydrate(redis, 100)
     await apply_entry(redis, 100, ledger_id="A1")
     await apply_entry(redis, -150, ledger_id="D1")
-    assert await apply_entry(redis, -100, refund_of="A1") == ["insufficient", "50"]
+    assert await apply_entry(redis, -100, refund_of="A1") == ["insufficient", "50", "50"]
     assert await redis.exists(KEYS.refund_marker("A1")) == 0
 
 
@@ -210,10 +211,10 @@ async def test_repair_account_only_when_seq_unchanged(redis: "Redis") -> None:
 
 async def test_clamp_takes_only_what_the_floor_allows(redis: "Redis") -> None:
     await hydrate(redis, 30)
-    status, before, entry, _ = await apply_entry(redis, -50, clamp=True, floor=-5)
+    status, before, entry, *_ = await apply_entry(redis, -50, clamp=True, floor=-5)
     assert (status, int(before), orjson.loads(entry)["amount"]) == ("ok", 30, -35)
     assert await redis.hget(KEYS.account, "balance") == "-5"
-    assert await apply_entry(redis, -1, clamp=True, floor=-5) == ["insufficient", "-5"]
+    assert await apply_entry(redis, -1, clamp=True, floor=-5) == ["insufficient", "-5", "-5"]
     assert await redis.xlen(KEYS.outbox) == 1
 
 
@@ -237,6 +238,6 @@ async def test_no_top_up_without_a_threshold_or_for_a_refused_deduct(redis: "Red
     await hydrate(redis, 100)
     assert (await apply_entry(redis, -90, top_up=True))[3] == 0
     await redis.hset(KEYS.top_up(), "threshold", 50)
-    assert (await apply_entry(redis, -20, top_up=True)) == ["insufficient", "10"]
+    assert (await apply_entry(redis, -20, top_up=True)) == ["insufficient", "10", "10"]
     assert await redis.hget(KEYS.top_up(), "pending") is None
     assert await redis.zcard(KEYS.top_up_due()) == 0

@@ -201,6 +201,26 @@ export async function main(apiKey: string, baseUrl: string): Promise<number> {
   const history = await tally.credits.history('u', { limit: 10, offset: 0 });
   const hasMore: boolean = history.has_more;
   const token: string = (await tally.clientTokens.create({ user_id: 'u', ttl_seconds: 60 })).token;
+  const grant = await tally.credits.add({ user_id: 'u', amount: 5, expires_at: new Date() });
+  const grantId: string | undefined = grant.grant_id;
+  const { available, held, grants } = await tally.credits.balance('u');
+  const remaining: number = grants[0].remaining;
+  const hold = await tally.credits.hold({ user_id: 'u', amount: 5, ttl_seconds: 60 });
+  const captured = await tally.credits.captureHold(hold.hold_id, { amount: 1 });
+  await tally.credits.releaseHold(hold.hold_id, { description: 'unused' }, { idempotencyKey: 'r' });
+  const holdStatus: 'active' | 'captured' | 'released' | 'expired' = (
+    await tally.credits.getHold(hold.hold_id)
+  ).status;
+  const holds = (await tally.credits.listHolds('u')).holds;
+  const cost: number = await tally.credits.withHold('u', 10, async (h) => {
+    const result = await h.capture(3);
+    return result.captured + h.amount + h.available;
+  }, { ttl_seconds: 30, description: 'AI call' });
+  // @ts-expect-error withHold takes the function to run under the hold
+  await tally.credits.withHold('u', 10);
+  // @ts-expect-error a hold's fields are snake_case
+  await tally.credits.hold({ user_id: 'u', amount: 1, ttlSeconds: 60 });
+  report(grantId, available, held, remaining, captured.released, holdStatus, holds.length, cost);
   try {
     await tally.credits.balance('u');
   } catch (err) {
@@ -221,7 +241,15 @@ export async function main(apiKey: string, baseUrl: string): Promise<number> {
   await reauth.deposit('u', { amount: 1, requestUuid: 'd' });
   const { transactions } = await reauth.getTransactions('u', { limit: 5, offset: 0 });
   const delta: number = transactions[0].amountDelta;
-  const { balance } = await reauth.getBalance('u');
+  const { balance, grants: reauthGrants } = await reauth.getBalance('u');
+  const granted = await reauth.deposit('u', { amount: 1, expiresAt: '2030-01-01T00:00:00Z' });
+  const spent: number = await reauth.withHold('u', 5, async (h) => {
+    const result = await h.capture(2, { note: 'AI call' });
+    return result.balanceAfter + h.available;
+  }, { ttlSeconds: 30 });
+  const reauthHold = await reauth.hold('u', { amount: 1, requestUuid: 'h' });
+  await reauth.captureHold(reauthHold.holdId, { amount: 1 });
+  report(reauthGrants[0]?.expiresAt, granted.grantId, spent);
 
   const browser = createBrowserClient({ baseUrl, getToken: async () => token });
   const cards: PaymentMethod[] = await browser.getPaymentMethods();

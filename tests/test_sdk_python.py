@@ -19,6 +19,7 @@ import uuid
 import venv
 import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,17 @@ import redis
 from tally_credits import (
     AddResult,
     APIError,
+    AsyncHoldHandle,
     AsyncTally,
     AuthenticationError,
     BatchOperation,
+    CaptureResult,
     DeductResult,
+    Grant,
+    HoldHandle,
     IdempotencyConflict,
     InsufficientBalance,
+    ReleaseResult,
     RetryPolicy,
     ServiceUnavailable,
     Tally,
@@ -330,6 +336,288 @@ def test_async_client_core_calls(api_server: ApiServer, test_app: AppUnderTest) 
     asyncio.run(run())
     posts = [r for r in recorder.requests if r.method == "POST"]
     assert all("Idempotency-Key" in r.headers for r in posts if r.url.path != "/credits/batch")
+
+
+def test_hold_capture_part_releases_the_rest(tally: Tally, recorder: Recorder) -> None:
+    tally.credits.add("hana", 100)
+    with tally.hold(
+        "hana", 60, description="AI generation", reference_id="job-1", metadata={"model": "m"}
+    ) as h:
+        assert isinstance(h, HoldHandle) and h.hold_id.startswith("hold_")
+        assert (h.user_id, h.amount, h.balance, h.available) == ("hana", 60, 100, 40)
+        assert h.expires_at.endswith("Z") and h.request_id and not h.replayed and not h.settled
+        during = tally.credits.balance("hana")
+        assert (during.balance, during.available, during.held) == (100, 40, 60)
+        (active,) = tally.list_holds("hana").holds
+        assert (active.hold_id, active.status, active.amount) == (h.hold_id, "active", 60)
+        assert (active.description, active.reference_id, active.metadata) == (
+            "AI generation", "job-1", {"model": "m"},
+        )  # fmt: skip
+        assert (active.settled_by, active.captured) == (None, None)
+        # What holds reserve is not there to deduct.
+        refused = tally.credits.deduct("hana", 41)
+        assert (refused.success, refused.balance, refused.available) == (False, 100, 40)
+
+        captured = h.capture(25, description="2,500 tokens")
+    assert isinstance(captured, CaptureResult) and h.settled and h.settlement == captured
+    assert (captured.hold_id, captured.user_id, captured.captured, captured.released) == (
+        h.hold_id, "hana", 25, 35,
+    )  # fmt: skip
+    assert (captured.balance_before, captured.balance_after, captured.available) == (100, 75, 75)
+    assert captured.ledger_id and captured.request_id and not captured.replayed
+    # The block ended settled: no release was sent.
+    assert recorder.posts(f"/credits/holds/{h.hold_id}/release") == []
+
+    after = tally.credits.balance("hana")
+    assert (after.balance, after.available, after.held) == (75, 75, 0)
+    assert tally.credits.list_holds("hana").holds == ()
+    settled = tally.get_hold(h.hold_id)
+    assert (settled.status, settled.captured, settled.settled_by) == (
+        "captured", 25, captured.ledger_id,
+    )  # fmt: skip
+    assert settled.ledger_id and settled.created_at.endswith("Z")
+
+    # Settled once: a second capture, or a release, is a 409.
+    for settle in (
+        lambda: h.capture(1),
+        lambda: tally.capture_hold(h.hold_id),
+        lambda: tally.release_hold(h.hold_id),
+    ):
+        with pytest.raises(APIError) as again:
+            settle()
+        assert again.value.status == 409 and again.value.request_id
+        assert "captured" in again.value.error
+    assert h.settlement == captured
+    assert tally.credits.balance("hana").balance == 75
+
+    page = tally.credits.history("hana").entries
+    capture = next(e for e in page if e.ledger_id == captured.ledger_id)
+    assert (capture.kind, capture.amount, capture.hold_id, capture.held) == (
+        "deduct", -25, h.hold_id, -60,
+    )  # fmt: skip
+    made = next(e for e in page if e.ledger_id == settled.ledger_id)
+    assert (made.hold_id, made.held, made.expires_at) == (h.hold_id, 60, h.expires_at)
+
+    # Every hold, capture and release carries an Idempotency-Key.
+    writes = [r for r in recorder.requests if r.url.path.startswith("/credits/holds")]
+    assert writes and all("Idempotency-Key" in r.headers for r in writes if r.method == "POST")
+
+
+def test_capture_more_than_held_unknown_hold_and_replayed_capture(tally: Tally) -> None:
+    tally.credits.add("ivo", 50)
+    h = tally.credits.hold("ivo", 20, ttl_seconds=60)
+    with pytest.raises(APIError) as too_much:
+        h.capture(21)
+    assert too_much.value.status == 400 and not h.settled
+    first = h.capture(20, idempotency_key="job-9-capture")
+    again = tally.capture_hold(h.hold_id, 20, idempotency_key="job-9-capture")
+    assert (again.replayed, again.ledger_id, again.captured) == (True, first.ledger_id, 20)
+    assert tally.credits.balance("ivo").balance == 30
+    # Capturing everything by default, and a release that gives all back.
+    whole = tally.hold("ivo", 10)
+    assert whole.capture().captured == 10 and whole.settlement is not None
+    kept = tally.hold("ivo", 5)
+    released = tally.release_hold(kept.hold_id, description="cancelled")
+    assert isinstance(released, ReleaseResult)
+    assert (released.hold_id, released.released, released.balance, released.available) == (
+        kept.hold_id, 5, 20, 20,
+    )  # fmt: skip
+    assert tally.get_hold(kept.hold_id).status == "released"
+
+    for unknown in ("hold_nope", "hold_" + "0" * 24 + "_aXZv", "a/b?c"):
+        with pytest.raises(APIError) as missing:
+            tally.get_hold(unknown)
+        assert missing.value.status == 404
+        with pytest.raises(APIError) as missing:
+            tally.capture_hold(unknown)
+        assert missing.value.status == 404
+
+    with pytest.raises(InsufficientBalance) as short:
+        tally.hold("ivo", 21)
+    assert (short.value.status, short.value.balance, short.value.available) == (402, 20, 20)
+    assert tally.list_holds("ivo").holds == ()
+
+
+def test_a_hold_block_releases_on_exit_and_on_an_exception(
+    tally: Tally, recorder: Recorder
+) -> None:
+    tally.credits.add("jan", 100)
+
+    with (
+        pytest.raises(RuntimeError, match="the model failed") as failed,
+        tally.hold("jan", 70) as h,
+    ):
+        assert tally.credits.balance("jan").available == 30
+        raise RuntimeError("the model failed")
+    assert not getattr(failed.value, "__notes__", None)
+    assert isinstance(h.settlement, ReleaseResult) and h.settlement.released == 70
+    assert tally.get_hold(h.hold_id).status == "released"
+    assert tally.credits.balance("jan").available == 100
+
+    # Left without a capture: released, nothing spent.
+    with tally.hold("jan", 40) as quiet:
+        pass
+    assert tally.get_hold(quiet.hold_id).status == "released"
+    # Released inside the block: once.
+    with tally.hold("jan", 40) as dropped:
+        dropped.release()
+    assert len(recorder.posts(f"/credits/holds/{dropped.hold_id}/release")) == 1
+    # A capture that fails inside the block: the exception goes on, the hold is released.
+    with pytest.raises(APIError), tally.hold("jan", 10) as greedy:
+        greedy.capture(11)
+    assert tally.get_hold(greedy.hold_id).status == "released"
+    # Settled behind the handle's back: the release on exit finds nothing to do.
+    with tally.hold("jan", 10) as elsewhere:
+        tally.capture_hold(elsewhere.hold_id, 4)
+    assert tally.get_hold(elsewhere.hold_id).status == "captured"
+    assert tally.credits.balance("jan").balance == 96
+
+    # Expired before the block ended: the release's 409 does not replace the exception, nor
+    # raise on a plain exit.
+    with pytest.raises(KeyError) as lost, tally.hold("jan", 50, ttl_seconds=1) as expiring:
+        time.sleep(1.3)
+        raise KeyError("late")
+    assert not getattr(lost.value, "__notes__", None)
+    assert tally.get_hold(expiring.hold_id).status == "expired"
+    with tally.hold("jan", 50, ttl_seconds=1) as slow:
+        time.sleep(1.3)
+    assert slow.settlement is None and tally.get_hold(slow.hold_id).status == "expired"
+    with pytest.raises(APIError) as late:
+        tally.capture_hold(slow.hold_id)
+    assert late.value.status == 409 and "expired" in late.value.error
+    final = tally.credits.balance("jan")
+    assert (final.balance, final.available, final.held) == (96, 96, 0)
+
+
+def test_a_release_that_fails_after_an_exception_is_noted_not_raised() -> None:
+    """No answer to the release: the block's exception goes on, with a note; a plain exit
+    raises the release's failure (the hold may still be active until it expires)."""
+    created = {
+        "success": True, "hold_id": "hold_x", "user_id": "u", "amount": 5,
+        "expires_at": "2030-01-01T00:00:00.000Z", "balance": 5, "available": 0,
+    }  # fmt: skip
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/credits/holds":
+            return httpx.Response(200, json=created)
+        return httpx.Response(503, json={"success": False, "error": "Redis is unavailable"})
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(answer)) as http,
+        Tally("tally_" + "k" * 43, "http://tally", max_retries=0, http_client=http) as tally,
+    ):
+        with pytest.raises(ValueError, match="boom") as raised, tally.hold("u", 5):
+            raise ValueError("boom")
+        (note,) = raised.value.__notes__
+        assert "hold_x" in note and "Redis is unavailable" in note
+        with pytest.raises(ServiceUnavailable), tally.hold("u", 5):
+            pass
+
+
+def test_grants_expire_and_the_balance_shows_them(tally: Tally) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=3)
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat().replace("+00:00", "Z")
+    trial = tally.credits.add("kai", 30, description="Trial credits", expires_at=soon)
+    assert trial.grant_id == trial.ledger_id and trial.expires_at
+    # Tally keeps milliseconds.
+    assert abs(datetime.fromisoformat(trial.expires_at) - soon) < timedelta(milliseconds=2)
+    monthly = tally.credits.add("kai", 20, expires_at=later)
+    assert monthly.grant_id and monthly.expires_at and monthly.expires_at.endswith("Z")
+    paid = tally.credits.add("kai", 100)
+    assert (paid.grant_id, paid.expires_at) == (None, None)
+
+    spent = tally.credits.deduct("kai", 10)  # from the grant that expires first
+    assert spent.ledger_id and spent.balance_after == 140
+    balance = tally.credits.balance("kai")
+    assert (balance.balance, balance.available, balance.held) == (140, 140, 0)
+    assert balance.grants == (
+        Grant(trial.ledger_id, 20, trial.expires_at),
+        Grant(monthly.ledger_id, 20, monthly.expires_at),
+    )
+    entries = {e.ledger_id: e for e in tally.credits.history("kai").entries}
+    assert entries[trial.ledger_id].expires_at == trial.expires_at
+    assert entries[paid.ledger_id].grants is None
+    taken = entries[spent.ledger_id].grants
+    assert taken is not None
+    assert [(g.grant_id, g.amount) for g in taken] == [(trial.ledger_id, -10)]
+
+    # A hold reserves grant credits too; what is left of the trial then expires.
+    with tally.hold("kai", 15) as h:
+        assert tally.credits.balance("kai").grants[0].remaining == 5
+        h.capture(15)
+    deadline = time.monotonic() + 10
+    while tally.credits.balance("kai").grants[0].grant_id == trial.ledger_id:
+        assert time.monotonic() < deadline, "the trial grant did not expire"
+        time.sleep(0.2)
+    expired = tally.credits.balance("kai")
+    assert (expired.balance, expired.available) == (120, 120)
+    assert [g.grant_id for g in expired.grants] == [monthly.ledger_id]
+
+    # Batch adds take expires_at as well, as a datetime or a string.
+    batch = tally.credits.batch(
+        [
+            BatchOperation("add", "lea", 5, expires_at=datetime.now(UTC) + timedelta(days=1)),
+            {"type": "add", "user_id": "lea", "amount": 6, "expires_at": later},
+            {"type": "add", "user_id": "lea", "amount": 7, "expires_at": soon + timedelta(1)},
+        ]
+    )
+    assert [item.success for item in batch.results] == [True, True, True]
+    assert sorted(g.remaining for g in tally.credits.balance("lea").grants) == [5, 6, 7]
+
+    with pytest.raises(ValueError, match="time zone"):
+        tally.credits.add("kai", 1, expires_at=datetime(2030, 1, 1))
+    for wrong in ("2020-01-01T00:00:00Z", "2030-01-01T00:00:00", "tomorrow"):
+        with pytest.raises(APIError) as refused:
+            tally.credits.add("kai", 1, expires_at=wrong)
+        assert refused.value.status == 400 and "expires_at" in refused.value.error
+
+
+def test_async_holds(api_server: ApiServer, test_app: AppUnderTest) -> None:
+    recorder = Recorder()
+
+    async def run() -> None:
+        async with (
+            recorder.async_client() as http,
+            AsyncTally(test_app.api_key, api_server.url, http_client=http) as tally,
+        ):
+            await tally.credits.add("max", 100, expires_at=datetime.now(UTC) + timedelta(days=1))
+            async with tally.hold("max", 80, description="AI generation") as h:
+                assert isinstance(h, AsyncHoldHandle)
+                assert (h.amount, h.available) == (80, 20)
+                assert [x.hold_id for x in (await tally.list_holds("max")).holds] == [h.hold_id]
+                captured = await h.capture(30)
+            assert (captured.captured, captured.released, captured.balance_after) == (30, 50, 70)
+            with pytest.raises(APIError) as again:
+                await h.capture(1)
+            assert again.value.status == 409
+
+            with pytest.raises(ZeroDivisionError):
+                async with tally.credits.hold("max", 70) as failing:
+                    _ = 1 / 0
+            assert (await tally.get_hold(failing.hold_id)).status == "released"
+
+            plain = await tally.hold("max", 5, ttl_seconds=30)
+            assert isinstance(plain, AsyncHoldHandle) and not plain.settled
+            released = await plain.release()
+            assert plain.settlement == released and released.released == 5
+            assert (await tally.get_hold(plain.hold_id)).status == "released"
+            async with plain:  # settled already: nothing more is sent
+                pass
+            with pytest.raises(APIError) as twice:
+                await tally.release_hold(plain.hold_id)
+            assert twice.value.status == 409
+            with pytest.raises(InsufficientBalance):
+                async with tally.hold("max", 71):
+                    pass
+            balance = await tally.credits.balance("max")
+            assert (balance.balance, balance.available, balance.held) == (70, 70, 0)
+            assert [g.remaining for g in balance.grants] == [70]
+
+    asyncio.run(run())
+    releases = [r for r in recorder.requests if r.url.path.endswith("/release")]
+    assert len(releases) == 3
+    creates = recorder.posts("/credits/holds")
+    assert len(creates) == 4 and len({r.headers["Idempotency-Key"] for r in creates}) == 4
 
 
 @contextlib.contextmanager

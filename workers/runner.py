@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 
 from engine.container import Engine
 from engine.errors import UnavailableError
+from engine.holds.expiry import sweep_expiries
 from engine.ledger.completeness import complete_shards
 from engine.ledger.defaults import FLUSH_LOCK_MS
 from engine.ledger.outbox import outbox_depths
@@ -40,6 +41,8 @@ _WEBHOOK_SWEEP_SECONDS = 1.0
 # them; PostgreSQL has the settings.
 _REARM_SECONDS = 600
 _TOP_UP_SWEEP_SECONDS = 0.25
+# Grants and holds expire within this of their time even for accounts nobody touches.
+_EXPIRY_SWEEP_SECONDS = 1.0
 _COMPLETENESS_SECONDS = 5.0
 # An RQ worker that ran this long before quitting was healthy: its quitting is a new failure.
 _HEALTHY_SECONDS = 30.0
@@ -131,7 +134,8 @@ def sweep(redis: Redis, queue: Jobs, reclaim_idle_ms: int) -> list[int]:
 
 def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
     settings, redis = engine.settings, engine.sync_redis
-    next_webhook_sweep = next_top_up_sweep = next_rearm = 0.0
+    scripts = Scripts.register(redis)
+    next_webhook_sweep = next_top_up_sweep = next_rearm = next_expiry_sweep = 0.0
     outage = Outage(log, "sweep")
     while not stop.wait(settings.outbox_sweep_ms / 1000):
         try:
@@ -148,6 +152,9 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
                 next_top_up_sweep = time.monotonic() + _TOP_UP_SWEEP_SECONDS
                 for app_id, user_id in engine.top_ups.claim_due():
                     queue.auto_top_up(app_id, user_id)
+            if time.monotonic() >= next_expiry_sweep:
+                next_expiry_sweep = time.monotonic() + _EXPIRY_SWEEP_SECONDS
+                sweep_expiries(redis, scripts, settings.recent_entries)
             if time.monotonic() >= next_rearm:
                 next_rearm = time.monotonic() + _REARM_SECONDS
                 engine.top_ups.rearm_all()
@@ -186,6 +193,7 @@ def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> Non
 def _drain(engine: Engine) -> int:
     """Persist everything in the outboxes, then exit; 1 if PostgreSQL will not take it."""
     redis, queue = engine.sync_redis, Jobs(engine.raw_redis)
+    sweep_expiries(redis, Scripts.register(redis), engine.settings.recent_entries)
     worker = SimpleWorker([queue.queue], connection=engine.raw_redis, serializer=JSONSerializer)
     stalls = 0
     depth = sum(outbox_depths(redis))

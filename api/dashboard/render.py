@@ -10,7 +10,7 @@ from starlette.templating import Jinja2Templates
 
 from api.errors import status_of
 from engine.errors import TallyError, TooManyRequestsError
-from engine.models import App
+from engine.models import App, LedgerEntry
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -38,8 +38,33 @@ def when(value: datetime | int | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def short(identifier: str) -> str:
+    """An id's head, enough to tell a user's grants or holds apart: "3f2a9c1e…",
+    "hold_5d0c41aa…" (the page puts the whole id in a tooltip)."""
+    head = len("hold_") + 8 if identifier.startswith("hold_") else 8
+    return identifier if len(identifier) <= head + 1 else identifier[:head] + "…"
+
+
+# Kinds as an operator reads them; a capture is a deduct that settled a hold.
+_KINDS = {
+    "hold": "hold",
+    "release": "hold released",
+    "hold_expire": "hold expired",
+    "expire": "grant expired",
+    "payment_refund": "payment refund",
+}
+
+
+def kind(entry: LedgerEntry) -> str:
+    if entry.kind == "deduct" and entry.hold_id:
+        return "capture"
+    return _KINDS.get(entry.kind, entry.kind)
+
+
 templates.env.filters["when"] = when
 templates.env.filters["num"] = lambda n: f"{n:,}"
+templates.env.filters["short"] = short
+templates.env.filters["kind"] = kind
 templates.env.globals["credits"] = credits
 
 

@@ -10,6 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from api.dashboard.access import PREFIX, Visit, change, new_token, page
 from api.errors import status_of
 from engine.errors import InvalidRequestError, TallyError
+from engine.ledger.credits import REFUNDABLE
 from engine.models import MAX_AMOUNT, App
 
 PAGE = 50
@@ -106,9 +107,11 @@ async def _user(
     app = await visit.app()
     engine, context = visit.engine, app.context()
     offset = _page_number(visit.request.query_params.get("page", "0")) * PAGE
+    # The holds first: reading them expires what is due, so the balance read next agrees.
+    holds = await engine.holds.active(context, user_id)
     balance = await engine.credits.balance(context, user_id)
     history = await engine.credits.history(context, user_id, PAGE, offset)
-    shown = [entry.ledger_id for entry in history.entries if entry.kind != "refund"]
+    shown = [entry.ledger_id for entry in history.entries if entry.kind in REFUNDABLE]
     refunded = await engine.credits.refunded(context, user_id, shown)
     cards, cards_error = [], None
     try:
@@ -124,8 +127,11 @@ async def _user(
         tab="users",
         user_id=user_id,
         balance=balance,
+        grants=balance.grants,
+        holds=holds,
         history=history,
         refunded=refunded,
+        refundable=REFUNDABLE,
         cards=cards,
         cards_error=cards_error,
         purchases=purchases,

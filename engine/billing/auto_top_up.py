@@ -28,7 +28,7 @@ from engine.ledger.credits import Credits
 from engine.models import App
 from engine.payments.providers import credits_for
 from engine.settings import Settings
-from engine.store.keys import SHARDS, account_keys, parse_top_up_member, top_up_due_key
+from engine.store.keys import SHARDS, account_keys, parse_member, top_up_due_key
 from engine.store.scripts import Scripts
 
 
@@ -97,7 +97,7 @@ class AutoTopUps:
             self._claim(
                 keys=[top_up_due_key(shard)], args=[now_ms, TOP_UP_LEASE_MS, limit], client=pipe
             )
-        return [parse_top_up_member(m) for members in pipe.execute() for m in members]
+        return [parse_member(m) for members in pipe.execute() for m in members]
 
     def rearm_all(self) -> int:
         """Put every enabled threshold (and due retry) back in Redis, e.g. after Redis lost data."""

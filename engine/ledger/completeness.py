@@ -18,7 +18,8 @@ import secrets
 from redis import Redis
 from redis.commands.core import Script
 
-from engine.ledger.repository import LedgerRepository
+from engine.ledger.hydration import expiring_of, hydrate_call
+from engine.ledger.repository import LedgerRepository, Snapshot
 from engine.store.keys import (
     SHARDS,
     account_keys,
@@ -56,17 +57,15 @@ def complete_shards(
             pipe.set(completing_key(shard), token, px=_PASS_LEASE_MS)
         pipe.execute()
         wanted = set(missing)
-        pipe = redis.pipeline(transaction=False)
-        for app_id, user_id, balance, seq, updated_at in repository.all_account_snapshots():
-            shard = shard_of(app_id, user_id)
-            if shard not in wanted:
-                continue
-            updated_ms = int(updated_at.timestamp() * 1000)
-            keys = [account_keys(app_id, user_id).account, completing_key(shard)]
-            scripts.hydrate(keys=keys, args=[balance, seq, updated_ms, token], client=pipe)
-            if len(pipe) >= _BATCH and -1 in pipe.execute():
-                return []  # Redis lost data again: this pass's snapshot is stale
-        if -1 in pipe.execute():
+        batch: list[tuple[str, str, Snapshot]] = []
+        for app_id, user_id, snapshot in repository.all_account_snapshots():
+            if shard_of(app_id, user_id) in wanted:
+                batch.append((app_id, user_id, snapshot))
+            if len(batch) >= _BATCH:
+                if not _hydrate(redis, scripts, repository, batch, token):
+                    return []  # Redis lost data again: this pass's snapshot is stale
+                batch = []
+        if not _hydrate(redis, scripts, repository, batch, token):
             return []
         pipe = redis.pipeline(transaction=False)
         for shard in missing:
@@ -76,3 +75,24 @@ def complete_shards(
     finally:
         if redis.get(completeness_lock_key()) == token:
             redis.delete(completeness_lock_key())
+
+
+def _hydrate(
+    redis: Redis,
+    scripts: Scripts[Script],
+    repository: LedgerRepository,
+    batch: list[tuple[str, str, Snapshot]],
+    token: str,
+) -> bool:
+    """Put a batch of accounts back (those already in Redis are left alone); False when the
+    pass's marker is gone."""
+    if not batch:
+        return True
+    expiring = expiring_of(repository, batch)
+    pipe = redis.pipeline(transaction=False)
+    for app_id, user_id, snapshot in batch:
+        keys, args = hydrate_call(
+            account_keys(app_id, user_id), snapshot, expiring.get((app_id, user_id)), token
+        )
+        scripts.hydrate(keys=keys, args=args, client=pipe)
+    return -1 not in pipe.execute()

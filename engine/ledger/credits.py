@@ -1,7 +1,6 @@
 """Credits operations on the hot path: one Lua script call per add or deduct."""
 
 import hashlib
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from redis.asyncio import Redis
 from engine.bridge import Bridge
 from engine.errors import (
     AlreadyRefundedError,
+    ConflictError,
     IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidRequestError,
@@ -20,7 +20,11 @@ from engine.errors import (
     TallyError,
     UnavailableError,
 )
+from engine.holds.ids import parse_hold_id
+from engine.ledger.checks import check_amount, check_text, metadata_json
 from engine.ledger.defaults import HYDRATE_ATTEMPTS
+from engine.ledger.expiring import account_json
+from engine.ledger.hydration import GONE, Hydration
 from engine.ledger.repository import LedgerRepository
 from engine.ledger.summaries import Refusals
 from engine.models import (
@@ -32,11 +36,11 @@ from engine.models import (
     AppContext,
     Balance,
     EntryResult,
+    Grant,
     HistoryPage,
     LedgerEntry,
     Operation,
     RefundResult,
-    text_problem,
 )
 from engine.settings import Settings
 from engine.store import scripts
@@ -51,6 +55,10 @@ from engine.store.redis import outages
 from engine.store.scripts import Scripts
 
 BatchOutcome = EntryResult | TallyError
+# Entries that only move held credits, or expire them, are not refundable.
+REFUNDABLE = frozenset(("add", "deduct", "payment_refund"))
+MAX_GRANT_MS = 3_652 * 86_400_000  # 10 years
+MAX_GRANTS = 1000  # as lua/account.lua
 
 
 class EntryFields(TypedDict, total=False):
@@ -70,15 +78,25 @@ class Credits:
         self._scripts = Scripts.register_async(redis)
         self._repository = repository
         self._bridge = bridge
+        self.hydration = Hydration(redis, repository, bridge, self._scripts)
         self._idempotency_ttl = settings.idempotency_ttl_seconds
         self._recent_entries = settings.recent_entries
         # Refused deducts write no entry: counted here for the dashboard (engine.ledger.summaries).
         self.refusals = Refusals()
 
     async def add(
-        self, app: AppContext, user_id: str, amount: int, **fields: Unpack[EntryFields]
+        self,
+        app: AppContext,
+        user_id: str,
+        amount: int,
+        *,
+        expires_at_ms: int | None = None,
+        **fields: Unpack[EntryFields],
     ) -> EntryResult:
-        return await self._apply(app, self._prepare(app, "add", user_id, amount, **fields))
+        """Add credits; with `expires_at_ms` they are a grant, burned before credits that do not
+        expire and taken back at that moment by an `expire` entry."""
+        call = self._prepare(app, "add", user_id, amount, expires_at_ms=expires_at_ms, **fields)
+        return await self._apply(app, call)
 
     async def deduct(
         self, app: AppContext, user_id: str, amount: int, **fields: Unpack[EntryFields]
@@ -107,7 +125,7 @@ class Credits:
         try:
             call = self._prepare(
                 app, "payment_refund", user_id, -amount, description=description,
-                reference_id=reference_id, idempotency_key=idempotency_key, clamp=True,
+                reference_id=reference_id, idempotency_key=idempotency_key, mode="cp",
             )  # fmt: skip
             return await self._apply(app, call)
         except InsufficientCreditsError:
@@ -129,8 +147,8 @@ class Credits:
         original = await self._find_entry(app, refunded_id)
         if original is None:
             raise NotFoundError(f"no ledger entry {ledger_id}")
-        if original.kind == "refund":
-            raise InvalidRequestError("a refund cannot itself be refunded")
+        if original.kind not in REFUNDABLE:
+            raise InvalidRequestError(f"an entry of kind {original.kind} cannot be refunded")
         keys = account_keys(app.app_id, original.user_id)
         # A refund already in PostgreSQL outlives any Redis state (a flush, a restore): put its
         # marker back so the script refuses a second one.
@@ -138,9 +156,21 @@ class Credits:
         if refund_id is not None:
             with outages():
                 await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
+        # Which credits the refund moves: what is left of a refunded grant; grant credits back
+        # to the grants an entry took them from; a refunded add's credits that never expire
+        # before any grant's (a refund never makes expiring credits lasting).
+        mode, extra = "p", tuple[Any, ...]()
+        if original.expires_at_ms is not None:
+            mode, extra = "x", (original.ledger_id,)
+        elif original.amount < 0:
+            mode = ""
+            if original.grants:
+                parts = [(p["grant_id"], -int(p["amount"])) for p in original.grants]
+                extra = ("", *(value for part in parts for value in part))
         call = self._prepare(
             app, "refund", original.user_id, -original.amount, description=description,
-            idempotency_key=idempotency_key, refund_of=original.ledger_id,
+            idempotency_key=idempotency_key, refund_of=original.ledger_id, mode=mode,
+            extra=extra,
         )  # fmt: skip
         result = await self._apply(app, call)
         return RefundResult(refund=result, refunded_ledger_id=original.ledger_id)
@@ -158,16 +188,61 @@ class Credits:
         return found | await self._bridge.call(self._repository.refunded, rest)
 
     async def balance(self, app: AppContext, user_id: str) -> Balance:
-        _check_text("user_id", user_id, MAX_USER_ID, required=True)
+        check_text("user_id", user_id, MAX_USER_ID, required=True)
         keys = account_keys(app.app_id, user_id)
         for _ in range(HYDRATE_ATTEMPTS):
             with outages():
-                balance, updated_at = await self._redis.hmget(keys.account, "balance", "updated_at")
+                balance, updated_at, held, due = await self._redis.hmget(
+                    keys.account, "balance", "updated_at", "held", "due"
+                )
+            if balance is not None and due is None:
+                updated_ms = int(updated_at) if updated_at else None
+                return Balance(user_id, int(balance), updated_ms, int(held or 0))
             if balance is not None:
-                return Balance(user_id, int(balance), int(updated_at) if updated_at else None)
-            if not await self._hydrate(app.app_id, user_id, keys, create=False):
+                found = await self._balance_with_grants(app, user_id, keys, int(str(due)))
+                if found is not None:
+                    return found
+            elif not await self.hydration.ensure(app.app_id, {user_id: keys}, create=False):
                 return Balance(user_id, 0, None)
-        raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+        raise UnavailableError(GONE)
+
+    async def _balance_with_grants(
+        self, app: AppContext, user_id: str, keys: AccountKeys, due: int
+    ) -> Balance | None:
+        """An account with grants or holds: what is due expires first, then one read of the
+        account and its grants together. None when the account vanished meanwhile."""
+        if due <= time.time_ns() // 1_000_000:
+            await self.expire_due(app.app_id, user_id)
+        with outages():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hmget(keys.account, "balance", "updated_at", "held")
+            pipe.hgetall(keys.grants)
+            (balance, updated_at, held), grants = await pipe.execute()
+        if balance is None:
+            return None
+        active = []
+        for grant_id, value in grants.items():
+            expires, seq, left = map(int, value.split())
+            active.append((expires, seq, Grant(grant_id, left, expires)))
+        return Balance(
+            user_id,
+            int(balance),
+            int(updated_at) if updated_at else None,
+            int(held or 0),
+            tuple(grant for _, _, grant in sorted(active, key=lambda g: (g[0], g[1]))),
+        )
+
+    async def expire_due(self, app_id: str, user_id: str) -> int:
+        """Expire the account's grants and holds whose time has come; returns the entries
+        written (engine.holds.expiry does this for accounts nobody touches)."""
+        keys = account_keys(app_id, user_id)
+        now_ms = time.time_ns() // 1_000_000
+        who = account_json(app_id, user_id)
+        args = (now_ms, new_ledger_id(keys.shard), who, self._recent_entries)
+        written: int = await scripts.run(
+            self._redis, self._scripts.expire_due, keys.script_keys(), args
+        )
+        return written
 
     async def history(self, app: AppContext, user_id: str, limit: int, offset: int) -> HistoryPage:
         """Newest first, every acknowledged entry once, however far behind the worker is.
@@ -176,7 +251,7 @@ class Credits:
         the recent list in Redis holds the newest, PostgreSQL what the worker persisted, and
         the shard's unpersisted hash whatever is neither (a large backlog).
         """
-        _check_text("user_id", user_id, MAX_USER_ID, required=True)
+        check_text("user_id", user_id, MAX_USER_ID, required=True)
         keys = account_keys(app.app_id, user_id)
         for _ in range(HYDRATE_ATTEMPTS):
             with outages():
@@ -187,10 +262,10 @@ class Credits:
                 seq, recent = await pipe.execute()
             if seq is not None:
                 break
-            if not await self._hydrate(app.app_id, user_id, keys, create=False):
+            if not await self.hydration.ensure(app.app_id, {user_id: keys}, create=False):
                 return HistoryPage(user_id, [], limit, offset, has_more=False)
         else:
-            raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+            raise UnavailableError(GONE)
         top = int(seq) - offset
         bottom = max(1, top - limit + 1)
         page = {entry.seq: entry for entry in map(LedgerEntry.from_json, recent)}
@@ -229,16 +304,26 @@ class Credits:
         self, app_id: str, user_id: str, unpersisted: str, seqs: set[int]
     ) -> list[LedgerEntry]:
         """Entries of the account with these seqs, from its shard's unpersisted hash: what a
-        backlog holds beyond the recent list. A scan of the shard's backlog, so rare."""
+        backlog holds beyond the recent list."""
+        found = await self._scan_unpersisted(
+            unpersisted, f'"app_id":{orjson.dumps(app_id).decode()}'
+        )
+        return [entry for entry in found if entry.user_id == user_id and entry.seq in seqs]
+
+    async def unpersisted_hold_entries(self, app_id: str, hold_id: str) -> list[LedgerEntry]:
+        """A hold's entries that the worker has not persisted yet."""
+        keys = account_keys(app_id, parse_hold_id(hold_id)[0])
+        found = await self._scan_unpersisted(keys.unpersisted, f'"hold_id":"{hold_id}"')
+        return sorted((e for e in found if e.app_id == app_id), key=lambda e: e.seq)
+
+    async def _scan_unpersisted(self, unpersisted: str, needle: str) -> list[LedgerEntry]:
+        """The entries of a shard's unpersisted hash whose JSON has `needle`: a scan of the
+        shard's backlog, so rare."""
         found = []
-        marker = f'"app_id":{orjson.dumps(app_id).decode()}'
         with outages():
             async for _, raw in self._redis.hscan_iter(unpersisted, count=1_000):
-                if marker not in raw:
-                    continue
-                entry = LedgerEntry.from_json(raw)
-                if entry.user_id == user_id and entry.seq in seqs:
-                    found.append(entry)
+                if needle in raw:
+                    found.append(LedgerEntry.from_json(raw))
         return found
 
     async def _find_entry(self, app: AppContext, ledger_id: uuid.UUID) -> LedgerEntry | None:
@@ -270,7 +355,7 @@ class Credits:
                 calls[index] = self._prepare(
                     app, op.kind, op.user_id, delta, description=op.description,
                     reference_id=op.reference_id, metadata=op.metadata,
-                    idempotency_key=op.idempotency_key,
+                    idempotency_key=op.idempotency_key, expires_at_ms=op.expires_at_ms,
                 )  # fmt: skip
             except TallyError as exc:
                 outcomes[index] = exc
@@ -301,26 +386,23 @@ class Credits:
             if missing:
                 accounts = {calls[i].user_id: calls[i].keys for i in missing}
                 try:
-                    await self._hydrate_many(app.app_id, accounts, create=True)
+                    await self.hydration.ensure(app.app_id, accounts, create=True)
                 except UnavailableError as exc:
                     # Only these wait for PostgreSQL; the others are applied and say so.
                     for index in missing:
                         outcomes[index] = exc
                     missing = []
             pending = missing
-        gone = UnavailableError("account keeps disappearing from Redis; retry shortly")
+        gone = UnavailableError(GONE)
         return [gone if outcome is None else outcome for outcome in outcomes]
 
     async def _apply(self, app: AppContext, call: "_Call") -> EntryResult:
         """Run one prepared entry, rebuilding its account from the ledger when Redis lacks it."""
-        for _ in range(HYDRATE_ATTEMPTS):
-            reply = await scripts.run(
-                self._redis, self._scripts.apply_entry, call.script_keys, call.args
-            )
-            if reply[0] != "missing":
-                return call.result(reply)
-            await self._hydrate(app.app_id, call.user_id, call.keys, create=True)
-        raise UnavailableError("account keeps disappearing from Redis; retry shortly")
+        script = self._scripts.apply_entry
+        call_args = (call.script_keys, call.args)
+        return call.result(
+            await self.hydration.run(app.app_id, call.user_id, call.keys, script, call_args)
+        )
 
     def _prepare(
         self,
@@ -334,46 +416,59 @@ class Credits:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         refund_of: str | None = None,
-        clamp: bool = False,
+        expires_at_ms: int | None = None,
+        mode: str = "",
+        extra: tuple[Any, ...] = (),
     ) -> "_Call":
-        """Validate an entry and build its apply_entry.lua call."""
-        _check_text("user_id", user_id, MAX_USER_ID, required=True)
-        _check_amount(abs(delta))
-        _check_text("description", description, MAX_DESCRIPTION)
-        _check_text("reference_id", reference_id, MAX_REFERENCE_ID)
-        _check_text("Idempotency-Key", idempotency_key, MAX_IDEMPOTENCY_KEY)
-        metadata_json = _metadata_json(metadata)
+        """Validate an entry and build its apply_entry.lua call; `mode` and `extra` are the
+        script's own (ARGV[9] and ARGV[11..])."""
+        check_text("user_id", user_id, MAX_USER_ID, required=True)
+        check_amount(abs(delta))
+        check_text("description", description, MAX_DESCRIPTION)
+        check_text("reference_id", reference_id, MAX_REFERENCE_ID)
+        check_text("Idempotency-Key", idempotency_key, MAX_IDEMPOTENCY_KEY)
+        metadata_text = metadata_json(metadata)
         keys = account_keys(app.app_id, user_id)
         now_ms = time.time_ns() // 1_000_000
         ledger_id = new_ledger_id(keys.shard)
-        entry = orjson.dumps(
-            {
-                "ledger_id": ledger_id,
-                "app_id": app.app_id,
-                "user_id": user_id,
-                "kind": kind,
-                "description": description,
-                "reference_id": reference_id,
-                "metadata": orjson.Fragment(metadata_json),
-                "idempotency_key": idempotency_key,
-                "refund_of": refund_of,
-                "created_at": now_ms,
-            }
-        )
-        script_keys = [keys.account, keys.recent, keys.outbox, keys.unpersisted]
-        mode = "c" if clamp else ""
+        fields = {
+            "ledger_id": ledger_id,
+            "app_id": app.app_id,
+            "user_id": user_id,
+            "kind": kind,
+            "description": description,
+            "reference_id": reference_id,
+            "metadata": orjson.Fragment(metadata_text),
+            "idempotency_key": idempotency_key,
+            "refund_of": refund_of,
+            "created_at": now_ms,
+        }
+        if expires_at_ms is not None:
+            check_expiry(expires_at_ms, now_ms)
+            fields["expires_at"] = expires_at_ms
+            mode, extra = mode + "g", (expires_at_ms,)
+        entry = orjson.dumps(fields)
+        script_keys = keys.script_keys()
         fingerprint = ""
         if idempotency_key is not None:
             script_keys.append(keys.idempotency(idempotency_key))
             mode += "i"
+            identity = [kind, user_id, delta, description, reference_id, refund_of]
+            if expires_at_ms is not None:
+                identity.append(expires_at_ms)
             fingerprint = hashlib.sha256(
-                orjson.dumps([kind, user_id, delta, description, reference_id, refund_of])
-                + metadata_json.encode()
+                orjson.dumps(identity) + metadata_text.encode()
             ).hexdigest()
         if refund_of is not None:
             script_keys.append(keys.refund_marker(refund_of))
             mode += "r"
-        args: tuple[Any, ...] = (
+        member = ""
+        if kind == "deduct" and app.auto_top_up:
+            # Usage may start the account's auto top-up; refunds and take-backs never do.
+            script_keys += (keys.top_up(), keys.top_up_due())
+            mode += "t"
+            member = keys.top_up_member()
+        args = (
             delta,
             -app.overdraft_limit,
             entry[:-1],
@@ -382,58 +477,11 @@ class Credits:
             self._recent_entries,
             now_ms,
             ledger_id,
+            mode,
+            member,
+            *extra,
         )
-        if kind == "deduct" and app.auto_top_up:
-            # Usage may start the account's auto top-up; refunds and take-backs never do.
-            script_keys += (keys.top_up(), keys.top_up_due())
-            args += (mode + "t", keys.top_up_member())
-        else:
-            args += (mode,)
         return _Call(user_id, keys, script_keys, args, -app.overdraft_limit, refund_of)
-
-    async def _hydrate(self, app_id: str, user_id: str, keys: AccountKeys, *, create: bool) -> bool:
-        """Rebuild a missing account from the ledger; never read a missing account as 0.
-
-        With create=False an account the ledger has never seen is left absent (a balance read of
-        an unknown user must not allocate memory); returns whether the account now exists.
-        """
-        return user_id in await self._hydrate_many(app_id, {user_id: keys}, create=create)
-
-    async def _hydrate_many(
-        self, app_id: str, accounts: dict[str, AccountKeys], *, create: bool
-    ) -> set[str]:
-        """_hydrate for many accounts: one PostgreSQL query, one Redis round trip.
-
-        With PostgreSQL unreachable, Redis answers for the shards it holds completely
-        (engine.ledger.completeness), so a brand-new user's first add still works. PostgreSQL
-        stays the first judge: a mark can outlive a loss Redis cannot see (the last second of
-        an AOF `everysec` crash), and PostgreSQL then still has the lost account.
-        """
-        try:
-            snapshots = await self._bridge.call(
-                self._repository.account_snapshots, app_id, list(accounts)
-            )
-        except UnavailableError:
-            return await self._vouch(accounts, create=create)
-        calls = []
-        for user_id, (balance, seq, updated_at) in snapshots.items():
-            if updated_at is None and not create:
-                continue
-            updated_ms = "" if updated_at is None else str(int(updated_at.timestamp() * 1000))
-            calls.append(([accounts[user_id].account], (balance, seq, updated_ms, "")))
-        if calls:
-            await scripts.run_many(self._redis, self._scripts.hydrate, calls)
-        return {user_id for user_id in snapshots if create or snapshots[user_id][2] is not None}
-
-    async def _vouch(self, accounts: dict[str, AccountKeys], *, create: bool) -> set[str]:
-        """The accounts that exist (created at 0 where Redis vouches they are new); raises
-        UnavailableError when Redis cannot vouch for one of them."""
-        flag = "1" if create else "0"
-        calls = [([keys.account, keys.complete()], (flag,)) for keys in accounts.values()]
-        replies = await scripts.run_many(self._redis, self._scripts.vouch_account, calls)
-        if -1 in replies:
-            raise UnavailableError("PostgreSQL is unavailable; retry shortly", "postgresql")
-        return {user_id for user_id, reply in zip(accounts, replies, strict=True) if reply == 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,20 +498,11 @@ class _Call:
     def result(self, reply: list[Any]) -> EntryResult:
         status = reply[0]
         if status == "ok" or status == "replay":
-            stored = orjson.loads(reply[2])
-            return EntryResult(
-                ledger_id=stored["ledger_id"],
-                user_id=stored["user_id"],
-                kind=stored["kind"],
-                amount=stored["amount"],
-                balance_before=int(reply[1]),
-                balance_after=stored["balance_after"],
-                created_at_ms=stored["created_at"],
-                replayed=status == "replay",
-                top_up_started=len(reply) > 3 and reply[3] == 1,
-            )
+            return entry_result(reply)
         if status == "insufficient":
-            raise InsufficientCreditsError(balance=int(reply[1]), floor=self.floor)
+            balance, available = int(reply[1]), int(reply[2])
+            shown = available if available != balance else None
+            raise InsufficientCreditsError(balance, self.floor, shown)
         if status == "conflict":
             raise IdempotencyConflictError()
         if status == "refunded":
@@ -472,40 +511,37 @@ class _Call:
             raise InvalidRequestError(
                 f"amount would take the balance above {MAX_AMOUNT}; balance is {reply[1]}"
             )
+        if status == "grant_gone":
+            raise ConflictError(f"grant {self.refund_of} has expired: nothing is left to refund")
+        if status == "grant_spent":
+            raise ConflictError(f"nothing is left of grant {self.refund_of} to refund")
+        if status == "too_many_grants":
+            raise ConflictError(
+                f"the user has {MAX_GRANTS} active grants, the most one account may have"
+            )
         raise RuntimeError(f"apply_entry.lua returned {reply!r}")
 
 
-def _check_amount(amount: int) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_AMOUNT:
-        raise InvalidRequestError(f"amount must be an integer from 1 to {MAX_AMOUNT}")
+def entry_result(reply: list[Any]) -> EntryResult:
+    """An "ok" or "replay" reply of the scripts that post entries (lua/account.lua)."""
+    stored = orjson.loads(reply[2])
+    return EntryResult(
+        ledger_id=stored["ledger_id"],
+        user_id=stored["user_id"],
+        kind=stored["kind"],
+        amount=stored["amount"],
+        balance_before=int(reply[1]),
+        balance_after=stored["balance_after"],
+        created_at_ms=stored["created_at"],
+        replayed=reply[0] == "replay",
+        top_up_started=reply[3] == 1,
+        available=int(reply[4]) if len(reply) > 4 and reply[4] is not None else None,
+        expires_at_ms=stored.get("expires_at"),
+        hold_id=stored.get("hold_id"),
+        held=stored.get("held"),
+    )
 
 
-def _check_text(name: str, value: str | None, max_length: int, *, required: bool = False) -> None:
-    if value is None and not required:
-        return
-    if required and isinstance(value, str):
-        problem = text_problem(name, value, max_length)
-        if problem:
-            raise InvalidRequestError(problem)
-    if not isinstance(value, str) or not (1 if required else 0) <= len(value) <= max_length:
-        qualifier = "a non-empty string" if required else "a string"
-        raise InvalidRequestError(f"{name} must be {qualifier} of at most {max_length} characters")
-    if "\x00" in value:
-        # PostgreSQL text cannot hold NUL; an entry it refuses would block its outbox shard.
-        raise InvalidRequestError(f"{name} must not contain NUL characters")
-
-
-def _metadata_json(metadata: dict[str, Any] | None) -> str:
-    if metadata is None:
-        return "null"
-    if not isinstance(metadata, dict):
-        raise InvalidRequestError("metadata must be a JSON object")
-    try:
-        encoded = json.dumps(
-            metadata, allow_nan=False, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise InvalidRequestError(f"metadata must be plain JSON: {exc}") from exc
-    if "\\u0000" in encoded:
-        raise InvalidRequestError("metadata must not contain NUL characters")
-    return encoded
+def check_expiry(expires_at_ms: int, now_ms: int) -> None:
+    if not now_ms < expires_at_ms <= now_ms + MAX_GRANT_MS:
+        raise InvalidRequestError("expires_at must be in the future, at most 10 years ahead")

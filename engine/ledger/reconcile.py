@@ -6,6 +6,7 @@ their sum must be the balance read. Fewer entries while the shard's outbox still
 means not drained yet (skipped); fewer with an empty outbox means entries were lost.
 """
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +15,10 @@ from redis import Redis
 from redis.commands.core import Script
 
 from engine.ledger.defaults import RECONCILE_SCAN_BATCH
+from engine.ledger.expiring import hold_token, rebuild
 from engine.ledger.outbox import outbox_depths
 from engine.ledger.repository import LedgerRepository
-from engine.store.keys import ACCOUNT_PATTERN, parse_account_key, shard_of
+from engine.store.keys import ACCOUNT_PATTERN, account_keys, parse_account_key, shard_of
 from engine.store.scripts import Scripts
 
 
@@ -70,14 +72,17 @@ def _check(
 ) -> None:
     pipe = redis.pipeline(transaction=False)
     for key in keys:
-        pipe.hmget(key, "balance", "seq")
+        pipe.hmget(key, "balance", "seq", "due")
     states = pipe.execute()
     accounts: list[tuple[str, str, int, int, str]] = []  # app, user, seq, balance, key
-    for key, (balance, seq) in zip(keys, states, strict=True):
+    expiring: list[tuple[str, str]] = []
+    for key, (balance, seq, due) in zip(keys, states, strict=True):
         if balance is None:
             continue  # gone since the scan: nothing to compare
         app_id, user_id = parse_account_key(key)
         accounts.append((app_id, user_id, int(seq or 0), int(balance), key))
+        if due is not None:
+            expiring.append((app_id, user_id))
     totals = repository.ledger_totals([(app, user, seq) for app, user, seq, _, _ in accounts])
     # Read after the totals: an entry persisted since then is counted there, or still queued.
     depths = outbox_depths(redis)
@@ -88,6 +93,8 @@ def _check(
             continue
         report.accounts_checked += 1
         if count == seq and ledger_balance == balance:
+            if (app_id, user_id) in expiring:
+                _check_expiring(redis, repository, app_id, user_id, report)
             continue
         drift = {
             "app_id": app_id,
@@ -106,3 +113,48 @@ def _check(
             drift["repaired"] = bool(repaired)
             report.repaired += bool(repaired)
         report.drift.append(drift)
+
+
+def _check_expiring(
+    redis: Redis, repository: LedgerRepository, app_id: str, user_id: str, report: Report
+) -> None:
+    """Grants and holds against the ledger: each grant's credits left, the holds and what they
+    hold are what the ledger's entries make them, and the grants' credits fit in the balance."""
+    keys = account_keys(app_id, user_id)
+    pipe = redis.pipeline(transaction=True)  # one moment of the account
+    pipe.hmget(keys.account, "balance", "seq", "held", "granted")
+    pipe.hgetall(keys.grants)
+    pipe.hgetall(keys.holds)
+    (balance, seq, held, granted), grants, holds = pipe.execute()
+    if balance is None:
+        return
+    entries = repository.expiring_entries([(app_id, user_id, int(seq))])[(app_id, user_id)]
+    expected = rebuild(entries, time.time_ns() // 1_000_000)
+    lefts = {grant_id: int(value.split()[2]) for grant_id, value in grants.items()}
+    problems = []
+    if {g: left for g, left in lefts.items() if left} != {
+        g: left for g, (_, _, left) in expected.grants.items() if left
+    }:
+        problems.append("grant credits left differ from the ledger")
+    if int(granted or 0) != sum(lefts.values()):
+        problems.append("granted is not the sum of the grants")
+    if sum(lefts.values()) > max(int(balance), 0):
+        problems.append("grant credits exceed the balance")
+    if {hold_token(h) for h in expected.holds} != set(holds) or int(held or 0) != expected.held:
+        problems.append("active holds differ from the ledger")
+    if problems:
+        report.drift.append(
+            {
+                "app_id": app_id,
+                "user_id": user_id,
+                "redis_balance": int(balance),
+                "ledger_balance": int(balance),
+                "seq": int(seq),
+                "reason": "; ".join(problems),
+                "redis_grants": lefts,
+                "ledger_grants": {g: left for g, (_, _, left) in expected.grants.items()},
+                "redis_held": int(held or 0),
+                "ledger_held": expected.held,
+                "repaired": False,
+            }
+        )

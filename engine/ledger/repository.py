@@ -3,7 +3,7 @@
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -19,25 +19,37 @@ from engine.store.keys import shard_of
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    balance: int
+    seq: int
+    updated_at: datetime | None
+    expiring: bool  # some entry made or settled a grant or hold
+
+
+# The entries engine.ledger.expiring rebuilds grants and holds from.
+_EXPIRING = "l.expires_at IS NOT NULL OR l.hold_id IS NOT NULL OR l.grants IS NOT NULL"
+
+
 class LedgerRepository:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def account_snapshots(
-        self, app_id: str, user_ids: list[str]
-    ) -> dict[str, tuple[int, int, datetime | None]]:
-        """Accounts as their ledger holds them: balance, last seq, last change (None: never)."""
+    def account_snapshots(self, app_id: str, user_ids: list[str]) -> dict[str, "Snapshot"]:
+        """Accounts as their ledger holds them: balance, last seq, last change (None: never),
+        and whether any entry made or settled a grant or hold."""
         with connection(self._pool) as conn:
             rows = conn.execute(
                 "SELECT t.user_id, coalesce(sum(l.amount), 0), coalesce(max(l.seq), 0),"
-                " max(l.created_at) FROM unnest(%s::text[]) AS t(user_id)"
+                f" max(l.created_at), coalesce(bool_or({_EXPIRING}), false)"
+                " FROM unnest(%s::text[]) AS t(user_id)"
                 " LEFT JOIN ledger_entries l ON l.app_id = %s AND l.user_id = t.user_id"
                 " GROUP BY t.user_id",
                 (user_ids, app_id),
             ).fetchall()
-        return {row[0]: (int(row[1]), int(row[2]), row[3]) for row in rows}
+        return {row[0]: Snapshot(int(row[1]), int(row[2]), row[3], row[4]) for row in rows}
 
-    def all_account_snapshots(self) -> Iterator[tuple[str, str, int, int, datetime]]:
+    def all_account_snapshots(self) -> Iterator[tuple[str, str, "Snapshot"]]:
         """Every account the ledger knows, as account_snapshots reads one, streamed."""
         with (
             connection(self._pool) as conn,
@@ -46,16 +58,45 @@ class LedgerRepository:
         ):
             cursor.itersize = 10_000
             cursor.execute(
-                "SELECT app_id, user_id, sum(amount), max(seq), max(created_at)"
-                " FROM ledger_entries GROUP BY app_id, user_id"
+                "SELECT app_id, user_id, sum(amount), max(seq), max(created_at),"
+                f" bool_or({_EXPIRING}) FROM ledger_entries l GROUP BY app_id, user_id"
             )
-            for app_id, user_id, balance, seq, updated_at in cursor:
-                yield app_id, user_id, int(balance), int(seq), updated_at
+            for app_id, user_id, balance, seq, updated_at, expiring in cursor:
+                yield app_id, user_id, Snapshot(int(balance), int(seq), updated_at, expiring)
+
+    def expiring_entries(
+        self, accounts: list[tuple[str, str, int]]
+    ) -> dict[tuple[str, str], list[LedgerEntry]]:
+        """For (app_id, user_id, seq) triples: the account's entries up to that seq that made,
+        used or settled a grant or hold, in seq order (engine.ledger.expiring)."""
+        with connection(self._pool) as conn:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS}"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(app_id, user_id, seq)"
+                " JOIN ledger_entries l ON l.app_id = t.app_id AND l.user_id = t.user_id"
+                f"  AND l.seq <= t.seq AND ({_EXPIRING}) ORDER BY l.seq",
+                ([a[0] for a in accounts], [a[1] for a in accounts], [a[2] for a in accounts]),
+            ).fetchall()
+        found: dict[tuple[str, str], list[LedgerEntry]] = {(a[0], a[1]): [] for a in accounts}
+        for row in rows:
+            entry = _entry(row)
+            found[(entry.app_id, entry.user_id)].append(entry)
+        return found
+
+    def hold_entries(self, app_id: str, hold_id: str) -> list[LedgerEntry]:
+        """The persisted entries of one hold: its own, and the one that settled it."""
+        with connection(self._pool) as conn:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries l"
+                " WHERE l.hold_id = %s AND l.app_id = %s ORDER BY l.seq",
+                (hold_id, app_id),
+            ).fetchall()
+        return [_entry(row) for row in rows]
 
     def find_entry(self, ledger_id: UUID) -> LedgerEntry | None:
         with connection(self._pool) as conn:
             row = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE ledger_id = %s", (ledger_id,)
+                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries l WHERE ledger_id = %s", (ledger_id,)
             ).fetchone()
         return _entry(row) if row else None
 
@@ -80,7 +121,7 @@ class LedgerRepository:
         """The account's entries with seq from `low` to `high`, newest first."""
         with connection(self._pool) as conn:
             rows = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE app_id = %s AND user_id = %s"
+                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries l WHERE app_id = %s AND user_id = %s"
                 " AND seq BETWEEN %s AND %s ORDER BY seq DESC",
                 (app_id, user_id, low, high),
             ).fetchall()
@@ -163,9 +204,10 @@ class LedgerRepository:
 
 
 _ENTRY_COLUMNS = (
-    "ledger_id::text, app_id, user_id, kind, amount, balance_after, description, reference_id,"
-    " metadata, idempotency_key, refund_of::text, seq,"
-    " (extract(epoch FROM created_at) * 1000)::bigint"
+    "l.ledger_id::text, l.app_id, l.user_id, l.kind, l.amount, l.balance_after, l.description,"
+    " l.reference_id, l.metadata, l.idempotency_key, l.refund_of::text, l.seq,"
+    " (extract(epoch FROM l.created_at) * 1000)::bigint, l.hold_id, l.held,"
+    " (extract(epoch FROM l.expires_at) * 1000)::bigint, l.grants"
 )
 
 
@@ -177,17 +219,22 @@ def _insert(conn: psycopg.Connection, entries: list[LedgerEntry]) -> int:
     if not entries:
         return 0
     columns = [[getattr(entry, name) for entry in entries] for name in _INSERT_FIELDS]
-    columns[_INSERT_FIELDS.index("metadata")] = [
-        None if entry.metadata is None else json.dumps(entry.metadata) for entry in entries
-    ]
+    for name in ("metadata", "grants"):
+        columns[_INSERT_FIELDS.index(name)] = [
+            None if getattr(entry, name) is None else json.dumps(getattr(entry, name))
+            for entry in entries
+        ]
     cursor = conn.execute(
         "INSERT INTO ledger_entries (ledger_id, app_id, user_id, kind, amount, balance_after,"
-        " description, reference_id, metadata, idempotency_key, refund_of, seq, created_at)"
+        " description, reference_id, metadata, idempotency_key, refund_of, seq, created_at,"
+        " hold_id, held, expires_at, grants)"
         " SELECT l, a, u, k, am, ba, d, r, m::jsonb, i, rf, s,"
-        "  timestamptz 'epoch' + c * interval '1 millisecond'"
+        "  timestamptz 'epoch' + c * interval '1 millisecond', h, hd,"
+        "  timestamptz 'epoch' + x * interval '1 millisecond', g::jsonb"
         " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
         "  %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::uuid[],"
-        "  %s::bigint[], %s::bigint[]) AS t(l, a, u, k, am, ba, d, r, m, i, rf, s, c)"
+        "  %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::text[])"
+        "  AS t(l, a, u, k, am, ba, d, r, m, i, rf, s, c, h, hd, x, g)"
         # No conflict target: a replayed entry (same ledger_id) is skipped, and so is a second
         # refund of one entry, which the scripts already refuse; reconciliation would show it.
         " ON CONFLICT DO NOTHING",
@@ -199,6 +246,7 @@ def _insert(conn: psycopg.Connection, entries: list[LedgerEntry]) -> int:
 _INSERT_FIELDS = (
     "ledger_id", "app_id", "user_id", "kind", "amount", "balance_after", "description",
     "reference_id", "metadata", "idempotency_key", "refund_of", "seq", "created_at_ms",
+    "hold_id", "held", "expires_at_ms", "grants",
 )  # fmt: skip
 
 

@@ -59,6 +59,12 @@ def completeness_lock_key() -> str:
     return f"{PREFIX}:completing-lock"
 
 
+def expiry_due_key(shard: int) -> str:
+    """Sorted set of the shard's accounts with a grant or hold to expire, scored by when the
+    next one does (epoch ms): the worker's sweep expires them for accounts nobody touches."""
+    return f"{_tag(shard)}:expiry-due"
+
+
 def top_up_due_key(shard: int) -> str:
     """Sorted set of the shard's accounts with an auto top-up to run, scored by when (epoch ms)."""
     return f"{_tag(shard)}:topup-due"
@@ -79,8 +85,9 @@ def reconcile_schedule_key() -> str:
     return f"{PREFIX}:reconcile:scheduled"
 
 
-def parse_top_up_member(member: str) -> tuple[str, str]:
-    """(app_id, user_id) of an AccountKeys.top_up_member(); app ids never contain ':'."""
+def parse_member(member: str) -> tuple[str, str]:
+    """(app_id, user_id) of an account's member in a shard's top-up-due or expiry-due set
+    (AccountKeys.top_up_member()); app ids never contain ':'."""
     app_id, _, user_id = member.partition(":")
     return app_id, user_id
 
@@ -120,6 +127,9 @@ class AccountKeys:
     recent: str
     outbox: str
     unpersisted: str
+    grants: str
+    holds: str
+    expiry_due: str
     _tag: str
     _scope: str
 
@@ -140,8 +150,22 @@ class AccountKeys:
         """The account's name in its shard's top-up-due set: app_id:user_id."""
         return self._scope
 
+    def script_keys(self) -> list[str]:
+        """The keys every script that changes the account takes first (lua/account.lua)."""
+        return [
+            self.account, self.recent, self.outbox, self.unpersisted, self.grants, self.holds,
+            self.expiry_due,
+        ]  # fmt: skip
+
+    def hold_end(self, token: str) -> str:
+        """How a settled hold ended ("captured <ledger_id>"), kept a while after it did."""
+        return f"{self._tag}:hold-end:{self._scope}:{token}"
+
     def complete(self) -> str:
         return complete_key(self.shard)
+
+    def completing(self) -> str:
+        return completing_key(self.shard)
 
     def refund_marker(self, refunded_ledger_id: str) -> str:
         """Holds the ledger id of the refund of `refunded_ledger_id`; it never expires."""
@@ -157,6 +181,9 @@ def account_keys(app_id: str, user_id: str) -> AccountKeys:
         recent=f"{tag}:recent:{app_id}:{user_id}",
         outbox=outbox_key(shard),
         unpersisted=unpersisted_key(shard),
+        grants=f"{tag}:grants:{app_id}:{user_id}",
+        holds=f"{tag}:holds:{app_id}:{user_id}",
+        expiry_due=expiry_due_key(shard),
         _tag=tag,
         _scope=f"{app_id}:{user_id}",
     )

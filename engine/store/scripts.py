@@ -22,7 +22,10 @@ S = TypeVar("S", Script, AsyncScript)
 
 _NAMES = (
     "apply_entry", "hydrate", "repair_account", "claim_due", "vouch_account", "mark_complete",
+    "hold", "settle_hold", "expire_due",
 )  # fmt: skip
+# The scripts that change an account share lua/account.lua, put in front of their own text.
+_ACCOUNT_SCRIPTS = frozenset(("apply_entry", "hold", "settle_hold", "expire_due"))
 # NOSCRIPT means the call did not run, so it is sent again after loading the script; a script
 # cache flushed again and again between the two gives up after this many tries.
 _LOADS = 5
@@ -33,7 +36,10 @@ Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
 
 @cache
 def source(name: str) -> str:
-    return files("lua").joinpath(f"{name}.lua").read_text()
+    text = files("lua").joinpath(f"{name}.lua").read_text()
+    if name in _ACCOUNT_SCRIPTS:
+        return source("account") + text
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,9 @@ class Scripts(Generic[S]):
     claim_due: S
     vouch_account: S
     mark_complete: S
+    hold: S
+    settle_hold: S
+    expire_due: S
 
     @staticmethod
     def register(redis: Redis) -> "Scripts[Script]":

@@ -13,7 +13,9 @@ export function camel(key) {
 
 /** A ledger entry as reauth's transaction: `{ id, amountDelta, reason, balanceAfter, createdAt, … }`. */
 export function transactionOf(entry) {
-  return { id: entry.id ?? entry.ledger_id, ...camelKeys(entry) };
+  const transaction = { id: entry.id ?? entry.ledger_id, ...camelKeys(entry) };
+  if (Array.isArray(entry.grants)) transaction.grants = entry.grants.map(camelKeys);
+  return transaction;
 }
 
 /** `{ entries | transactions, has_more, … }` → `{ transactions, hasMore, limit, offset }`. */

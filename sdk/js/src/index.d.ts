@@ -26,12 +26,23 @@ export interface EntryParams {
   metadata?: Metadata;
 }
 
+export interface AddParams extends EntryParams {
+  /**
+   * Makes the credits a grant that expires then: ISO 8601 with a time zone
+   * ('2027-01-31T00:00:00Z') or a Date; in the future, at most 10 years ahead.
+   */
+  expires_at?: string | Date;
+}
+
 export interface AddResult {
   success: true;
   ledger_id: string;
   user_id: string;
   amount: number;
   balance_after: number;
+  /** Present for a grant (an add with `expires_at`): its id, the entry's `ledger_id`. */
+  grant_id?: string;
+  expires_at?: string;
 }
 
 export interface DeductSuccess {
@@ -48,6 +59,8 @@ export interface InsufficientCredits {
   success: false;
   error: 'Insufficient credits';
   balance: number;
+  /** The balance less what active holds reserve. */
+  available?: number;
   /** With overdraft on: how far down the user may go. */
   floor?: number;
 }
@@ -71,6 +84,8 @@ export interface RefundResult {
 
 export interface BatchOperation extends EntryParams {
   type: 'add' | 'deduct';
+  /** Adds only: a grant, as `credits.add`. */
+  expires_at?: string | Date;
   /** Generated when omitted, before the first attempt. */
   idempotency_key?: string;
 }
@@ -93,6 +108,7 @@ export interface BatchRefused {
   status: number;
   error: string;
   balance?: number;
+  available?: number;
   floor?: number;
   idempotency_key: string;
 }
@@ -103,11 +119,29 @@ export interface BatchResult {
   results: Array<BatchApplied | BatchRefused>;
 }
 
+export interface Grant {
+  grant_id: string;
+  /** What is left of the grant, less what holds reserve. */
+  remaining: number;
+  expires_at: string;
+}
+
 export interface BalanceResult {
   user_id: string;
   balance: number;
   /** null for a user never seen. */
   updated_at: string | null;
+  /** The balance less what active holds reserve: what a deduct or a hold may spend. */
+  available: number;
+  held: number;
+  /** Active grants, soonest expiry first. */
+  grants: Grant[];
+}
+
+export interface GrantPart {
+  grant_id: string;
+  /** Grant credits taken (negative) or given back; on a hold, reserved. */
+  amount: number;
 }
 
 export interface LedgerEntry {
@@ -124,6 +158,13 @@ export interface LedgerEntry {
   metadata: Metadata | null;
   refund_of: string | null;
   created_at: string;
+  /** The hold this entry made or settled. */
+  hold_id: string | null;
+  /** Change of held credits: +amount by a hold, -amount when it is settled or expires. */
+  held: number | null;
+  /** A grant's or a hold's expiry. */
+  expires_at: string | null;
+  grants: GrantPart[] | null;
 }
 
 export interface HistoryResult {
@@ -140,6 +181,101 @@ export interface HistoryOptions extends RequestOptions {
   offset?: number;
 }
 
+export interface HoldParams {
+  user_id: string;
+  amount: number;
+  /** 1–86400, default 300: an unsettled hold expires then and holds nothing. */
+  ttl_seconds?: number;
+  description?: string;
+  reference_id?: string;
+  metadata?: Metadata;
+}
+
+export interface HoldCreated {
+  success: true;
+  hold_id: string;
+  user_id: string;
+  amount: number;
+  expires_at: string;
+  /** Unchanged by a hold. */
+  balance: number;
+  /** The balance less every active hold, this one included. */
+  available: number;
+}
+
+export interface CaptureParams {
+  /** Default: the whole hold. */
+  amount?: number;
+  description?: string;
+}
+
+export interface CaptureResult {
+  success: true;
+  /** The deduct entry of the capture. */
+  ledger_id: string;
+  balance_before: number;
+  balance_after: number;
+  hold_id: string;
+  user_id: string;
+  captured: number;
+  /** The rest of the hold, given back. */
+  released: number;
+  available: number;
+  auto_top_up_started?: true;
+}
+
+export interface ReleaseParams {
+  description?: string;
+}
+
+export interface ReleaseResult {
+  success: true;
+  hold_id: string;
+  user_id: string;
+  ledger_id: string;
+  released: number;
+  balance: number;
+  available: number;
+}
+
+export type HoldStatus = 'active' | 'captured' | 'released' | 'expired';
+
+export interface Hold {
+  hold_id: string;
+  user_id: string;
+  amount: number;
+  status: HoldStatus;
+  expires_at: string;
+  created_at: string;
+  description: string | null;
+  reference_id: string | null;
+  metadata: Metadata | null;
+  /** The entry that made the hold. */
+  ledger_id: string;
+  /** The entry that captured or released it. */
+  settled_by: string | null;
+  captured: number | null;
+}
+
+export interface HoldsList {
+  user_id: string;
+  holds: Hold[];
+}
+
+/** What `withHold` hands its function: the hold's answer, and how to settle it once. */
+export interface HoldHandle extends HoldCreated {
+  /** True once a capture or release through this handle succeeded. */
+  readonly settled: boolean;
+  readonly settlement: CaptureResult | ReleaseResult | null;
+  /** Spends `amount` (the whole hold when omitted) and releases the rest. */
+  capture(
+    amount?: number,
+    params?: { description?: string },
+    options?: WriteOptions,
+  ): Promise<CaptureResult>;
+  release(params?: ReleaseParams, options?: WriteOptions): Promise<ReleaseResult>;
+}
+
 export interface ClientTokenParams {
   user_id: string;
   /** 1–86400, default 3600. */
@@ -153,7 +289,7 @@ export interface ClientTokenResult {
 }
 
 export interface Credits {
-  add(params: EntryParams, options?: WriteOptions): Promise<AddResult>;
+  add(params: AddParams, options?: WriteOptions): Promise<AddResult>;
   /** Resolves `{ success: false, error: 'Insufficient credits', balance }` on a 402. */
   deduct(params: EntryParams, options?: WriteOptions): Promise<DeductResult>;
   refund(params: RefundParams, options?: WriteOptions): Promise<RefundResult>;
@@ -164,6 +300,26 @@ export interface Credits {
   ): Promise<BatchResult>;
   balance(userId: string, options?: RequestOptions): Promise<BalanceResult>;
   history(userId: string, options?: HistoryOptions): Promise<HistoryResult>;
+  /** Throws a TallyError with status 402 when fewer credits are available. */
+  hold(params: HoldParams, options?: WriteOptions): Promise<HoldCreated>;
+  /** 400 when `amount` is more than the hold; 409 when it is already settled or expired. */
+  captureHold(holdId: string, params?: CaptureParams, options?: WriteOptions): Promise<CaptureResult>;
+  /** 409 when the hold is already settled or expired. */
+  releaseHold(holdId: string, params?: ReleaseParams, options?: WriteOptions): Promise<ReleaseResult>;
+  getHold(holdId: string, options?: RequestOptions): Promise<Hold>;
+  /** Active holds, soonest expiry first. */
+  listHolds(userId: string, options?: RequestOptions): Promise<HoldsList>;
+  /**
+   * Holds `amount`, runs `fn` and resolves what it resolves. A hold `fn` leaves unsettled is
+   * released, also when it throws (the error is thrown on).
+   */
+  withHold<T>(
+    userId: string,
+    amount: number,
+    fn: (hold: HoldHandle) => T | Promise<T>,
+    params?: Omit<HoldParams, 'user_id' | 'amount'>,
+    options?: WriteOptions,
+  ): Promise<T>;
 }
 
 export interface ClientTokens {

@@ -2,6 +2,7 @@
  * The server client: `new Tally({ apiKey, baseUrl })`, the API's own routes and field names.
  */
 import { TallyError } from './errors.js';
+import { HoldHandle, checkHoldFunction, holdPath, isoMoment, runUnderHold } from './holds.js';
 import { newIdempotencyKey } from './idempotency.js';
 import { apiKeyTransport } from './transport.js';
 
@@ -34,8 +35,10 @@ class Credits {
     this.#transport = transport;
   }
 
+  /** With `expires_at` (ISO 8601 with a time zone, or a Date) the credits are a grant. */
   async add(params, options) {
-    return (await keyedPost(this.#transport, '/credits/add', params, options)).body;
+    const body = withExpiry(params);
+    return (await keyedPost(this.#transport, '/credits/add', body, options)).body;
   }
 
   /** Resolves the API's 402 body (`success: false`) instead of throwing: running out is normal. */
@@ -61,9 +64,12 @@ class Credits {
     const list = Array.isArray(operations) ? operations : operations?.operations;
     if (!Array.isArray(list)) throw new TypeError('batch: give an array of operations');
     const keyed = await Promise.all(
-      list.map(async (op) =>
-        op?.idempotency_key == null ? { ...op, idempotency_key: await newIdempotencyKey() } : op,
-      ),
+      list.map(async (op) => {
+        const sent = withExpiry(op);
+        return sent?.idempotency_key == null
+          ? { ...sent, idempotency_key: await newIdempotencyKey() }
+          : sent;
+      }),
     );
     const { body } = await this.#transport.request({
       method: 'POST',
@@ -89,6 +95,52 @@ class Credits {
     return (await this.#get('/credits/history', query, { signal })).body;
   }
 
+  /**
+   * Reserves `amount` credits for `ttl_seconds` (1–86400, default 300) before work whose cost
+   * is known only afterwards; then capture what it cost, or release. A 402 (too few credits
+   * available) throws a TallyError: there is no hold to work under.
+   */
+  async hold(params, options) {
+    return (await keyedPost(this.#transport, '/credits/holds', params, options)).body;
+  }
+
+  /** `{ amount?, description? }`: spends `amount` (all of the hold by default), releases the rest. */
+  async captureHold(holdId, params = {}, options) {
+    const path = holdPath(holdId, '/capture');
+    return (await keyedPost(this.#transport, path, params, options)).body;
+  }
+
+  async releaseHold(holdId, params = {}, options) {
+    const path = holdPath(holdId, '/release');
+    return (await keyedPost(this.#transport, path, params, options)).body;
+  }
+
+  async getHold(holdId, options = {}) {
+    return (await this.#get(holdPath(holdId), undefined, options)).body;
+  }
+
+  /** The user's active holds, soonest expiry first. */
+  async listHolds(userId, options = {}) {
+    return (await this.#get('/credits/holds', { user_id: userId }, options)).body;
+  }
+
+  /**
+   * Holds `amount` credits, runs `fn(hold)` and resolves what it resolves. `hold.capture(cost)`
+   * spends what the work cost; a hold `fn` leaves unsettled is released, also when it throws
+   * (the error is thrown on). `params` are the hold's other fields (`ttl_seconds`,
+   * `description`, …), `options` its `idempotencyKey` and `signal`.
+   */
+  async withHold(userId, amount, fn, params = {}, options = {}) {
+    checkHoldFunction(fn);
+    const created = await this.hold({ ...params, user_id: userId, amount }, options);
+    const handle = new HoldHandle(created, {
+      capture: (cost, more = {}, writeOptions) =>
+        this.captureHold(created.hold_id, { ...more, amount: cost }, writeOptions),
+      release: (more, writeOptions) => this.releaseHold(created.hold_id, more, writeOptions),
+    });
+    return runUnderHold(handle, fn);
+  }
+
   #get(path, query, { signal } = {}) {
     return this.#transport.request({ method: 'GET', path, query, signal });
   }
@@ -111,6 +163,11 @@ class ClientTokens {
   async revokeAll(options) {
     return (await keyedPost(this.#transport, '/client-tokens/revoke', undefined, options)).body;
   }
+}
+
+function withExpiry(params) {
+  if (!(params?.expires_at instanceof Date)) return params;
+  return { ...params, expires_at: isoMoment('expires_at', params.expires_at) };
 }
 
 export function isInsufficientCredits(error) {

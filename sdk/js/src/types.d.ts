@@ -40,6 +40,14 @@ export interface Transaction {
   referenceId: string | null;
   metadata: Metadata | null;
   refundOf: string | null;
+  /** The hold this entry made or settled. */
+  holdId: string | null;
+  /** Change of held credits: +amount by a hold, -amount when it is settled or expires. */
+  held: number | null;
+  /** A grant's or a hold's expiry. */
+  expiresAt: string | null;
+  /** Grant credits the entry took (negative) or gave back, per grant. */
+  grants: Array<{ grantId: string; amount: number }> | null;
 }
 
 export interface TransactionsPage {

@@ -49,7 +49,14 @@ describe('Tally credits', live, () => {
 
   test('an unknown user has balance 0; user ids are sent exactly (unicode, & and =)', async () => {
     const user = `${newUser('café & co')}=ü`;
-    assert.deepEqual(await tally.credits.balance(user), { user_id: user, balance: 0, updated_at: null });
+    assert.deepEqual(await tally.credits.balance(user), {
+      user_id: user,
+      balance: 0,
+      updated_at: null,
+      available: 0,
+      held: 0,
+      grants: [],
+    });
     await tally.credits.add({ user_id: user, amount: 7 });
     assert.equal((await tally.credits.balance(user)).balance, 7);
     assert.equal((await tally.credits.history(user)).entries[0].amount, 7);

@@ -7,20 +7,26 @@ is sent, retried and returned is defined once for both.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from . import endpoints
+from .holds import HoldHandle, PendingHold
 from .models import (
     AddResult,
     Balance,
     BatchOperation,
     BatchResult,
+    CaptureResult,
     DeductResult,
     HistoryPage,
+    Hold,
+    HoldList,
     RefundResult,
+    ReleaseResult,
     Transaction,
 )
 from .retry import RetryPolicy
@@ -56,8 +62,15 @@ class Credits:
         reference_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        expires_at: datetime | str | None = None,
     ) -> AddResult:
-        call = endpoints.add(user_id, amount, description, reference_id, metadata, idempotency_key)
+        """With `expires_at` (a `datetime` with its time zone, or an ISO 8601 string such as
+        "2027-01-31T00:00:00Z"; in the future, at most 10 years away) the credits are a grant:
+        what is left of them then expires. Grants are spent before credits that never
+        expire, the soonest to expire first."""
+        call = endpoints.add(
+            user_id, amount, description, reference_id, metadata, idempotency_key, expires_at
+        )
         return self._transport.execute(call)
 
     def deduct(
@@ -90,6 +103,55 @@ class Credits:
     def history(self, user_id: str, limit: int = 50, offset: int = 0) -> HistoryPage:
         return self._transport.execute(endpoints.history(user_id, limit, offset))
 
+    def hold(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl_seconds: int | None = None,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> HoldHandle:
+        """Reserve `amount` credits for `ttl_seconds` (1 to 86400, default 300), then capture
+        what the work cost or release them. Raises InsufficientBalance (402) when fewer are
+        available. The answer is a context manager: a block left without a capture or a
+        release releases the hold (see `tally_credits.holds`)."""
+        call = endpoints.hold(
+            user_id, amount, ttl_seconds, description, reference_id, metadata, idempotency_key
+        )
+        return HoldHandle(self._transport, self._transport.execute(call))
+
+    def capture_hold(
+        self,
+        hold_id: str,
+        amount: int | None = None,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> CaptureResult:
+        """Spend `amount` of the hold (all of it when None) and release the rest. APIError 400
+        when `amount` is more than the hold, 409 when it is already settled or expired, 404
+        for an unknown hold."""
+        call = endpoints.capture_hold(hold_id, amount, description, idempotency_key)
+        return self._transport.execute(call)
+
+    def release_hold(
+        self, hold_id: str, *, description: str | None = None, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        """Give the whole hold back. APIError 409 when it is already settled or expired."""
+        call = endpoints.release_hold(hold_id, description, idempotency_key)
+        return self._transport.execute(call)
+
+    def get_hold(self, hold_id: str) -> Hold:
+        """Any hold, active or not."""
+        return self._transport.execute(endpoints.get_hold(hold_id))
+
+    def list_holds(self, user_id: str) -> HoldList:
+        """The user's active holds, soonest expiry first."""
+        return self._transport.execute(endpoints.list_holds(user_id))
+
 
 class AsyncCredits:
     """`AsyncTally.credits`: as `Credits`, awaited."""
@@ -106,8 +168,11 @@ class AsyncCredits:
         reference_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        expires_at: datetime | str | None = None,
     ) -> AddResult:
-        call = endpoints.add(user_id, amount, description, reference_id, metadata, idempotency_key)
+        call = endpoints.add(
+            user_id, amount, description, reference_id, metadata, idempotency_key, expires_at
+        )
         return await self._transport.execute(call)
 
     async def deduct(
@@ -140,6 +205,47 @@ class AsyncCredits:
 
     async def history(self, user_id: str, limit: int = 50, offset: int = 0) -> HistoryPage:
         return await self._transport.execute(endpoints.history(user_id, limit, offset))
+
+    def hold(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl_seconds: int | None = None,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> PendingHold:
+        """As `Credits.hold`; not a coroutine: `await` the answer for an `AsyncHoldHandle`, or
+        `async with tally.credits.hold(...) as h:`, which makes the hold on entry."""
+        call = endpoints.hold(
+            user_id, amount, ttl_seconds, description, reference_id, metadata, idempotency_key
+        )
+        return PendingHold(self._transport, call)
+
+    async def capture_hold(
+        self,
+        hold_id: str,
+        amount: int | None = None,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> CaptureResult:
+        call = endpoints.capture_hold(hold_id, amount, description, idempotency_key)
+        return await self._transport.execute(call)
+
+    async def release_hold(
+        self, hold_id: str, *, description: str | None = None, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        call = endpoints.release_hold(hold_id, description, idempotency_key)
+        return await self._transport.execute(call)
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        return await self._transport.execute(endpoints.get_hold(hold_id))
+
+    async def list_holds(self, user_id: str) -> HoldList:
+        return await self._transport.execute(endpoints.list_holds(user_id))
 
 
 class Tally:
@@ -189,6 +295,56 @@ class Tally:
     def get_transactions(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Transaction]:
         """Newest first, each with `id, amount_delta, reason, balance_after, created_at`."""
         return self._transport.execute(endpoints.get_transactions(user_id, limit, offset))
+
+    # Holds, here as well as on `tally.credits`: `with tally.hold(user_id, amount) as h:`.
+
+    def hold(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl_seconds: int | None = None,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> HoldHandle:
+        """`tally.credits.hold`: reserve `amount` credits, then capture what the work cost.
+        A block left without a capture or a release releases the hold."""
+        return self.credits.hold(
+            user_id,
+            amount,
+            ttl_seconds=ttl_seconds,
+            description=description,
+            reference_id=reference_id,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+
+    def capture_hold(
+        self,
+        hold_id: str,
+        amount: int | None = None,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> CaptureResult:
+        return self.credits.capture_hold(
+            hold_id, amount, description=description, idempotency_key=idempotency_key
+        )
+
+    def release_hold(
+        self, hold_id: str, *, description: str | None = None, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        return self.credits.release_hold(
+            hold_id, description=description, idempotency_key=idempotency_key
+        )
+
+    def get_hold(self, hold_id: str) -> Hold:
+        return self.credits.get_hold(hold_id)
+
+    def list_holds(self, user_id: str) -> HoldList:
+        return self.credits.list_holds(user_id)
 
     def close(self) -> None:
         self._transport.close()
@@ -243,6 +399,53 @@ class AsyncTally:
         self, user_id: str, limit: int = 50, offset: int = 0
     ) -> list[Transaction]:
         return await self._transport.execute(endpoints.get_transactions(user_id, limit, offset))
+
+    def hold(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        ttl_seconds: int | None = None,
+        description: str | None = None,
+        reference_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> PendingHold:
+        """`async with tally.hold(user_id, amount) as h:` (or `h = await tally.hold(...)`)."""
+        return self.credits.hold(
+            user_id,
+            amount,
+            ttl_seconds=ttl_seconds,
+            description=description,
+            reference_id=reference_id,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+
+    async def capture_hold(
+        self,
+        hold_id: str,
+        amount: int | None = None,
+        *,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> CaptureResult:
+        return await self.credits.capture_hold(
+            hold_id, amount, description=description, idempotency_key=idempotency_key
+        )
+
+    async def release_hold(
+        self, hold_id: str, *, description: str | None = None, idempotency_key: str | None = None
+    ) -> ReleaseResult:
+        return await self.credits.release_hold(
+            hold_id, description=description, idempotency_key=idempotency_key
+        )
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        return await self.credits.get_hold(hold_id)
+
+    async def list_holds(self, user_id: str) -> HoldList:
+        return await self.credits.list_holds(user_id)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
 
 from .models import (
     AddResult,
@@ -18,10 +20,16 @@ from .models import (
     BatchItem,
     BatchOperation,
     BatchResult,
+    CaptureResult,
     DeductResult,
     HistoryPage,
+    Hold,
+    HoldCreated,
+    HoldList,
     RefundResult,
+    ReleaseResult,
     Transaction,
+    iso_datetime,
 )
 
 T = TypeVar("T")
@@ -85,9 +93,12 @@ def add(
     reference_id: str | None,
     metadata: Mapping[str, Any] | None,
     idempotency_key: str | None,
+    expires_at: datetime | str | None = None,
 ) -> Call[AddResult]:
     entry = _entry(user_id, amount, description, reference_id, metadata)
-    return _keyed("/credits/add", AddResult.from_json, entry, idempotency_key, frozenset({200}))
+    if expires_at is not None:
+        entry["expires_at"] = iso_datetime("expires_at", expires_at)
+    return _keyed("/credits/add", AddResult.from_json, entry, idempotency_key, OK)
 
 
 def deduct(
@@ -111,7 +122,8 @@ def _keyed(
     idempotency_key: str | None,
     accept: frozenset[int],
 ) -> Call[T]:
-    """An add or a deduct: a POST with an Idempotency-Key, its answer read by `parse`."""
+    """A write (an add, a deduct, a hold and its capture or release): a POST with an
+    Idempotency-Key, its answer read by `parse`."""
     return Call(
         "POST",
         path,
@@ -143,6 +155,8 @@ def batch(operations: Sequence[BatchOperation | Mapping[str, Any]]) -> Call[Batc
     sent: list[dict[str, Any]] = []
     for operation in operations:
         op = operation.to_json() if isinstance(operation, BatchOperation) else dict(operation)
+        if isinstance(op.get("expires_at"), datetime):
+            op["expires_at"] = iso_datetime("expires_at", op["expires_at"])
         if op.get("idempotency_key") is None:
             op["idempotency_key"] = new_key()
         sent.append(op)
@@ -177,6 +191,63 @@ def history(user_id: str, limit: int, offset: int) -> Call[HistoryPage]:
         lambda r: HistoryPage.from_json(r.body, request_id=r.request_id),
         params={"user_id": user_id, "limit": limit, "offset": offset},
     )
+
+
+def hold(
+    user_id: str,
+    amount: int,
+    ttl_seconds: int | None,
+    description: str | None,
+    reference_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[HoldCreated]:
+    """A 402 (too few credits available) is raised as InsufficientBalance: there is no hold
+    to work under."""
+    body = _entry(user_id, amount, description, reference_id, metadata)
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    return _keyed("/credits/holds", HoldCreated.from_json, body, idempotency_key, OK)
+
+
+def capture_hold(
+    hold_id: str, amount: int | None, description: str | None, idempotency_key: str | None
+) -> Call[CaptureResult]:
+    body: dict[str, Any] = {}
+    if amount is not None:
+        body["amount"] = amount
+    if description is not None:
+        body["description"] = description
+    path = _hold_path(hold_id, "/capture")
+    return _keyed(path, CaptureResult.from_json, body, idempotency_key, OK)
+
+
+def release_hold(
+    hold_id: str, description: str | None, idempotency_key: str | None
+) -> Call[ReleaseResult]:
+    body: dict[str, Any] = {} if description is None else {"description": description}
+    path = _hold_path(hold_id, "/release")
+    return _keyed(path, ReleaseResult.from_json, body, idempotency_key, OK)
+
+
+def get_hold(hold_id: str) -> Call[Hold]:
+    return Call(
+        "GET", _hold_path(hold_id), lambda r: Hold.from_json(r.body, request_id=r.request_id)
+    )
+
+
+def list_holds(user_id: str) -> Call[HoldList]:
+    return Call(
+        "GET",
+        "/credits/holds",
+        lambda r: HoldList.from_json(r.body, request_id=r.request_id),
+        params={"user_id": user_id},
+    )
+
+
+def _hold_path(hold_id: str, action: str = "") -> str:
+    # A hold id is URL-safe as Tally makes it; one that is not must still name one path.
+    return f"/credits/holds/{quote(hold_id, safe='')}{action}"
 
 
 # reauth's names: the same calls, read the way reauth's SDK answers.

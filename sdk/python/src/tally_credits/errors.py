@@ -51,7 +51,8 @@ class TallyError(Exception):
 
 
 class APIError(TallyError):
-    """An error status with no class of its own: 400, 403, 404, 409, 413, 415, 500, 502..."""
+    """An error status with no class of its own: 400, 403, 404, 409, 413, 415, 500, 502...
+    (409: a refund already made, a hold already settled or expired)."""
 
 
 class AuthenticationError(TallyError):
@@ -59,12 +60,18 @@ class AuthenticationError(TallyError):
 
 
 class InsufficientBalance(TallyError):
-    """402: not enough credits. `balance` is what the user has; with overdraft on, `floor`
-    is how far the balance may go. Nothing was written."""
+    """402: not enough credits. `balance` is what the user has, `available` that less what
+    active holds reserve; with overdraft on, `floor` is how far the balance may go. Nothing
+    was written."""
 
     @property
     def balance(self) -> int | None:
         value = self.body.get("balance")
+        return value if isinstance(value, int) else None
+
+    @property
+    def available(self) -> int | None:
+        value = self.body.get("available")
         return value if isinstance(value, int) else None
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 JSON = Mapping[str, Any]
@@ -30,12 +31,34 @@ def _opt_str(body: JSON, name: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _opt_metadata(body: JSON) -> Mapping[str, Any] | None:
+    metadata = body.get("metadata")
+    return dict(metadata) if isinstance(metadata, Mapping) else None
+
+
+def iso_datetime(name: str, value: datetime | str) -> str:
+    """A moment as Tally takes it: ISO 8601 with a time zone. A string is sent as given (Tally
+    checks it); a `datetime` must carry its time zone, which a naive one does not say."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name} needs a time zone, e.g. datetime(..., tzinfo=UTC)")
+        return value.isoformat()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{name} must be a datetime or an ISO 8601 string")
+
+
 @dataclass(frozen=True)
 class AddResult:
+    """Credits added with `expires_at` are a grant: `grant_id` (the entry's `ledger_id`) and
+    `expires_at` say which and until when; both are None for credits that never expire."""
+
     ledger_id: str
     user_id: str
     amount: int
     balance_after: int
+    grant_id: str | None = None
+    expires_at: str | None = None
     replayed: bool = False
     request_id: str | None = field(default=None, compare=False)
 
@@ -46,6 +69,8 @@ class AddResult:
             user_id=str(body["user_id"]),
             amount=_int(body, "amount"),
             balance_after=_int(body, "balance_after"),
+            grant_id=_opt_str(body, "grant_id"),
+            expires_at=_opt_str(body, "expires_at"),
             replayed=replayed,
             request_id=request_id,
         )
@@ -53,8 +78,9 @@ class AddResult:
 
 @dataclass(frozen=True)
 class DeductResult:
-    """`success` is False when the user had too few credits (HTTP 402): then `error` and
-    `balance` (and `floor` with overdraft) say so, and nothing was written."""
+    """`success` is False when the user had too few credits (HTTP 402): then `error`,
+    `balance` and `available` (the balance less active holds; and `floor` with overdraft) say
+    so, and nothing was written."""
 
     success: bool
     ledger_id: str | None = None
@@ -64,6 +90,7 @@ class DeductResult:
     error: str | None = None
     balance: int | None = None
     floor: int | None = None
+    available: int | None = None
     replayed: bool = False
     request_id: str | None = field(default=None, compare=False)
 
@@ -75,6 +102,7 @@ class DeductResult:
                 error=_opt_str(body, "error"),
                 balance=_opt_int(body, "balance"),
                 floor=_opt_int(body, "floor"),
+                available=_opt_int(body, "available"),
                 replayed=replayed,
                 request_id=request_id,
             )
@@ -117,7 +145,8 @@ class RefundResult:
 @dataclass(frozen=True)
 class BatchOperation:
     """One add or deduct of a batch. Without an `idempotency_key` the SDK gives it a fresh
-    one before the first attempt (see `BatchItem.idempotency_key`)."""
+    one before the first attempt (see `BatchItem.idempotency_key`). An add with `expires_at`
+    (a `datetime` with its time zone, or an ISO 8601 string) is a grant, as `Credits.add`."""
 
     type: Literal["add", "deduct"]
     user_id: str
@@ -126,6 +155,7 @@ class BatchOperation:
     reference_id: str | None = None
     metadata: Mapping[str, Any] | None = None
     idempotency_key: str | None = None
+    expires_at: datetime | str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in ("add", "deduct"):
@@ -139,6 +169,8 @@ class BatchOperation:
                 body[name] = value
         if self.metadata is not None:
             body["metadata"] = dict(self.metadata)
+        if self.expires_at is not None:
+            body["expires_at"] = iso_datetime("expires_at", self.expires_at)
         return body
 
 
@@ -160,6 +192,7 @@ class BatchItem:
     error: str | None = None
     balance: int | None = None
     floor: int | None = None
+    available: int | None = None
 
     @classmethod
     def from_json(cls, body: JSON, *, idempotency_key: str | None) -> BatchItem:
@@ -171,6 +204,7 @@ class BatchItem:
                 error=_opt_str(body, "error"),
                 balance=_opt_int(body, "balance"),
                 floor=_opt_int(body, "floor"),
+                available=_opt_int(body, "available"),
             )
         return cls(
             success=True,
@@ -198,26 +232,72 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """Credits that expire: what is left of them (less what holds reserve) and when."""
+
+    grant_id: str
+    remaining: int
+    expires_at: str
+
+    @classmethod
+    def from_json(cls, body: JSON) -> Grant:
+        return cls(
+            grant_id=str(body["grant_id"]),
+            remaining=_int(body, "remaining"),
+            expires_at=str(body["expires_at"]),
+        )
+
+
+@dataclass(frozen=True)
 class Balance:
+    """`available` is the balance less what active holds reserve (`held`): what a deduct or a
+    hold may spend. `grants` are the credits that expire, soonest first."""
+
     user_id: str
     balance: int
     updated_at: str | None
+    available: int
+    held: int
+    grants: tuple[Grant, ...]
     request_id: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, body: JSON, *, request_id: str | None) -> Balance:
+        balance = _int(body, "balance")
+        available = _opt_int(body, "available")
         return cls(
             user_id=str(body["user_id"]),
-            balance=_int(body, "balance"),
+            balance=balance,
             updated_at=_opt_str(body, "updated_at"),
+            # A Tally from before holds answers neither: nothing is held there.
+            available=balance if available is None else available,
+            held=_opt_int(body, "held") or 0,
+            grants=tuple(Grant.from_json(grant) for grant in body.get("grants") or ()),
             request_id=request_id,
         )
 
 
 @dataclass(frozen=True)
+class GrantPart:
+    """What an entry took from (negative) or gave back to one grant; on a hold, reserved."""
+
+    grant_id: str
+    amount: int
+
+    @classmethod
+    def from_json(cls, body: JSON) -> GrantPart:
+        return cls(grant_id=str(body["grant_id"]), amount=_int(body, "amount"))
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     """A ledger entry. `amount` is signed; `amount_delta` and `reason` repeat `amount` and
-    `description` under reauth's names. `created_at` is ISO 8601 (UTC, milliseconds)."""
+    `description` under reauth's names. `created_at` is ISO 8601 (UTC, milliseconds).
+
+    A hold's entries carry its `hold_id`, and `held`, the change of held credits (+amount when
+    it is made, -amount when it is captured, released or expires). `expires_at` is a grant's
+    or a hold's; `grants` lists what the entry took from or gave to each grant (None when
+    none)."""
 
     ledger_id: str
     kind: str
@@ -230,10 +310,14 @@ class HistoryEntry:
     metadata: Mapping[str, Any] | None
     refund_of: str | None
     created_at: str | None
+    hold_id: str | None = None
+    held: int | None = None
+    expires_at: str | None = None
+    grants: tuple[GrantPart, ...] | None = None
 
     @classmethod
     def from_json(cls, body: JSON) -> HistoryEntry:
-        metadata = body.get("metadata")
+        grants = body.get("grants")
         return cls(
             ledger_id=str(body["ledger_id"]),
             kind=str(body["kind"]),
@@ -243,9 +327,13 @@ class HistoryEntry:
             balance_after=_int(body, "balance_after"),
             description=_opt_str(body, "description"),
             reference_id=_opt_str(body, "reference_id"),
-            metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+            metadata=_opt_metadata(body),
             refund_of=_opt_str(body, "refund_of"),
             created_at=_opt_str(body, "created_at"),
+            hold_id=_opt_str(body, "hold_id"),
+            held=_opt_int(body, "held"),
+            expires_at=_opt_str(body, "expires_at"),
+            grants=None if grants is None else tuple(GrantPart.from_json(g) for g in grants),
         )
 
 
@@ -268,6 +356,152 @@ class HistoryPage:
             offset=_int(body, "offset"),
             has_more=body.get("has_more") is True,
             entries=tuple(HistoryEntry.from_json(entry) for entry in body["entries"]),
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True)
+class HoldCreated:
+    """The answer to a hold: `amount` credits reserved until `expires_at`; `balance` is
+    unchanged, `available` is the balance less every active hold, this one included."""
+
+    hold_id: str
+    user_id: str
+    amount: int
+    expires_at: str
+    balance: int
+    available: int
+    replayed: bool = False
+    request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, body: JSON, *, replayed: bool, request_id: str | None) -> HoldCreated:
+        return cls(
+            hold_id=str(body["hold_id"]),
+            user_id=str(body["user_id"]),
+            amount=_int(body, "amount"),
+            expires_at=str(body["expires_at"]),
+            balance=_int(body, "balance"),
+            available=_int(body, "available"),
+            replayed=replayed,
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """A captured hold: `captured` credits spent (one deduct entry, `ledger_id`), `released`
+    the rest of the hold given back."""
+
+    ledger_id: str
+    hold_id: str
+    user_id: str
+    captured: int
+    released: int
+    balance_before: int
+    balance_after: int
+    available: int
+    auto_top_up_started: bool = False
+    replayed: bool = False
+    request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, body: JSON, *, replayed: bool, request_id: str | None) -> CaptureResult:
+        return cls(
+            ledger_id=str(body["ledger_id"]),
+            hold_id=str(body["hold_id"]),
+            user_id=str(body["user_id"]),
+            captured=_int(body, "captured"),
+            released=_int(body, "released"),
+            balance_before=_int(body, "balance_before"),
+            balance_after=_int(body, "balance_after"),
+            available=_int(body, "available"),
+            auto_top_up_started=body.get("auto_top_up_started") is True,
+            replayed=replayed,
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """A released hold: all its `released` credits are available again; `balance` is
+    unchanged. `ledger_id` is the release's entry."""
+
+    ledger_id: str
+    hold_id: str
+    user_id: str
+    released: int
+    balance: int
+    available: int
+    replayed: bool = False
+    request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, body: JSON, *, replayed: bool, request_id: str | None) -> ReleaseResult:
+        return cls(
+            ledger_id=str(body["ledger_id"]),
+            hold_id=str(body["hold_id"]),
+            user_id=str(body["user_id"]),
+            released=_int(body, "released"),
+            balance=_int(body, "balance"),
+            available=_int(body, "available"),
+            replayed=replayed,
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold as Tally keeps it. `status` is "active", "captured", "released" or "expired";
+    `ledger_id` is the entry that made it, `settled_by` the one that captured or released it
+    (None while active or once expired), `captured` what its capture spent."""
+
+    hold_id: str
+    user_id: str
+    amount: int
+    status: str
+    expires_at: str
+    created_at: str
+    description: str | None
+    reference_id: str | None
+    metadata: Mapping[str, Any] | None
+    ledger_id: str
+    settled_by: str | None
+    captured: int | None
+    request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, body: JSON, *, request_id: str | None = None) -> Hold:
+        return cls(
+            hold_id=str(body["hold_id"]),
+            user_id=str(body["user_id"]),
+            amount=_int(body, "amount"),
+            status=str(body["status"]),
+            expires_at=str(body["expires_at"]),
+            created_at=str(body["created_at"]),
+            description=_opt_str(body, "description"),
+            reference_id=_opt_str(body, "reference_id"),
+            metadata=_opt_metadata(body),
+            ledger_id=str(body["ledger_id"]),
+            settled_by=_opt_str(body, "settled_by"),
+            captured=_opt_int(body, "captured"),
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True)
+class HoldList:
+    """A user's active holds, soonest expiry first."""
+
+    user_id: str
+    holds: tuple[Hold, ...]
+    request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_json(cls, body: JSON, *, request_id: str | None) -> HoldList:
+        return cls(
+            user_id=str(body["user_id"]),
+            holds=tuple(Hold.from_json(hold) for hold in body["holds"]),
             request_id=request_id,
         )
 

@@ -1,0 +1,374 @@
+-- account.lua: what the scripts that change an account share. engine.store.scripts puts this
+-- text in front of apply_entry.lua, hold.lua, settle_hold.lua and expire_due.lua; each fills `A`
+-- from its KEYS and ARGV before calling anything here.
+--
+-- The account hash: balance, seq, updated_at; held (credits reserved by active holds), granted
+-- (credits left in active grants and not reserved), due (epoch ms when its next grant or hold
+-- expires; absent while it has none). What is neither held nor granted, balance - held -
+-- granted, never expires; it is the one part an overdraft takes below zero.
+-- The grants hash: grant_id (the ledger_id of its add) -> "expires_ms seq left".
+-- The holds hash: token -> "expires_ms amount reserved entry_json", where `reserved` lists the
+-- grant credits the hold took, in burn order, as "grant_id=n,grant_id=n" (may be empty) and
+-- entry_json is the hold's own ledger entry.
+
+local A = {}
+local CEILING = 9007199254740991
+-- Bounds on one account's active grants and holds: each script that expires or burns them
+-- walks them all.
+local MAX_GRANTS = 1000
+local MAX_HOLDS = 1000
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function state()
+  local s = redis.call('HMGET', A.account, 'balance', 'held', 'granted', 'due')
+  if not s[1] then
+    return nil
+  end
+  return {balance = tonumber(s[1]), held = tonumber(s[2]) or 0, granted = tonumber(s[3]) or 0,
+          due = tonumber(s[4])}
+end
+
+-- Entries a script adds of its own (expiries) take ids made from the call's ledger_id: the
+-- version nibble 8 (the API's ids have 4) keeps them apart from every id the API makes, and the
+-- last six bits still name the shard.
+local extra = 0
+local function derived_id()
+  extra = extra + 1
+  return string.sub(A.id, 1, 14) .. '8' .. string.format('%03x', extra) .. string.sub(A.id, 19)
+end
+
+-- `"app_id":...,"user_id":...` of the account, cut from the call's entry head, whose first
+-- field is always the 36-character ledger_id.
+local function who()
+  if not A.who then
+    A.who = string.sub(A.head, 53, string.find(A.head, ',"kind":', 1, true) - 1)
+  end
+  return A.who
+end
+
+local function head_of(id, kind)
+  return '{"ledger_id":"' .. id .. '",' .. who() .. ',"kind":"' .. kind
+    .. '","description":null,"reference_id":null,"metadata":null,"idempotency_key":null,'
+    .. '"refund_of":null,"created_at":' .. A.now_text
+end
+
+-- Append one entry: balance, seq, outbox, unpersisted hash and recent list move together.
+local function post(st, id, head, amount, tail)
+  local after = redis.call('HINCRBY', A.account, 'balance', fmt(amount))
+  local seq = redis.call('HINCRBY', A.account, 'seq', 1)
+  local entry = head .. ',"amount":' .. fmt(amount) .. ',"balance_after":' .. fmt(after)
+    .. ',"seq":' .. fmt(seq) .. tail .. '}'
+  redis.call('XADD', A.outbox, '*', 'e', entry)
+  redis.call('HSET', A.unpersisted, id, entry)
+  redis.call('LPUSH', A.recent, entry)
+  st.balance = after
+  A.posted = true
+  return entry, seq
+end
+
+-- Ends every script that posted: the account's clock and the recent list's length.
+local function finish()
+  if A.posted then
+    redis.call('HSET', A.account, 'updated_at', A.now_text)
+    redis.call('LTRIM', A.recent, 0, A.recent_length - 1)
+  end
+end
+
+-- ,"grants":[...] for parts {{grant_id, n}, ...}, each amount times `sign`.
+local function grants_json(parts, sign)
+  if #parts == 0 then
+    return ''
+  end
+  local out = {}
+  for i, p in ipairs(parts) do
+    out[i] = '{"grant_id":"' .. p[1] .. '","amount":' .. fmt(sign * p[2]) .. '}'
+  end
+  return ',"grants":[' .. table.concat(out, ',') .. ']'
+end
+
+local function parse_grant(id, value)
+  local e, s, l = string.match(value, '^(%d+) (%d+) (%d+)$')
+  return {id = id, expires = tonumber(e), seq = tonumber(s), left = tonumber(l)}
+end
+
+local function grant_value(g)
+  return fmt(g.expires) .. ' ' .. fmt(g.seq) .. ' ' .. fmt(g.left)
+end
+
+-- Soonest expiry first; at the same moment, the lower seq (an older grant; holds have -1).
+local function earlier(a, b)
+  if a.expires ~= b.expires then
+    return a.expires < b.expires
+  end
+  return a.seq < b.seq
+end
+
+-- Active grants in burn order.
+local function grants_in_order()
+  local raw = redis.call('HGETALL', A.grants)
+  local list = {}
+  for i = 1, #raw, 2 do
+    list[#list + 1] = parse_grant(raw[i], raw[i + 1])
+  end
+  table.sort(list, earlier)
+  return list
+end
+
+local function set_granted(st, granted)
+  st.granted = granted
+  redis.call('HSET', A.account, 'granted', fmt(granted))
+end
+
+-- Take up to `amount` credits out of the grants in burn order; returns {{grant_id, n}, ...}.
+local function burn(st, amount)
+  local parts = {}
+  if st.granted <= 0 or amount <= 0 then
+    return parts
+  end
+  local taken = 0
+  for _, g in ipairs(grants_in_order()) do
+    if taken >= amount then
+      break
+    end
+    local n = math.min(g.left, amount - taken)
+    if n > 0 then
+      g.left = g.left - n
+      redis.call('HSET', A.grants, g.id, grant_value(g))
+      parts[#parts + 1] = {g.id, n}
+      taken = taken + n
+    end
+  end
+  set_granted(st, st.granted - taken)
+  return parts
+end
+
+-- Put parts back into their grants; returns the parts whose grant is gone (expired or
+-- refunded): those credits must expire now, never stay as credits that do not expire.
+local function give_back(st, parts)
+  local dead, back = {}, 0
+  for _, p in ipairs(parts) do
+    local value = redis.call('HGET', A.grants, p[1])
+    if value then
+      local g = parse_grant(p[1], value)
+      g.left = g.left + p[2]
+      redis.call('HSET', A.grants, p[1], grant_value(g))
+      back = back + p[2]
+    else
+      dead[#dead + 1] = p
+    end
+  end
+  if back > 0 then
+    set_granted(st, st.granted + back)
+  end
+  return dead
+end
+
+local function expire_parts(st, parts)
+  local total = 0
+  for _, p in ipairs(parts) do
+    total = total + p[2]
+  end
+  if total > 0 then
+    local id = derived_id()
+    post(st, id, head_of(id, 'expire'), -total, grants_json(parts, -1))
+  end
+end
+
+local function member()
+  return string.match(A.account, ':acct:(.*)$')
+end
+
+-- `due` may be early (a hold settled since), never late: an early pass finds nothing.
+local function set_due(st, due)
+  if due == st.due then
+    return
+  end
+  st.due = due
+  if due then
+    redis.call('HSET', A.account, 'due', fmt(due))
+    redis.call('ZADD', A.due_set, fmt(due), member())
+  else
+    redis.call('HDEL', A.account, 'due')
+    redis.call('ZREM', A.due_set, member())
+  end
+end
+
+local function sooner(st, expires)
+  if not st.due or expires < st.due then
+    set_due(st, expires)
+  end
+end
+
+local function parse_hold(token, value)
+  local e, a, r, j = string.match(value, '^(%d+) (%d+) (%S*) (.*)$')
+  local reserved = {}
+  for id, n in string.gmatch(r, '([^,=]+)=(%d+)') do
+    reserved[#reserved + 1] = {id, tonumber(n)}
+  end
+  return {token = token, expires = tonumber(e), amount = tonumber(a), reserved = reserved,
+          entry = j, hold_id = string.match(j, '"hold_id":"([^"]+)"')}
+end
+
+local function hold_value(expires, amount, reserved, entry)
+  local out = {}
+  for i, p in ipairs(reserved) do
+    out[i] = p[1] .. '=' .. fmt(p[2])
+  end
+  return fmt(expires) .. ' ' .. fmt(amount) .. ' ' .. table.concat(out, ',') .. ' ' .. entry
+end
+
+-- Settle a hold: `captured` credits leave the balance (its reserved grant credits first, then
+-- credits that never expire), the rest goes back where it came from. One entry of `kind`.
+local function end_hold(st, h, id, head, captured)
+  local consumed, returned, left = {}, {}, captured
+  for _, p in ipairs(h.reserved) do
+    local n = math.min(p[2], left)
+    if n > 0 then
+      consumed[#consumed + 1] = {p[1], n}
+      left = left - n
+    end
+    if p[2] > n then
+      returned[#returned + 1] = {p[1], p[2] - n}
+    end
+  end
+  redis.call('HDEL', A.holds, h.token)
+  st.held = st.held - h.amount
+  redis.call('HSET', A.account, 'held', fmt(st.held))
+  local dead = give_back(st, returned)
+  local entry = post(st, id, head, -captured, grants_json(consumed, -1) .. ',"hold_id":"'
+    .. h.hold_id .. '","held":' .. fmt(-h.amount))
+  expire_parts(st, dead)
+  return entry
+end
+
+-- Expire every grant and hold whose time has come, each exactly once, as entries, in the order
+-- they came due: a hold that ended before its grant's expiry gave its credits back in time to
+-- leave with the grant's.
+local function expire_due(st)
+  if not st.due or st.due > A.now then
+    return
+  end
+  local due, next_due = {}, nil
+  for _, g in ipairs(grants_in_order()) do
+    if g.expires <= A.now then
+      due[#due + 1] = {expires = g.expires, seq = g.seq, grant = g.id}
+    elseif not next_due or g.expires < next_due then
+      next_due = g.expires
+    end
+  end
+  local raw = redis.call('HGETALL', A.holds)
+  for i = 1, #raw, 2 do
+    local h = parse_hold(raw[i], raw[i + 1])
+    if h.expires <= A.now then
+      due[#due + 1] = {expires = h.expires, seq = -1, hold = h}
+    elseif not next_due or h.expires < next_due then
+      next_due = h.expires
+    end
+  end
+  -- Holds before grants due at the same moment, for the same reason.
+  table.sort(due, earlier)
+  for _, item in ipairs(due) do
+    if item.hold then
+      local id = derived_id()
+      end_hold(st, item.hold, id, head_of(id, 'hold_expire'), 0)
+    else
+      local g = parse_grant(item.grant, redis.call('HGET', A.grants, item.grant))
+      redis.call('HDEL', A.grants, g.id)
+      if g.left > 0 then
+        set_granted(st, st.granted - g.left)
+        local id = derived_id()
+        post(st, id, head_of(id, 'expire'), -g.left, grants_json({{g.id, g.left}}, -1))
+      end
+    end
+  end
+  set_due(st, next_due)
+end
+
+-- Idempotency: the stored first answer of a key, "conflict", or nil (a first use).
+local function replay()
+  if not A.idem then
+    return nil
+  end
+  local stored = redis.call('HMGET', A.idem, 'fingerprint', 'balance_before', 'entry', 'available')
+  if stored[1] then
+    if stored[1] ~= A.fingerprint then
+      return {'conflict'}
+    end
+    return {'replay', stored[2], stored[3], 0, stored[4] or false}
+  end
+  return nil
+end
+
+local function remember(balance_before, entry, available)
+  if A.idem then
+    redis.call('HSET', A.idem, 'fingerprint', A.fingerprint, 'balance_before', fmt(balance_before),
+      'entry', entry, 'available', fmt(available))
+    redis.call('EXPIRE', A.idem, A.idem_ttl)
+  end
+end
+
+-- Auto top-up: HSETNX lets exactly one of many concurrent deducts below the threshold start
+-- it; the worker clears `pending` when the top-up is over.
+local function top_up_threshold(amount)
+  if A.top_up and amount > 0 then
+    return redis.call('HGET', A.top_up, 'threshold')
+  end
+  return nil
+end
+
+local function start_top_up(threshold, balance, ledger_id, top_up_member)
+  if threshold and balance < tonumber(threshold)
+      and redis.call('HSETNX', A.top_up, 'pending', ledger_id) == 1 then
+    redis.call('ZADD', A.top_up_due, A.now_text, top_up_member)
+    return 1
+  end
+  return 0
+end
+
+-- Reads KEYS[1..7] (account, recent, outbox, unpersisted, grants, holds, due set), then the
+-- optional keys `mode` names, in this order: "i" idempotency, "r" refund marker, "t" top-up
+-- hash and top-up-due set, "e" a settled hold's end record.
+local function open(mode, now, recent_length, head, id)
+  A.account, A.recent, A.outbox, A.unpersisted = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  A.grants, A.holds, A.due_set = KEYS[5], KEYS[6], KEYS[7]
+  A.now_text, A.now, A.recent_length = now, tonumber(now), tonumber(recent_length)
+  A.head, A.id = head, id
+  local k = 8
+  if string.find(mode, 'i', 1, true) then
+    A.idem = KEYS[k]
+    k = k + 1
+  end
+  if string.find(mode, 'r', 1, true) then
+    A.marker = KEYS[k]
+    k = k + 1
+  end
+  if string.find(mode, 't', 1, true) then
+    A.top_up, A.top_up_due = KEYS[k], KEYS[k + 1]
+    k = k + 2
+  end
+  if string.find(mode, 'e', 1, true) then
+    A.hold_end = KEYS[k]
+  end
+end
+
+-- How every script that posts entries begins: its keys and arguments read, a repeated
+-- idempotency key answered, the account found (else "missing": the caller rebuilds it from the
+-- ledger and calls again), and what is due expired. Returns the account's state, or the reply
+-- to give at once.
+local function start(mode, now, recent_length, head, id, fingerprint, idem_ttl)
+  open(mode, now, recent_length, head, id)
+  A.fingerprint, A.idem_ttl = fingerprint, idem_ttl
+  local stored = replay()
+  if stored then
+    return nil, stored
+  end
+  local st = state()
+  if not st then
+    return nil, {'missing'}
+  end
+  expire_due(st)
+  return st
+end

@@ -1,0 +1,27 @@
+-- expire_due.lua: expire an account's grants and holds whose time has come, for accounts that
+-- no request touches (every other script does this first, lua/account.lua).
+-- Called by engine.holds.expiry for the accounts its shard's expiry-due set names.
+--
+-- KEYS[1..7] as apply_entry.lua
+-- ARGV[1] now, epoch milliseconds
+-- ARGV[2] a fresh ledger_id of the account's shard: the entries made here derive theirs from it
+-- ARGV[3] `"app_id":...,"user_id":...` of the account, as JSON
+-- ARGV[4] length of the recent-entries list
+--
+-- Returns how many entries it wrote; an account gone from Redis leaves the due set (its
+-- rebuild puts it back).
+
+open('', ARGV[1], ARGV[4], '', ARGV[2])
+A.who = ARGV[3]
+local st = state()
+if not st then
+  redis.call('ZREM', A.due_set, member())
+  return 0
+end
+if not st.due then
+  redis.call('ZREM', A.due_set, member())
+  return 0
+end
+expire_due(st)
+finish()
+return extra

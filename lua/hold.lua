@@ -1,0 +1,48 @@
+-- hold.lua: reserve credits for work whose cost is known only afterwards. Nothing leaves the
+-- balance; what is held cannot be spent by anything else until the hold is captured, released
+-- or expires. Grant credits are reserved first, in burn order, so that a capture spends what a
+-- deduct would have. Called by engine.holds.service.Holds.create.
+--
+-- KEYS[1..7] as apply_entry.lua; KEYS[8] idempotency hash when ARGV[9] has "i"
+-- ARGV[1] amount, 1..2^53-1
+-- ARGV[2] floor (0, or -overdraft limit)
+-- ARGV[3] the hold's entry JSON (kind "hold", with hold_id and expires_at) without its
+--         closing brace, ledger_id first
+-- ARGV[4] request fingerprint; ARGV[5] idempotency TTL, seconds
+-- ARGV[6] length of the recent-entries list
+-- ARGV[7] now, epoch milliseconds
+-- ARGV[8] ledger_id of the hold's entry
+-- ARGV[9] mode: "i" or ""
+-- ARGV[10] the hold's token (its field in the holds hash)
+-- ARGV[11] when it expires, epoch milliseconds
+--
+-- Returns {"ok", balance, entry_json, 0, available} (the entry's `held` is the amount),
+-- {"replay", ...} as apply_entry.lua, {"conflict"}, {"missing"},
+-- {"insufficient", balance, available}, or {"too_many_holds"}.
+
+local st, reply = start(ARGV[9], ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5])
+if not st then
+  return reply
+end
+
+local amount = tonumber(ARGV[1])
+local available = st.balance - st.held
+if available - amount < tonumber(ARGV[2]) then
+  finish()
+  return {'insufficient', fmt(st.balance), fmt(available)}
+end
+if redis.call('HLEN', A.holds) >= MAX_HOLDS then
+  finish()
+  return {'too_many_holds'}
+end
+
+local reserved = burn(st, amount)
+local entry = post(st, ARGV[8], ARGV[3], 0, grants_json(reserved, -1) .. ',"held":' .. fmt(amount))
+local expires = tonumber(ARGV[11])
+redis.call('HSET', A.holds, ARGV[10], hold_value(expires, amount, reserved, entry))
+st.held = st.held + amount
+redis.call('HSET', A.account, 'held', fmt(st.held))
+sooner(st, expires)
+finish()
+remember(st.balance, entry, st.balance - st.held)
+return {'ok', fmt(st.balance), entry, 0, fmt(st.balance - st.held)}
