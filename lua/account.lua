@@ -3,9 +3,10 @@
 -- from its KEYS and ARGV before calling anything here.
 --
 -- The account hash: balance, seq, updated_at; held (credits reserved by active holds), granted
--- (credits left in active grants and not reserved), due (epoch ms when its next grant or hold
--- expires; absent while it has none). What is neither held nor granted, balance - held -
--- granted, never expires; it is the one part an overdraft takes below zero.
+-- (credits left in active grants and not reserved), reserved (the grant credits among the
+-- held), due (epoch ms when its next grant or hold expires; absent while it has none).
+-- balance - granted - reserved never expires; it is the one part an overdraft takes below
+-- zero, and only while no grant has credits: grant credits pay an overdraft back first.
 -- The grants hash: grant_id (the ledger_id of its add) -> "expires_ms seq left".
 -- The holds hash: token -> "expires_ms amount reserved entry_json", where `reserved` lists the
 -- grant credits the hold took, in burn order, as "grant_id=n,grant_id=n" (may be empty) and
@@ -145,35 +146,107 @@ local function burn(st, amount)
   return parts
 end
 
--- Put parts back into their grants; returns the parts whose grant is gone (expired or
--- refunded): those credits must expire now, never stay as credits that do not expire.
-local function give_back(st, parts)
-  local dead, back = {}, 0
+local function reserved(st)
+  if not st.reserved then
+    st.reserved = tonumber(redis.call('HGET', A.account, 'reserved')) or 0
+  end
+  return st.reserved
+end
+
+local function set_reserved(st, value)
+  st.reserved = value
+  redis.call('HSET', A.account, 'reserved', fmt(value))
+end
+
+local function total(parts)
+  local sum = 0
+  for _, p in ipairs(parts) do
+    sum = sum + p[2]
+  end
+  return sum
+end
+
+-- How much of `amount` grant credits coming in pays back an overdraft first, the balance
+-- being `balance` with them (and with `extra` more credits about to expire again at once).
+local function overdraft_share(st, balance, amount, extra)
+  local lasting = balance - st.granted - reserved(st) - amount - (extra or 0)
+  return math.max(0, math.min(amount, -lasting))
+end
+
+-- Put grant credits back where they came from, the balance being `balance` with them.
+-- Returns three part lists: given back to live grants; whose grant is gone (expired or
+-- refunded), which must expire now, never stay as credits that do not expire; and spent
+-- paying back an overdraft (live grants' credits only).
+local function give_back(st, parts, balance)
+  local live, dead = {}, {}
   for _, p in ipairs(parts) do
     local value = redis.call('HGET', A.grants, p[1])
     if value then
-      local g = parse_grant(p[1], value)
-      g.left = g.left + p[2]
-      redis.call('HSET', A.grants, p[1], grant_value(g))
-      back = back + p[2]
+      live[#live + 1] = {p[1], p[2], parse_grant(p[1], value)}
     else
-      dead[#dead + 1] = p
+      dead[#dead + 1] = {p[1], p[2]}
     end
   end
-  if back > 0 then
-    set_granted(st, st.granted + back)
+  local repay = overdraft_share(st, balance, total(live), total(dead))
+  local back, repaid, gave = {}, {}, 0
+  for _, p in ipairs(live) do
+    local r = math.min(p[2], repay)
+    if r > 0 then
+      repaid[#repaid + 1] = {p[1], r}
+      repay = repay - r
+    end
+    if p[2] > r then
+      local g = p[3]
+      g.left = g.left + p[2] - r
+      redis.call('HSET', A.grants, p[1], grant_value(g))
+      back[#back + 1] = {p[1], p[2] - r}
+      gave = gave + p[2] - r
+    end
   end
-  return dead
+  if gave > 0 then
+    set_granted(st, st.granted + gave)
+  end
+  return back, dead, repaid
+end
+
+-- Parts lists joined, each grant once, in first-seen order.
+local function merged(...)
+  local out, at = {}, {}
+  for _, parts in ipairs({...}) do
+    for _, p in ipairs(parts) do
+      if at[p[1]] then
+        out[at[p[1]]][2] = out[at[p[1]]][2] + p[2]
+      else
+        out[#out + 1] = {p[1], p[2]}
+        at[p[1]] = #out
+      end
+    end
+  end
+  return out
+end
+
+-- `parts` less `spent` (both {{grant_id, n}, ...}), in the order of `parts`.
+local function minus(parts, spent)
+  local out = {}
+  for _, p in ipairs(merged(parts)) do
+    local n = p[2]
+    for _, q in ipairs(spent) do
+      if q[1] == p[1] then
+        n = n - q[2]
+      end
+    end
+    if n > 0 then
+      out[#out + 1] = {p[1], n}
+    end
+  end
+  return out
 end
 
 local function expire_parts(st, parts)
-  local total = 0
-  for _, p in ipairs(parts) do
-    total = total + p[2]
-  end
-  if total > 0 then
+  local gone = total(parts)
+  if gone > 0 then
     local id = derived_id()
-    post(st, id, head_of(id, 'expire'), -total, grants_json(parts, -1))
+    post(st, id, head_of(id, 'expire'), -gone, grants_json(parts, -1))
   end
 end
 
@@ -220,8 +293,9 @@ local function hold_value(expires, amount, reserved, entry)
   return fmt(expires) .. ' ' .. fmt(amount) .. ' ' .. table.concat(out, ',') .. ' ' .. entry
 end
 
--- Settle a hold: `captured` credits leave the balance (its reserved grant credits first, then
--- credits that never expire), the rest goes back where it came from. One entry of `kind`.
+-- Settle a hold: `captured` credits leave the balance, the grant credits it reserved first, then
+-- as a deduct would (grants first); the rest of the hold goes back where it came from. One entry
+-- listing the grant credits spent (those that paid back an overdraft too).
 local function end_hold(st, h, id, head, captured)
   local consumed, returned, left = {}, {}, captured
   for _, p in ipairs(h.reserved) do
@@ -237,9 +311,11 @@ local function end_hold(st, h, id, head, captured)
   redis.call('HDEL', A.holds, h.token)
   st.held = st.held - h.amount
   redis.call('HSET', A.account, 'held', fmt(st.held))
-  local dead = give_back(st, returned)
-  local entry = post(st, id, head, -captured, grants_json(consumed, -1) .. ',"hold_id":"'
-    .. h.hold_id .. '","held":' .. fmt(-h.amount))
+  set_reserved(st, reserved(st) - total(h.reserved))
+  local burned = burn(st, left)
+  local _, dead, repaid = give_back(st, returned, st.balance - captured)
+  local entry = post(st, id, head, -captured, grants_json(merged(consumed, burned, repaid), -1)
+    .. ',"hold_id":"' .. h.hold_id .. '","held":' .. fmt(-h.amount))
   expire_parts(st, dead)
   return entry
 end

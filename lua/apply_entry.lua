@@ -109,17 +109,19 @@ elseif delta < 0 and string.find(mode, 'p', 1, true) then
 elseif delta < 0 then
   parts = burn(st, -delta)
 elseif ARGV[12] then
+  local taken = {}
   for i = 12, #ARGV, 2 do
-    parts[#parts + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
+    taken[#taken + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
   end
-  sign = 1
-  dead = give_back(st, parts)
+  -- Credits that pay back an overdraft stay spent: the refund lists what went back.
+  local _, gone, repaid = give_back(st, taken, before + delta)
+  parts, sign, dead = minus(taken, repaid), 1, gone
 end
 -- A grant first pays back an overdraft, recorded as taken from it: what it covered no longer
 -- expires with it.
 local repaid = 0
 if grant_expires then
-  repaid = math.max(0, math.min(delta, st.held + st.granted - before))
+  repaid = overdraft_share(st, before + delta, delta)
   if repaid > 0 then
     parts = {{ARGV[8], repaid}}
   end

@@ -36,10 +36,13 @@ if redis.call('HLEN', A.holds) >= MAX_HOLDS then
   return {'too_many_holds'}
 end
 
-local reserved = burn(st, amount)
-local entry = post(st, ARGV[8], ARGV[3], 0, grants_json(reserved, -1) .. ',"held":' .. fmt(amount))
+local taken = burn(st, amount)
+local entry = post(st, ARGV[8], ARGV[3], 0, grants_json(taken, -1) .. ',"held":' .. fmt(amount))
 local expires = tonumber(ARGV[11])
-redis.call('HSET', A.holds, ARGV[10], hold_value(expires, amount, reserved, entry))
+redis.call('HSET', A.holds, ARGV[10], hold_value(expires, amount, taken, entry))
+if #taken > 0 then
+  set_reserved(st, reserved(st) + total(taken))
+end
 st.held = st.held + amount
 redis.call('HSET', A.account, 'held', fmt(st.held))
 sooner(st, expires)

@@ -12,8 +12,9 @@
 -- ARGV[3] updated_at, epoch milliseconds, or "" for an account with no entries yet
 -- ARGV[4] "", or the token of the completeness pass writing this (its snapshot of the ledger
 --         is only good while its completing marker stands: Redis lost no data since)
--- ARGV[5] held, ARGV[6] granted, ARGV[7] due (epoch ms, or "" when nothing expires)
--- ARGV[8] how many grants follow; then grant_id, value pairs; then hold token, value pairs.
+-- ARGV[5] held, ARGV[6] granted, ARGV[7] reserved, ARGV[8] due (epoch ms, or "" when nothing
+--         expires)
+-- ARGV[9] how many grants follow; then grant_id, value pairs; then hold token, value pairs.
 --         Grants and holds past their time are restored too: the next script touching the
 --         account expires them, writing their entries once.
 --
@@ -28,15 +29,16 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'balance', ARGV[1], 'seq', ARGV[2], 'updated_at', ARGV[3])
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], 'held', ARGV[5], 'granted', ARGV[6], 'due', ARGV[7])
-  redis.call('ZADD', KEYS[4], ARGV[7], string.match(KEYS[1], ':acct:(.*)$'))
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'held', ARGV[5], 'granted', ARGV[6], 'reserved', ARGV[7], 'due',
+    ARGV[8])
+  redis.call('ZADD', KEYS[4], ARGV[8], string.match(KEYS[1], ':acct:(.*)$'))
 end
 -- Whatever an earlier life of the account left behind is stale.
 redis.call('DEL', KEYS[2], KEYS[3])
-local grants = tonumber(ARGV[8])
-local first_hold = 9 + 2 * grants
-for i = 9, first_hold - 1, 2 do
+local grants = tonumber(ARGV[9])
+local first_hold = 10 + 2 * grants
+for i = 10, first_hold - 1, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 for i = first_hold, #ARGV, 2 do

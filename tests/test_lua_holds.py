@@ -30,7 +30,7 @@ def _head(kind: str, ledger_id: str, **extra: Any) -> bytes:
 async def _open(redis: Redis, balance: int = 0) -> None:  # noqa: F811
     await Scripts.register_async(redis).hydrate(
         keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
-        args=[balance, 0, "", "", 0, 0, "", 0],
+        args=[balance, 0, "", "", 0, 0, 0, "", 0],
     )
 
 
@@ -42,23 +42,31 @@ async def _entry(
     extra: tuple[Any, ...] = (),
     now: int = NOW,
     expires: int | None = None,
+    floor: int = 0,
+    kind: str | None = None,
 ) -> list[Any]:
     ledger_id = new_ledger_id(KEYS.shard)
-    kind = "add" if delta > 0 else "deduct"
+    kind = kind or ("add" if delta > 0 else "deduct")
     head = _head(kind, ledger_id, **({"expires_at": expires} if expires else {}))
     if expires:
         mode, extra = mode + "g", (expires,)
-    args = [delta, 0, head, "", 60, 50, now, ledger_id, mode, "", *extra]
+    args = [delta, floor, head, "", 60, 50, now, ledger_id, mode, "", *extra]
     reply: list[Any] = await Scripts.register_async(redis).apply_entry(
         keys=KEYS.script_keys(), args=args
     )
     return reply
 
 
-async def _hold(redis: Redis, amount: int, token: str, expires: int) -> list[Any]:  # noqa: F811
+async def _hold(
+    redis: Redis,  # noqa: F811
+    amount: int,
+    token: str,
+    expires: int,
+    floor: int = 0,
+) -> list[Any]:
     ledger_id = new_ledger_id(KEYS.shard)
     head = _head("hold", ledger_id, hold_id=f"hold_{token}_dXNlcl8x", expires_at=expires)
-    args = [amount, 0, head, "", 60, 50, NOW, ledger_id, "", token, expires]
+    args = [amount, floor, head, "", 60, 50, NOW, ledger_id, "", token, expires]
     reply: list[Any] = await Scripts.register_async(redis).hold(keys=KEYS.script_keys(), args=args)
     return reply
 
@@ -159,11 +167,11 @@ async def test_an_expired_hold_is_gone_and_its_expired_grant_credits_leave(
 async def test_hydrate_restores_grants_holds_and_the_due_set(redis: Redis) -> None:  # noqa: F811
     written = await Scripts.register_async(redis).hydrate(
         keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
-        args=[50, 7, "123", "", 20, 10, NOW, 1, "g1", f"{NOW} 3 10", "t1", "x"],
+        args=[50, 7, "123", "", 20, 10, 4, NOW, 1, "g1", f"{NOW} 3 10", "t1", "x"],
     )
     assert written == 1
-    assert await redis.hmget(KEYS.account, "balance", "held", "granted", "due") == [
-        "50", "20", "10", str(NOW),
+    assert await redis.hmget(KEYS.account, "balance", "held", "granted", "reserved", "due") == [
+        "50", "20", "10", "4", str(NOW),
     ]  # fmt: skip
     assert await redis.hgetall(KEYS.grants) == {"g1": f"{NOW} 3 10"}
     assert await redis.hgetall(KEYS.holds) == {"t1": "x"}
@@ -196,3 +204,65 @@ async def test_settle_keys_in_order_with_idempotency_and_top_up(redis: Redis) ->
     assert replayed[0] == "replay" and replayed[2] == captured[2]
     again = await _settle(redis, "d" * 24, "25", idempotency_key="k2", top_up=True)
     assert again[0] == "ended"
+
+
+def _id(reply: list[Any]) -> str:
+    ledger_id: str = json.loads(reply[2])["ledger_id"]
+    return ledger_id
+
+
+async def _state(redis: Redis) -> list[str]:  # noqa: F811
+    fields = ("balance", "held", "granted", "reserved")
+    return [value or "0" for value in await redis.hmget(KEYS.account, *fields)]
+
+
+async def test_an_overdraft_a_hold_only_reserved_is_not_paid_back_by_a_grant(
+    redis: Redis,  # noqa: F811
+) -> None:
+    await _open(redis, 0)
+    assert (await _hold(redis, 100, "e" * 24, NOW + 9_000, floor=-100))[0] == "ok"
+    grant = _id(await _entry(redis, 100, expires=NOW + 1_000))
+    # Nothing was spent yet: the grant keeps all of its 100, and they still expire.
+    assert await redis.hget(KEYS.grants, grant) == f"{NOW + 1_000} 2 100"
+    await _settle(redis, "e" * 24, "0")
+    await _entry(redis, 1, now=NOW + 1_000)
+    assert (await _state(redis))[:3] == ["1", "0", "0"]
+
+
+async def test_a_capture_beyond_what_its_hold_reserved_burns_grants_first(
+    redis: Redis,  # noqa: F811
+) -> None:
+    await _open(redis, 0)
+    await _hold(redis, 100, "f" * 24, NOW + 9_000, floor=-100)
+    grant = _id(await _entry(redis, 100, expires=NOW + 1_000))
+    captured = await _settle(redis, "f" * 24, "100")
+    assert _grants(captured) == [{"grant_id": grant, "amount": -100}]
+    assert await _state(redis) == ["0", "0", "0", "0"]
+
+
+async def test_reserved_grant_credits_coming_back_pay_an_overdraft_first(
+    redis: Redis,  # noqa: F811
+) -> None:
+    await _open(redis, 0)
+    grant = _id(await _entry(redis, 100, expires=NOW + 1_000))
+    await _hold(redis, 100, "g" * 24, NOW + 9_000, floor=-50)
+    assert await _state(redis) == ["100", "100", "0", "100"]
+    await _entry(redis, -50, floor=-50)  # into the overdraft: every credit is held
+    released = await _settle(redis, "g" * 24, "0")
+    # 50 of the grant's credits pay the overdraft back (spent); 50 go back to the grant.
+    assert _grants(released) == [{"grant_id": grant, "amount": -50}]
+    assert await _state(redis) == ["50", "0", "50", "0"]
+    await _entry(redis, 1, now=NOW + 1_000)
+    assert (await _state(redis))[0] == "1"  # the grant's 50 expired; nothing below zero
+
+
+async def test_a_refund_into_an_overdraft_pays_it_back(redis: Redis) -> None:  # noqa: F811
+    await _open(redis, 0)
+    grant = _id(await _entry(redis, 50, expires=NOW + 9_000))
+    first = await _entry(redis, -30, floor=-100)
+    await _entry(redis, -120, floor=-100)
+    assert await _state(redis) == ["-100", "0", "0", "0"]
+    refund = await _entry(redis, 30, kind="refund", extra=("", grant, 30), now=NOW + 1)
+    assert refund[0] == "ok" and _grants(refund) is None
+    assert (await _state(redis))[:3] == ["-70", "0", "0"]
+    assert _grants(first) == [{"grant_id": grant, "amount": -30}]

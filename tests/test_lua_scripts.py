@@ -65,7 +65,7 @@ async def apply_entry(
 async def hydrate(redis: "Redis", balance: int, updated_at: str = "99", seq: int = 0) -> int:
     written: int = await Scripts.register_async(redis).hydrate(
         keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
-        args=[balance, seq, updated_at, "", 0, 0, "", 0],
+        args=[balance, seq, updated_at, "", 0, 0, 0, "", 0],
     )
     return written
 

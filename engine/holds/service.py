@@ -89,9 +89,9 @@ class Holds:
         now_ms = time.time_ns() // 1_000_000
         expires_ms = now_ms + ttl_seconds * 1000
         ledger_id = new_ledger_id(keys.shard)
-        head = _head(ledger_id, app, user_id, "hold", now_ms, hold_id, description, idempotency_key)
+        head = _head(ledger_id, app, user_id, "hold", now_ms, description, idempotency_key)
         head |= {"reference_id": reference_id, "metadata": orjson.Fragment(metadata_text)}
-        head["expires_at"] = expires_ms
+        head |= {"hold_id": hold_id, "expires_at": expires_ms}
         identity = ["hold", user_id, amount, ttl_seconds, description, reference_id]
         mode, script_keys, fingerprint = _idempotency(
             keys, idempotency_key, identity, metadata_text
@@ -155,7 +155,8 @@ class Holds:
         kind = "release" if amount == 0 else "deduct"
         now_ms = time.time_ns() // 1_000_000
         ledger_id = new_ledger_id(keys.shard)
-        head = _head(ledger_id, app, user_id, kind, now_ms, hold_id, description, idempotency_key)
+        # The script appends the hold_id (and what the hold held) to the settling entry.
+        head = _head(ledger_id, app, user_id, kind, now_ms, description, idempotency_key)
         identity = [kind, hold_id, amount, description]
         mode, script_keys, fingerprint = _idempotency(keys, idempotency_key, identity)
         member = ""
@@ -210,10 +211,11 @@ class Holds:
         keys = account_keys(app.app_id, user_id)
         with outages():
             exists, due = await self._redis.hmget(keys.account, "balance", "due")
-        if exists is None and not await self._credits.hydration.ensure(
-            app.app_id, {user_id: keys}, create=False
-        ):
-            return []
+        if exists is None:
+            if not await self._credits.hydration.ensure(app.app_id, {user_id: keys}, create=False):
+                return []
+            with outages():
+                due = await self._redis.hget(keys.account, "due")
         if due is not None and int(due) <= time.time_ns() // 1_000_000:
             await self._credits.expire_due(app.app_id, user_id)
         return await self._read_active(keys)
@@ -229,9 +231,10 @@ class Holds:
     async def _ended(self, app: AppContext, hold_id: str) -> Hold | None:
         """A hold no longer in Redis, from its entries in PostgreSQL (or, while the worker
         catches up, in the outbox)."""
-        entries = await self._bridge.call(self._repository.hold_entries, app.app_id, hold_id)
-        if not entries:
-            entries = await self._credits.unpersisted_hold_entries(app.app_id, hold_id)
+        # Both: the hold's own entry may be persisted while the one that settled it is queued.
+        persisted = await self._bridge.call(self._repository.hold_entries, app.app_id, hold_id)
+        queued = await self._credits.unpersisted_hold_entries(app.app_id, hold_id)
+        entries = sorted({e.ledger_id: e for e in persisted + queued}.values(), key=lambda e: e.seq)
         made = next((e for e in entries if e.kind == "hold"), None)
         if made is None:
             return None
@@ -251,7 +254,6 @@ def _head(
     user_id: str,
     kind: str,
     now_ms: int,
-    hold_id: str,
     description: str | None,
     idempotency_key: str | None,
 ) -> dict[str, Any]:
@@ -267,7 +269,6 @@ def _head(
         "idempotency_key": idempotency_key,
         "refund_of": None,
         "created_at": now_ms,
-        "hold_id": hold_id,
     }
 
 

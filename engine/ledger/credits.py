@@ -156,17 +156,7 @@ class Credits:
         if refund_id is not None:
             with outages():
                 await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
-        # Which credits the refund moves: what is left of a refunded grant; grant credits back
-        # to the grants an entry took them from; a refunded add's credits that never expire
-        # before any grant's (a refund never makes expiring credits lasting).
-        mode, extra = "p", tuple[Any, ...]()
-        if original.expires_at_ms is not None:
-            mode, extra = "x", (original.ledger_id,)
-        elif original.amount < 0:
-            mode = ""
-            if original.grants:
-                parts = [(p["grant_id"], -int(p["amount"])) for p in original.grants]
-                extra = ("", *(value for part in parts for value in part))
+        mode, extra = refund_moves(original)
         call = self._prepare(
             app, "refund", original.user_id, -original.amount, description=description,
             idempotency_key=idempotency_key, refund_of=original.ledger_id, mode=mode,
@@ -444,6 +434,8 @@ class Credits:
             "created_at": now_ms,
         }
         if expires_at_ms is not None:
+            if kind != "add":
+                raise InvalidRequestError("expires_at applies to adds only")
             check_expiry(expires_at_ms, now_ms)
             fields["expires_at"] = expires_at_ms
             mode, extra = mode + "g", (expires_at_ms,)
@@ -520,6 +512,19 @@ class _Call:
                 f"the user has {MAX_GRANTS} active grants, the most one account may have"
             )
         raise RuntimeError(f"apply_entry.lua returned {reply!r}")
+
+
+def refund_moves(original: LedgerEntry) -> tuple[str, tuple[Any, ...]]:
+    """apply_entry.lua's mode and extra arguments for a refund of `original`: which credits it
+    moves. What is left of a refunded grant; grant credits back to the grants an entry took
+    them from; a refunded add's credits that never expire before any grant's (a refund never
+    makes expiring credits lasting)."""
+    if original.expires_at_ms is not None:
+        return "x", (original.ledger_id,)
+    if original.amount > 0:
+        return "p", ()
+    parts = [(part["grant_id"], -int(part["amount"])) for part in original.grants or ()]
+    return "", ("", *(value for part in parts for value in part)) if parts else ()
 
 
 def entry_result(reply: list[Any]) -> EntryResult:

@@ -47,7 +47,8 @@ class Expiring:
 
     def hydrate_args(self) -> list[str | int]:
         """ARGV[5..] of hydrate.lua."""
-        args: list[str | int] = [self.held, self.granted, "" if self.due is None else self.due]
+        args: list[str | int] = [self.held, self.granted, sum(self.reserved().values())]
+        args.append("" if self.due is None else self.due)
         args.append(len(self.grants))
         for grant_id, (expires, seq, left) in self.grants.items():
             args += [grant_id, f"{expires} {seq} {left}"]

@@ -94,7 +94,7 @@ def _check(
         report.accounts_checked += 1
         if count == seq and ledger_balance == balance:
             if (app_id, user_id) in expiring:
-                _check_expiring(redis, repository, app_id, user_id, report)
+                _check_expiring(redis, repository, app_id, user_id, seq, report)
             continue
         drift = {
             "app_id": app_id,
@@ -116,19 +116,19 @@ def _check(
 
 
 def _check_expiring(
-    redis: Redis, repository: LedgerRepository, app_id: str, user_id: str, report: Report
+    redis: Redis, repository: LedgerRepository, app_id: str, user_id: str, seq: int, report: Report
 ) -> None:
     """Grants and holds against the ledger: each grant's credits left, the holds and what they
     hold are what the ledger's entries make them, and the grants' credits fit in the balance."""
     keys = account_keys(app_id, user_id)
     pipe = redis.pipeline(transaction=True)  # one moment of the account
-    pipe.hmget(keys.account, "balance", "seq", "held", "granted")
+    pipe.hmget(keys.account, "balance", "seq", "held", "granted", "reserved")
     pipe.hgetall(keys.grants)
     pipe.hgetall(keys.holds)
-    (balance, seq, held, granted), grants, holds = pipe.execute()
-    if balance is None:
-        return
-    entries = repository.expiring_entries([(app_id, user_id, int(seq))])[(app_id, user_id)]
+    (balance, now_seq, held, granted, reserved), grants, holds = pipe.execute()
+    if balance is None or int(now_seq) != seq:
+        return  # moved on since its entries were found all persisted: next time
+    entries = repository.expiring_entries([(app_id, user_id, seq)])[(app_id, user_id)]
     expected = rebuild(entries, time.time_ns() // 1_000_000)
     lefts = {grant_id: int(value.split()[2]) for grant_id, value in grants.items()}
     problems = []
@@ -142,6 +142,8 @@ def _check_expiring(
         problems.append("grant credits exceed the balance")
     if {hold_token(h) for h in expected.holds} != set(holds) or int(held or 0) != expected.held:
         problems.append("active holds differ from the ledger")
+    if int(reserved or 0) != sum(expected.reserved().values()):
+        problems.append("grant credits reserved by holds differ from the ledger")
     if problems:
         report.drift.append(
             {
@@ -149,7 +151,7 @@ def _check_expiring(
                 "user_id": user_id,
                 "redis_balance": int(balance),
                 "ledger_balance": int(balance),
-                "seq": int(seq),
+                "seq": seq,
                 "reason": "; ".join(problems),
                 "redis_grants": lefts,
                 "ledger_grants": {g: left for g, (_, _, left) in expected.grants.items()},
