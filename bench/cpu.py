@@ -1,12 +1,14 @@
 """CPU per request, in-process: the ASGI app called directly, no HTTP server, no load
 generator. Far steadier than wrk on a shared machine, and it isolates what the app itself
-costs: the floor and Tally's deduct, side by side."""
+costs: the floor and Tally's deduct, side by side. Redis's own CPU per request (its script
+included, read from INFO around the same requests) is printed beside it."""
 
 import time
 from collections.abc import MutableMapping
 from typing import Any
 
 import uvloop
+from redis import Redis
 from starlette.applications import Starlette
 
 from bench.stack import Stack
@@ -26,17 +28,24 @@ async def _run(stack: Stack, requests: int) -> dict[str, float]:
 
     os.environ["TALLY_REDIS_URL"] = stack.settings.redis_url
     results = {}
+    redis = Redis.from_url(stack.settings.redis_url)
     for name, app, path, key in [
         ("floor", floor(), "/deduct", None),
         ("tally deduct", tally(stack.settings), "/credits/deduct", stack.api_key),
     ]:
         async with app.router.lifespan_context(app):
-            results[name] = await _cpu_per_request(app, path, key, requests)
+            results[name], results[f"redis: {name}"] = await _cpu_per_request(
+                app, path, key, requests, redis
+            )
+    redis.close()
     results["tally / floor"] = results["tally deduct"] / results["floor"]
     return results
 
 
-async def _cpu_per_request(app: Starlette, path: str, key: str | None, n: int) -> float:
+async def _cpu_per_request(
+    app: Starlette, path: str, key: str | None, n: int, redis: Redis
+) -> tuple[float, float]:
+    """The app's CPU per request and Redis's, in µs."""
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_BODY))]
     if key:
         headers.append((b"authorization", f"Bearer {key}".encode()))
@@ -57,13 +66,20 @@ async def _cpu_per_request(app: Starlette, path: str, key: str | None, n: int) -
 
     for _ in range(200):  # warm up: connections, caches
         await app(dict(scope, state={}), receive, send)
+    redis_started = _redis_cpu(redis)
     started = time.process_time()
     for _ in range(n):
         await app(dict(scope, state={}), receive, send)
     cpu = (time.process_time() - started) / n * 1e6
+    redis_cpu = (_redis_cpu(redis) - redis_started) / n * 1e6
     if statuses != {200}:
         raise RuntimeError(f"{path} answered {statuses}")
-    return cpu
+    return cpu, redis_cpu
+
+
+def _redis_cpu(redis: Redis) -> float:
+    info = redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ if string.find(mode, 'x', 1, true) then
     finish()
     return {'grant_gone'}
   end
-  refunded_grant = parse_grant(ARGV[11], value)
+  refunded_grant = lib().parse_grant(ARGV[11], value)
   if refunded_grant.left == 0 then
     finish()
     return {'grant_spent'}
@@ -98,30 +98,31 @@ end
 local threshold = top_up_threshold(-delta)
 
 -- Writes from here on.
+-- Grant credits move only for grants, refunds, and accounts with grant credits left.
 local parts, sign, dead = {}, -1, {}
 if refunded_grant then
   redis.call('HDEL', A.grants, refunded_grant.id)
-  set_granted(st, st.granted - refunded_grant.left)
+  lib().set_granted(st, st.granted - refunded_grant.left)
   parts = {{refunded_grant.id, refunded_grant.left}}
-elseif delta < 0 and string.find(mode, 'p', 1, true) then
+elseif delta < 0 and st.granted > 0 and string.find(mode, 'p', 1, true) then
   local lasting = math.max(0, before - st.held - st.granted)
-  parts = burn(st, -delta - math.min(-delta, lasting))
-elseif delta < 0 then
-  parts = burn(st, -delta)
+  parts = lib().burn(st, -delta - math.min(-delta, lasting))
+elseif delta < 0 and st.granted > 0 then
+  parts = lib().burn(st, -delta)
 elseif ARGV[12] then
   local taken = {}
   for i = 12, #ARGV, 2 do
     taken[#taken + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
   end
   -- Credits that pay back an overdraft stay spent: the refund lists what went back.
-  local _, gone, repaid = give_back(st, taken, before + delta)
-  parts, sign, dead = minus(taken, repaid), 1, gone
+  local _, gone, repaid = lib().give_back(st, taken, before + delta)
+  parts, sign, dead = lib().minus(taken, repaid), 1, gone
 end
 -- A grant first pays back an overdraft, recorded as taken from it: what it covered no longer
 -- expires with it.
 local repaid = 0
 if grant_expires then
-  repaid = overdraft_share(st, before + delta, delta)
+  repaid = lib().overdraft_share(st, before + delta, delta)
   if repaid > 0 then
     parts = {{ARGV[8], repaid}}
   end
@@ -129,11 +130,15 @@ end
 local entry, seq = post(st, ARGV[8], ARGV[3], delta, grants_json(parts, sign))
 if grant_expires then
   local left = delta - repaid
-  redis.call('HSET', A.grants, ARGV[8], grant_value({expires = grant_expires, seq = seq, left = left}))
-  set_granted(st, st.granted + left)
-  sooner(st, grant_expires)
+  local G = lib()
+  redis.call('HSET', A.grants, ARGV[8],
+    G.grant_value({expires = grant_expires, seq = seq, left = left}))
+  G.set_granted(st, st.granted + left)
+  G.sooner(st, grant_expires)
 end
-expire_parts(st, dead)
+if #dead > 0 then
+  lib().expire_parts(st, dead)
+end
 finish()
 remember(before, entry, st.balance - st.held)
 if A.marker then

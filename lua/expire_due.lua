@@ -14,14 +14,10 @@
 open('', ARGV[1], ARGV[4], '', ARGV[2])
 A.who = ARGV[3]
 local st = state()
-if not st then
-  redis.call('ZREM', A.due_set, member())
+if not st or not st.due then
+  redis.call('ZREM', A.due_set, lib().member())
   return 0
 end
-if not st.due then
-  redis.call('ZREM', A.due_set, member())
-  return 0
-end
-expire_due(st)
+lib().expire_due(st)
 finish()
 return extra

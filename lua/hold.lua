@@ -36,16 +36,17 @@ if redis.call('HLEN', A.holds) >= MAX_HOLDS then
   return {'too_many_holds'}
 end
 
-local taken = burn(st, amount)
+local G = lib()
+local taken = G.burn(st, amount)
 local entry = post(st, ARGV[8], ARGV[3], 0, grants_json(taken, -1) .. ',"held":' .. fmt(amount))
 local expires = tonumber(ARGV[11])
-redis.call('HSET', A.holds, ARGV[10], hold_value(expires, amount, taken, entry))
+redis.call('HSET', A.holds, ARGV[10], G.hold_value(expires, amount, taken, entry))
 if #taken > 0 then
-  set_reserved(st, reserved(st) + total(taken))
+  G.set_reserved(st, G.reserved(st) + G.total(taken))
 end
 st.held = st.held + amount
 redis.call('HSET', A.account, 'held', fmt(st.held))
-sooner(st, expires)
+G.sooner(st, expires)
 finish()
 remember(st.balance, entry, st.balance - st.held)
 return {'ok', fmt(st.balance), entry, 0, fmt(st.balance - st.held)}

@@ -36,7 +36,8 @@ if not value then
   end
   return {'gone'}
 end
-local h = parse_hold(ARGV[2], value)
+local G = lib()
+local h = G.parse_hold(ARGV[2], value)
 local captured = h.amount
 if ARGV[1] ~= '' then
   captured = tonumber(ARGV[1])
@@ -48,7 +49,7 @@ end
 local threshold = top_up_threshold(captured)
 
 local before = st.balance
-local entry = end_hold(st, h, ARGV[8], ARGV[3], captured)
+local entry = G.end_hold(st, h, ARGV[8], ARGV[3], captured)
 local outcome = 'released '
 if captured > 0 then
   outcome = 'captured '
