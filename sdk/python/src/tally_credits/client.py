@@ -273,6 +273,12 @@ class Tally:
         core = _core(api_key, base_url, timeout, max_retries, backoff, max_backoff)
         self._transport = SyncTransport(core, http_client)
         self.credits = Credits(self._transport)
+        # Holds, here as well as on `credits`: `with tally.hold(user_id, amount) as h:`.
+        self.hold = self.credits.hold
+        self.capture_hold = self.credits.capture_hold
+        self.release_hold = self.credits.release_hold
+        self.get_hold = self.credits.get_hold
+        self.list_holds = self.credits.list_holds
 
     # reauth's credits API, by its names.
 
@@ -295,56 +301,6 @@ class Tally:
     def get_transactions(self, user_id: str, limit: int = 50, offset: int = 0) -> list[Transaction]:
         """Newest first, each with `id, amount_delta, reason, balance_after, created_at`."""
         return self._transport.execute(endpoints.get_transactions(user_id, limit, offset))
-
-    # Holds, here as well as on `tally.credits`: `with tally.hold(user_id, amount) as h:`.
-
-    def hold(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        ttl_seconds: int | None = None,
-        description: str | None = None,
-        reference_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> HoldHandle:
-        """`tally.credits.hold`: reserve `amount` credits, then capture what the work cost.
-        A block left without a capture or a release releases the hold."""
-        return self.credits.hold(
-            user_id,
-            amount,
-            ttl_seconds=ttl_seconds,
-            description=description,
-            reference_id=reference_id,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-        )
-
-    def capture_hold(
-        self,
-        hold_id: str,
-        amount: int | None = None,
-        *,
-        description: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> CaptureResult:
-        return self.credits.capture_hold(
-            hold_id, amount, description=description, idempotency_key=idempotency_key
-        )
-
-    def release_hold(
-        self, hold_id: str, *, description: str | None = None, idempotency_key: str | None = None
-    ) -> ReleaseResult:
-        return self.credits.release_hold(
-            hold_id, description=description, idempotency_key=idempotency_key
-        )
-
-    def get_hold(self, hold_id: str) -> Hold:
-        return self.credits.get_hold(hold_id)
-
-    def list_holds(self, user_id: str) -> HoldList:
-        return self.credits.list_holds(user_id)
 
     def close(self) -> None:
         self._transport.close()
@@ -381,6 +337,12 @@ class AsyncTally:
         core = _core(api_key, base_url, timeout, max_retries, backoff, max_backoff)
         self._transport = AsyncTransport(core, http_client)
         self.credits = AsyncCredits(self._transport)
+        # Holds, here as well as on `credits`: `async with tally.hold(user_id, amount) as h:`.
+        self.hold = self.credits.hold
+        self.capture_hold = self.credits.capture_hold
+        self.release_hold = self.credits.release_hold
+        self.get_hold = self.credits.get_hold
+        self.list_holds = self.credits.list_holds
 
     async def charge(
         self, user_id: str, *, amount: int, request_uuid: str | None = None, note: str | None = None
@@ -399,53 +361,6 @@ class AsyncTally:
         self, user_id: str, limit: int = 50, offset: int = 0
     ) -> list[Transaction]:
         return await self._transport.execute(endpoints.get_transactions(user_id, limit, offset))
-
-    def hold(
-        self,
-        user_id: str,
-        amount: int,
-        *,
-        ttl_seconds: int | None = None,
-        description: str | None = None,
-        reference_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> PendingHold:
-        """`async with tally.hold(user_id, amount) as h:` (or `h = await tally.hold(...)`)."""
-        return self.credits.hold(
-            user_id,
-            amount,
-            ttl_seconds=ttl_seconds,
-            description=description,
-            reference_id=reference_id,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-        )
-
-    async def capture_hold(
-        self,
-        hold_id: str,
-        amount: int | None = None,
-        *,
-        description: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> CaptureResult:
-        return await self.credits.capture_hold(
-            hold_id, amount, description=description, idempotency_key=idempotency_key
-        )
-
-    async def release_hold(
-        self, hold_id: str, *, description: str | None = None, idempotency_key: str | None = None
-    ) -> ReleaseResult:
-        return await self.credits.release_hold(
-            hold_id, description=description, idempotency_key=idempotency_key
-        )
-
-    async def get_hold(self, hold_id: str) -> Hold:
-        return await self.credits.get_hold(hold_id)
-
-    async def list_holds(self, user_id: str) -> HoldList:
-        return await self.credits.list_holds(user_id)
 
     async def aclose(self) -> None:
         await self._transport.aclose()
