@@ -10,8 +10,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from engine.holds.ids import parse_hold_id
 from engine.ledger.credits import refund_moves
-from engine.ledger.expiring import Expiring, account_json, hold_token, rebuild
+from engine.ledger.expiring import Expiring, account_json, rebuild
 from engine.models import LedgerEntry
 from engine.store.keys import account_keys, new_ledger_id
 from engine.store.scripts import Scripts
@@ -107,7 +108,7 @@ def expected(state: Expiring, balance: int, seq: int) -> dict[str, Any]:
         "reserved": sum(state.reserved().values()),
         "grants": {g: f"{e} {s} {left}" for g, (e, s, left) in state.grants.items()},
         "holds": {
-            hold_token(h): [str(e.expires_at_ms), str(e.held),
+            parse_hold_id(h)[1]: [str(e.expires_at_ms), str(e.held),
                             ",".join(f"{p['grant_id']}={-p['amount']}" for p in e.grants or ())]
             for h, e in state.holds.items()
         },

@@ -42,8 +42,9 @@ from engine.store.scripts import Scripts
 MAX_TTL_SECONDS = 86_400
 DEFAULT_TTL_SECONDS = 300
 MAX_HOLDS = 1000  # as lua/account.lua
-# How a settled hold ended stays in Redis this long after its expiry (then PostgreSQL answers).
-_END_KEPT_MS = 86_400_000
+# How a settled hold ended stays in Redis this long (then PostgreSQL answers): past the longest
+# hold's expiry by a day.
+_END_KEPT_MS = (MAX_TTL_SECONDS + 86_400) * 1000
 _ENDED = {"deduct": "captured", "release": "released", "hold_expire": "expired"}
 
 
@@ -170,7 +171,7 @@ class Holds:
         args = (
             "" if amount is None else amount, token, orjson.dumps(head)[:-1], fingerprint,
             self._idempotency_ttl, self._recent_entries, now_ms, ledger_id, mode,
-            _END_KEPT_MS + 86_400_000, member,
+            _END_KEPT_MS, member,
         )  # fmt: skip
         reply = await self._credits.hydration.run(
             app.app_id, user_id, keys, self._scripts.settle_hold, (script_keys, args)
@@ -188,7 +189,7 @@ class Holds:
         hold = await self._ended(app, hold_id)
         if hold is None:
             raise NotFoundError(f"no hold {hold_id}")
-        if hold.status == "expired" or hold.status == "active":
+        if hold.status == "expired":
             raise ConflictError(f"hold {hold_id} expired at {_iso(hold.expires_at_ms)}")
         raise ConflictError(f"hold {hold_id} was already {hold.status}")
 
@@ -200,9 +201,6 @@ class Holds:
         found = await self._ended(app, hold_id)
         if found is None:
             raise NotFoundError(f"no hold {hold_id}")
-        if found.status == "active":
-            # Not in Redis and not settled: it expired, and its entry is on its way.
-            found = replace(found, status="expired")
         return found
 
     async def active(self, app: AppContext, user_id: str) -> list[Hold]:
@@ -238,7 +236,8 @@ class Holds:
         made = next((e for e in entries if e.kind == "hold"), None)
         if made is None:
             return None
-        hold = _hold(made, "active")
+        # Not active in Redis and nothing settled it: it expired (its entry may be on its way).
+        hold = _hold(made, "expired")
         for entry in entries:
             if entry.kind in _ENDED:
                 captured = -entry.amount if entry.kind == "deduct" else None

@@ -185,15 +185,16 @@ class Credits:
                 balance, updated_at, held, due = await self._redis.hmget(
                     keys.account, "balance", "updated_at", "held", "due"
                 )
-            if balance is not None and due is None:
+            if balance is None:
+                if not await self.hydration.ensure(app.app_id, {user_id: keys}, create=False):
+                    return Balance(user_id, 0, None)
+                continue
+            if due is None:
                 updated_ms = int(updated_at) if updated_at else None
                 return Balance(user_id, int(balance), updated_ms, int(held or 0))
-            if balance is not None:
-                found = await self._balance_with_grants(app, user_id, keys, int(str(due)))
-                if found is not None:
-                    return found
-            elif not await self.hydration.ensure(app.app_id, {user_id: keys}, create=False):
-                return Balance(user_id, 0, None)
+            found = await self._balance_with_grants(app, user_id, keys, int(due))
+            if found is not None:
+                return found
         raise UnavailableError(GONE)
 
     async def _balance_with_grants(

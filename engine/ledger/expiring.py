@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from engine.holds.ids import parse_hold_id
 from engine.models import LedgerEntry
 
 # Entries that settle a hold: they name its hold_id.
@@ -22,11 +23,6 @@ _HOLD = "hold"
 def account_json(app_id: str, user_id: str) -> str:
     """`"app_id":...,"user_id":...`, as the entries the scripts write on their own carry it."""
     return json.dumps({"app_id": app_id, "user_id": user_id}, ensure_ascii=False)[1:-1]
-
-
-def hold_token(hold_id: str) -> str:
-    """The hold's field in its account's holds hash (engine.holds.ids makes hold ids)."""
-    return hold_id.split("_", 2)[1]
 
 
 @dataclass
@@ -55,7 +51,7 @@ class Expiring:
         for hold_id, hold in self.holds.items():
             reserved = ",".join(f"{p['grant_id']}={-int(p['amount'])}" for p in hold.grants or ())
             value = f"{hold.expires_at_ms} {hold.held} {reserved} {hold.to_json()}"
-            args += [hold_token(hold_id), value]
+            args += [parse_hold_id(hold_id)[1], value]
         return args
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from redis import Redis
 from redis.commands.core import Script
 
+from engine.holds.ids import parse_hold_id
 from engine.ledger.defaults import RECONCILE_SCAN_BATCH
-from engine.ledger.expiring import hold_token, rebuild
+from engine.ledger.expiring import rebuild
 from engine.ledger.outbox import outbox_depths
 from engine.ledger.repository import LedgerRepository
 from engine.store.keys import ACCOUNT_PATTERN, account_keys, parse_account_key, shard_of
@@ -140,7 +141,9 @@ def _check_expiring(
         problems.append("granted is not the sum of the grants")
     if sum(lefts.values()) > max(int(balance), 0):
         problems.append("grant credits exceed the balance")
-    if {hold_token(h) for h in expected.holds} != set(holds) or int(held or 0) != expected.held:
+    if {parse_hold_id(h)[1] for h in expected.holds} != set(holds) or int(
+        held or 0
+    ) != expected.held:
         problems.append("active holds differ from the ledger")
     if int(reserved or 0) != sum(expected.reserved().values()):
         problems.append("grant credits reserved by holds differ from the ledger")
