@@ -36,6 +36,10 @@ from workers.queue import Jobs
 
 _SECRETS = ("stripe_webhook_secret", "polar_webhook_secret", "lemonsqueezy_webhook_secret")
 _BILLING = ("stripe_secret_key", "cors_origins", "auto_top_up_daily_limit_cents")
+_SETTINGS = (
+    "credit_rate", "overdraft_limit", "low_balance_thresholds", "plan_max_users",
+    "plan_monthly_operations",
+)  # fmt: skip
 _FLAGS = {
     "credits_enabled": "credits on or off for the app (purchases and auto top-up need it)",
     "overdraft_enabled": "let balances go below 0, down to --overdraft-limit",
@@ -248,6 +252,16 @@ def _parser() -> argparse.ArgumentParser:
         "--auto-top-up-daily-limit-cents", type=int, metavar="N",
         help="most auto top-up may charge one user per UTC day, in cents",
     )  # fmt: skip
+    update.add_argument(
+        "--low-balance-thresholds", type=_setting("low_balance_thresholds", _numbers),
+        metavar="N,N,...", help="balance.low fires as a balance falls to each ('' for none)",
+    )  # fmt: skip
+    for plan, what in (("plan_max_users", "users"), ("plan_monthly_operations", "operations")):
+        update.add_argument(
+            "--" + plan.replace("_", "-"), type=_setting(plan, _unlimited), metavar="N",
+            help=f"most {what} the app's API keys may make ('' for unlimited)"
+            + (" in a calendar month (UTC)" if what == "operations" else ""),
+        )  # fmt: skip
     rotate = command(
         apps,
         "rotate-client-secret",
@@ -308,6 +322,18 @@ def _origins(text: str) -> list[str]:
     return [origin.strip() for origin in text.split(",") if origin.strip()]
 
 
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+# A plan limit's flag given as '': set the limit to none (argparse's None means "not given").
+_UNLIMITED = "unlimited"
+
+
+def _unlimited(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
 def _setting(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type: the flag's text parsed, then checked by the engine's rule for it."""
 
@@ -319,7 +345,7 @@ def _setting(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
         problem = setting_problem(name, value)
         if problem:
             raise argparse.ArgumentTypeError(problem)
-        return value
+        return _UNLIMITED if value is None else value
 
     return convert
 
@@ -482,9 +508,10 @@ def _apps_show(args: argparse.Namespace, cx: Context) -> None:
 def _apps_update(args: argparse.Namespace, cx: Context) -> None:
     changes = {
         name: getattr(args, name)
-        for name in (*_SECRETS, *_BILLING, "credit_rate", "overdraft_limit", *CREDITS_CONFIG)
+        for name in (*_SECRETS, *_BILLING, *_SETTINGS, *CREDITS_CONFIG)
         if getattr(args, name) is not None
     }
+    changes = {name: None if value == _UNLIMITED else value for name, value in changes.items()}
     from_stdin = [name for name in SECRET_COLUMNS if changes.get(name) == "-"]
     if len(from_stdin) > 1:
         raise InvalidRequestError("only one secret can be read from stdin at a time")

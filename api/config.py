@@ -33,6 +33,7 @@ class ConfigPatch(Strict):
     manual_top_up_available: bool | None = None
     auto_top_up_available: bool | None = None
     currency: str | None = None
+    low_balance_thresholds: list[int] | None = None
 
 
 async def get_config(request: Request) -> Response:

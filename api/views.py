@@ -196,6 +196,7 @@ class ConfigView(TypedDict):
     manual_top_up_available: bool
     auto_top_up_available: bool
     currency: str
+    low_balance_thresholds: list[int]
 
 
 class CardView(TypedDict):
@@ -362,6 +363,7 @@ def config_view(app: App) -> ConfigView:
         "manual_top_up_available": app.manual_top_up_available,
         "auto_top_up_available": app.auto_top_up_available,
         "currency": app.currency,
+        "low_balance_thresholds": app.low_balance_thresholds,
     }
 
 

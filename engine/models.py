@@ -58,6 +58,15 @@ class AppContext:
     overdraft_limit: int
     # Deducts check the user's auto top-up threshold only in apps that offer auto top-up.
     auto_top_up: bool = False
+    # Where balance.low fires (the scripts decide it); () for none.
+    low_balance_thresholds: tuple[int, ...] = ()
+    # The plan applies to what the app's API keys do; Tally's own writes (payments, top-ups,
+    # an operator's) carry None and are never refused by it.
+    plan_monthly_operations: int | None = None
+    plan_max_users: int | None = None
+    # The API key's: requests per second (burst twice that), None for no limit.
+    key_id: str | None = None
+    rate_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +96,17 @@ class App:
     stripe_secret_key: str | None
     currency: str
     auto_top_up_daily_limit_cents: int
+    low_balance_thresholds: list[int]
+    plan_max_users: int | None
+    plan_monthly_operations: int | None
 
     def context(self) -> AppContext:
+        """The app as Tally's own writes see it: never held to the app's plan."""
         return AppContext(
             self.app_id,
             self.overdraft_limit if self.overdraft_enabled else 0,
             self.auto_top_up_available and self.credits_enabled,
+            tuple(self.low_balance_thresholds),
         )
 
     @property
@@ -109,6 +123,7 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    rate_limit: int | None
 
 
 @dataclass(frozen=True, slots=True)

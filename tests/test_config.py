@@ -24,6 +24,7 @@ DEFAULTS = {
     "manual_top_up_available": False,
     "auto_top_up_available": False,
     "currency": "usd",
+    "low_balance_thresholds": [],
 }
 
 

@@ -14,6 +14,7 @@ from engine.errors import InvalidRequestError, NotFoundError, SettingsError
 from engine.models import MAX_AMOUNT, ApiKey, App, text_problem
 
 KEY_PREFIX = "tally_"
+MAX_THRESHOLDS = 5
 # tally_ + 43 URL-safe characters (32 random bytes); older or longer keys still parse.
 KEY_PATTERN = re.compile(r"tally_[A-Za-z0-9_-]{32,128}")
 # What browsers send as Origin: scheme://host[:port].
@@ -34,6 +35,10 @@ class NewKey:
 
 def _cents(value: Any) -> bool:
     return isinstance(value, int) and 0 <= value <= MAX_AMOUNT
+
+
+def _limit(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and 0 <= value <= MAX_AMOUNT)
 
 
 def _rate(value: Any) -> bool:
@@ -76,6 +81,16 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         " (scheme, host and optional port; no path, no trailing slash)",
     ),
     "credit_rate": (_rate, "credit_rate must be a number above 0"),
+    "low_balance_thresholds": (
+        lambda v: len(v) <= MAX_THRESHOLDS and all(abs(t) <= MAX_AMOUNT for t in v),
+        f"low_balance_thresholds must be a list of at most {MAX_THRESHOLDS} whole numbers"
+        " of credits",
+    ),
+    "plan_max_users": (_limit, "plan_max_users must be a whole number of 0 or more, or empty"),
+    "plan_monthly_operations": (
+        _limit,
+        "plan_monthly_operations must be a whole number of 0 or more, or empty",
+    ),
     "credits_per_dollar": (_rate, "credits_per_dollar must be a number above 0"),
 }
 
@@ -127,6 +142,11 @@ class Apps:
         current = self.get(app_id)
         # An empty secret removes it: a webhook provider or Stripe account no longer used.
         changes = {k: None if k in SECRET_COLUMNS and v == "" else v for k, v in changes.items()}
+        if isinstance(changes.get("low_balance_thresholds"), list):
+            # Highest first, each once: the order events fire in as a balance falls.
+            changes["low_balance_thresholds"] = sorted(
+                set(changes["low_balance_thresholds"]), reverse=True
+            )
         if "overdraft_limit" in changes and "overdraft_enabled" not in changes:
             # Setting a limit alone is how overdraft was always switched on.
             changes["overdraft_enabled"] = changes["overdraft_limit"] > 0

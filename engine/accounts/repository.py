@@ -25,6 +25,9 @@ APP_SETTINGS = (
     "cors_origins",
     "stripe_secret_key",
     "auto_top_up_daily_limit_cents",
+    "low_balance_thresholds",
+    "plan_max_users",
+    "plan_monthly_operations",
     *CREDITS_CONFIG,
 )
 SECRET_COLUMNS = SEALED["apps"][1]
@@ -143,9 +146,13 @@ class AppRepository:
             # right to within that cache's lifetime at no cost per request.
             row = conn.execute(
                 "WITH k AS (UPDATE api_keys SET last_used_at = now()"
-                "  WHERE key_hash = %s AND revoked_at IS NULL RETURNING app_id)"
+                "  WHERE key_hash = %s AND revoked_at IS NULL RETURNING app_id, key_id, rate_limit)"
                 " SELECT a.app_id, CASE WHEN a.overdraft_enabled THEN a.overdraft_limit ELSE 0 END,"
-                " a.auto_top_up_available AND a.credits_enabled FROM k JOIN apps a USING (app_id)",
+                " a.auto_top_up_available AND a.credits_enabled, a.low_balance_thresholds,"
+                " a.plan_monthly_operations, a.plan_max_users, k.key_id, k.rate_limit"
+                " FROM k JOIN apps a USING (app_id)",
                 (key_hash,),
             ).fetchone()
-        return AppContext(*row) if row else None
+        if row is None:
+            return None
+        return AppContext(row[0], row[1], row[2], tuple(row[3]), *row[4:])
