@@ -9,11 +9,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from api import client, config, credits, health, holds, openapi, webhooks
+from api import client, config, credits, events, health, holds, metrics, openapi, webhooks
 from api.cors import ClientCors
 from api.dashboard.routes import routes as dashboard_routes
 from api.edge import AccessLog, Edge
 from api.errors import HANDLERS
+from api.metrics import FLUSH_SECONDS, RequestMetrics, flush_operations
 from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.settings import Settings
@@ -34,10 +35,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         gc.collect()
         gc.freeze()
         counting = asyncio.create_task(_count_refusals(engine))
+        flushing = asyncio.create_task(_flush_operations())
         try:
             yield
         finally:
             counting.cancel()
+            flushing.cancel()
+            flush_operations()
             await _save_refusals(engine)
             await engine.aclose()
 
@@ -74,13 +78,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/client/purchases", client.purchase, methods=["POST"]),
         Route("/client/auto-top-up", client.get_auto_top_up, methods=["GET"]),
         Route("/client/auto-top-up", client.put_auto_top_up, methods=["PUT"]),
+        Route("/webhook-endpoints", events.create_endpoint, methods=["POST"]),
+        Route("/webhook-endpoints", events.list_endpoints, methods=["GET"]),
+        Route("/webhook-endpoints/{endpoint_id}", events.update_endpoint, methods=["PATCH"]),
+        Route("/webhook-endpoints/{endpoint_id}", events.delete_endpoint, methods=["DELETE"]),
+        Route(
+            "/webhook-endpoints/{endpoint_id}/rotate-secret",
+            events.rotate_secret,
+            methods=["POST"],
+        ),
+        Route("/webhook-endpoints/{endpoint_id}/deliveries", events.deliveries, methods=["GET"]),
+        Route("/events/{event_id}/redeliver", events.redeliver, methods=["POST"]),
+        Route("/usage", events.usage, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         Route("/webhooks/{provider}/{app_id}", webhooks.receive, methods=["POST"]),
         *dashboard_routes(),
     ]
-    # CORS outermost: a browser can read every answer it grants, the edge's refusals too.
-    middleware = [Middleware(ClientCors), Middleware(Edge)]
+    # The timing outermost, to count every answer; then CORS: a browser can read every answer
+    # it grants, the edge's refusals too.
+    middleware = [Middleware(RequestMetrics), Middleware(ClientCors), Middleware(Edge)]
     if settings.access_log:
         middleware.append(Middleware(AccessLog))
     return Starlette(
@@ -94,6 +113,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
 # Refused deducts, counted in memory on the hot path, reach PostgreSQL this often: what a
 # crash loses is a few seconds of a chart, never an entry.
 _REFUSALS_SECONDS = 5.0
+
+
+async def _flush_operations() -> None:
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        flush_operations()
 
 
 async def _count_refusals(engine: Engine) -> None:

@@ -15,11 +15,13 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from api.text import fields, table
+from api.views import delivery_view, endpoint_view
 from engine import logs
-from engine.accounts.apps import setting_problem
+from engine.accounts.apps import RATE_LIMIT_RULE, rate_limit_problem, setting_problem
 from engine.accounts.repository import SECRET_COLUMNS
 from engine.container import Engine
 from engine.errors import InvalidRequestError, TallyError, UnavailableError
+from engine.events.types import EVENT_TYPES
 from engine.ledger.outbox import outbox_lag
 from engine.models import CREDITS_CONFIG, ApiKey, App
 from engine.operators.passwords import generate_password
@@ -189,6 +191,40 @@ def _parser() -> argparse.ArgumentParser:
         "event_pk", type=int, metavar="EVENT_ID", help="the id `webhooks list` shows"
     )
 
+    endpoints = commands.add_parser(
+        "endpoints", help="where an app's events are sent (outgoing webhooks)"
+    ).add_subparsers(required=True, metavar="ACTION")
+    add_endpoint = command(
+        endpoints, "add", _endpoints_add, "send an app's events to a URL (its secret shown once)"
+    )
+    add_endpoint.add_argument("app_id", help="the app's id (app_...)")
+    add_endpoint.add_argument("url", help="https://... (http only to this machine)")
+    add_endpoint.add_argument(
+        "--events", type=_origins, metavar="E1,E2",
+        help=f"event types to send (default: all): {', '.join(EVENT_TYPES)}",
+    )  # fmt: skip
+    list_endpoints = command(endpoints, "list", _endpoints_list, "list an app's endpoints")
+    list_endpoints.add_argument("app_id", help="the app's id (app_...)")
+    remove_endpoint = command(endpoints, "remove", _endpoints_remove, "stop sending to one")
+    remove_endpoint.add_argument("endpoint_id", help="the endpoint's id (we_...)")
+    rotate_endpoint = command(
+        endpoints, "rotate-secret", _endpoints_rotate,
+        "a new signing secret (shown once); the old one also signs for 24 hours",
+    )  # fmt: skip
+    rotate_endpoint.add_argument("endpoint_id", help="the endpoint's id (we_...)")
+    log_endpoint = command(
+        endpoints, "deliveries", _endpoints_deliveries, "an endpoint's deliveries, newest first"
+    )
+    log_endpoint.add_argument("endpoint_id", help="the endpoint's id (we_...)")
+    log_endpoint.add_argument("--limit", type=int, default=50, help="newest N (50)")
+    events = commands.add_parser("events", help="events sent to apps").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    redeliver = command(
+        events, "redeliver", _events_redeliver, "send an event again to each endpoint it was for"
+    )
+    redeliver.add_argument("event_id", help="the event's id (evt_..., its webhook-id header)")
+
     apps = commands.add_parser("apps", help="create, show and configure apps").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -301,12 +337,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     key_create = command(keys, "create", _keys_create, "create an API key (shown once)")
     key_create.add_argument("app_id", help="the app the key is for")
+    key_create.add_argument(
+        "--rate-limit", type=_rate_limit, metavar="N",
+        help="requests per second the key may make, bursts of 2N (default: no limit)",
+    )  # fmt: skip
     key_list = command(keys, "list", _keys_list, "list an app's API keys")
     key_list.add_argument("app_id", help="the app's id (app_...)")
     revoke = command(keys, "revoke", _keys_revoke, "revoke an API key")
     revoke.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
+    key_update = command(keys, "update", _keys_update, "change an API key's rate limit")
+    key_update.add_argument("key_id", help="the key's id (key_...), as `keys list` shows it")
+    key_update.add_argument(
+        "--rate-limit", type=_rate_limit, metavar="N", required=True,
+        help="requests per second the key may make, bursts of 2N ('' for no limit)",
+    )  # fmt: skip
 
-    for action in (apps, keys, webhooks, vault, operators):
+    for action in (apps, keys, webhooks, vault, operators, endpoints, events):
         for sub in action.choices.values():
             sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -332,6 +378,20 @@ _UNLIMITED = "unlimited"
 
 def _unlimited(text: str) -> int | None:
     return int(text) if text.strip() else None
+
+
+def _rate_limit(text: str) -> int | str:
+    """An argparse type: a key's rate limit, or _UNLIMITED for ''."""
+    if not text.strip():
+        return _UNLIMITED
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(RATE_LIMIT_RULE) from None
+    problem = rate_limit_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def _setting(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -368,8 +428,14 @@ def _openapi(args: argparse.Namespace, cx: Context) -> None:
 def _serve(args: argparse.Namespace, cx: Context) -> None:
     import uvicorn
 
-    check_keys(cx.settings)
+    from api.metrics import share_across_workers
 
+    check_keys(cx.settings)
+    if "rate_limit_processes" not in cx.settings.model_fields_set:
+        # Each process keeps its own rate limit buckets: together they allow each limit once.
+        # The processes uvicorn starts read their settings from this environment.
+        os.environ["TALLY_RATE_LIMIT_PROCESSES"] = str(args.workers)
+    share_across_workers(args.workers)  # before uvicorn starts its processes
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -385,6 +451,9 @@ def _serve(args: argparse.Namespace, cx: Context) -> None:
 
 def _worker(args: argparse.Namespace, cx: Context) -> None:
     check_keys(cx.settings)
+    # The worker serves its own metrics from its memory: counted into the API's directory too,
+    # they would show on the API's /metrics as well.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # The worker is a process of its own (python -m workers): the API never imports it.
     command = [sys.executable, "-m", "workers", *(["--burst"] if args.burst else [])]
     sys.stdout.flush()
@@ -489,6 +558,51 @@ def _event_view(event: WebhookEvent) -> dict[str, Any]:
     return view
 
 
+def _endpoints_add(args: argparse.Namespace, cx: Context) -> None:
+    app = cx.engine.apps.get(args.app_id)
+    endpoint = cx.engine.endpoints.create(app.app_id, args.url, args.events)
+    view = {**endpoint_view(endpoint), "secret": endpoint.secret}
+    text = f"endpoint {endpoint.endpoint_id} added\nsigning secret (shown once): {endpoint.secret}"
+    _print(args, view, text)
+
+
+def _endpoints_list(args: argparse.Namespace, cx: Context) -> None:
+    cx.engine.apps.get(args.app_id)
+    views = [endpoint_view(e) for e in cx.engine.endpoints.of_app(args.app_id)]
+    rows = [view | {"events": ",".join(view["events"])} for view in views]
+    _print(args, views, table(rows, ("id", "url", "events", "created_at"), "no endpoints"))
+
+
+def _endpoints_remove(args: argparse.Namespace, cx: Context) -> None:
+    endpoint = cx.engine.endpoints.delete(args.endpoint_id)
+    _print(args, endpoint_view(endpoint), f"endpoint {endpoint.endpoint_id} removed")
+
+
+def _endpoints_rotate(args: argparse.Namespace, cx: Context) -> None:
+    endpoint = cx.engine.endpoints.rotate_secret(args.endpoint_id)
+    view = {**endpoint_view(endpoint), "secret": endpoint.secret}
+    until = view["previous_secret_expires_at"]
+    text = (
+        f"new signing secret (shown once): {endpoint.secret}\nthe previous one signs until {until}"
+    )
+    _print(args, view, text)
+
+
+def _endpoints_deliveries(args: argparse.Namespace, cx: Context) -> None:
+    endpoint = cx.engine.endpoints.get(args.endpoint_id)
+    found = cx.engine.deliveries.log(endpoint.endpoint_id, args.limit)
+    views: list[dict[str, Any]] = [dict(delivery_view(d)) for d in found]
+    columns = ("id", "event_id", "event_type", "status", "attempts", "response_code",
+               "next_attempt_at", "last_error")  # fmt: skip
+    _print(args, views, table(views, columns, "no deliveries"))
+
+
+def _events_redeliver(args: argparse.Namespace, cx: Context) -> None:
+    queued = cx.engine.deliveries.redeliver(args.event_id)
+    view = {"event_id": args.event_id, "deliveries": len(queued)}
+    _print(args, view, f"event {args.event_id} queued again for {len(queued)} endpoints")
+
+
 def _apps_create(args: argparse.Namespace, cx: Context) -> None:
     app, new_key = cx.engine.apps.create(args.name)
     view = _app_view(app, cx.settings) | {"api_key": new_key.api_key, "key_id": new_key.key.key_id}
@@ -530,20 +644,36 @@ def _apps_rotate_client_secret(args: argparse.Namespace, cx: Context) -> None:
 
 
 def _keys_create(args: argparse.Namespace, cx: Context) -> None:
-    new_key = cx.engine.apps.create_key(args.app_id)
+    rate_limit = None if args.rate_limit == _UNLIMITED else args.rate_limit
+    new_key = cx.engine.apps.create_key(args.app_id, rate_limit)
     view = _key_view(new_key.key) | {"api_key": new_key.api_key}
-    _print(args, view, f"key {new_key.key.key_id} created\nAPI key (shown once): {new_key.api_key}")
+    text = f"key {new_key.key.key_id} created, {_limit_text(rate_limit)}"
+    _print(args, view, f"{text}\nAPI key (shown once): {new_key.api_key}")
 
 
 def _keys_list(args: argparse.Namespace, cx: Context) -> None:
     keys = [_key_view(key) for key in cx.engine.apps.list_keys(args.app_id)]
-    columns = ("key_id", "key_prefix", "status", "created_at", "last_used_at", "revoked_at")
+    columns = (
+        "key_id", "key_prefix", "status", "rate_limit", "created_at", "last_used_at", "revoked_at",
+    )  # fmt: skip
     _print(args, keys, table(keys, columns, "no API keys"))
 
 
 def _keys_revoke(args: argparse.Namespace, cx: Context) -> None:
     key = _key_view(cx.engine.apps.revoke_key(args.key_id))
     _print(args, key, f"key {key['key_id']} revoked")
+
+
+def _keys_update(args: argparse.Namespace, cx: Context) -> None:
+    rate_limit = None if args.rate_limit == _UNLIMITED else args.rate_limit
+    key = _key_view(cx.engine.apps.set_rate_limit(args.key_id, rate_limit))
+    _print(args, key, f"key {key['key_id']}: {_limit_text(rate_limit)} within a second")
+
+
+def _limit_text(rate_limit: int | None) -> str:
+    if rate_limit is None:
+        return "no rate limit"
+    return f"rate limit {rate_limit} requests/s, bursts of {2 * rate_limit}"
 
 
 def _operators_create(args: argparse.Namespace, cx: Context) -> None:
@@ -616,6 +746,7 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
         "app_id": key.app_id,
         "key_prefix": key.key_prefix,
         "status": "revoked" if key.revoked_at else "active",
+        "rate_limit": key.rate_limit,
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
         "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,

@@ -8,6 +8,7 @@ can never add, deduct or refund (api.auth refuses it on every server route).
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.rate_limits import limited
 from api.responses import JSONResponse
 from api.schemas import (
     AddPaymentMethodRequest,
@@ -214,6 +215,11 @@ async def _session(request: Request) -> tuple[Engine, ClientSession]:
     session = await engine.app_cache.client_session(
         request.headers.get("authorization"), request.headers.get("origin")
     )
+    rate = engine.settings.client_rate_limit
+    if rate:
+        # Checked after the token is: a forged one cannot spend its user's requests.
+        user = (session.app.app_id, session.user_id)
+        limited(request, engine.rate_limiter.take(user, rate, " per user"))
     return engine, session
 
 

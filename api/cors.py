@@ -21,6 +21,11 @@ _PREFLIGHT_HEADERS = {
     "Access-Control-Max-Age": "600",
     "Vary": "Origin",
 }
+# What a browser's script may read of an answer beyond the safelisted headers.
+_EXPOSED = (
+    "Idempotent-Replayed, X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining,"
+    " RateLimit-Reset"
+)
 
 
 class ClientCors:
@@ -58,9 +63,7 @@ class ClientCors:
             if message["type"] == "http.response.start":
                 response_headers = MutableHeaders(scope=message)
                 response_headers["Access-Control-Allow-Origin"] = origin
-                response_headers["Access-Control-Expose-Headers"] = (
-                    "Idempotent-Replayed, X-Request-Id"
-                )
+                response_headers["Access-Control-Expose-Headers"] = _EXPOSED
                 response_headers.add_vary_header("Origin")
             await send(message)
 

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import error_body, status_of
+from api.metrics import count_operation
 from api.responses import JSONResponse
 from api.schemas import (
     AddRequest,
@@ -88,6 +89,8 @@ async def batch(request: Request) -> Response:
         for index, op in enumerate(body.operations)
     ]
     outcomes = await engine.credits.batch(app, operations)
+    for operation, outcome in zip(operations, outcomes, strict=True):
+        count_operation(app.app_id, operation.kind, outcome)
     result: BatchResult = {"success": True, "results": [_outcome(o) for o in outcomes]}
     return JSONResponse(result)
 
@@ -118,9 +121,14 @@ async def refund(request: Request) -> Response:
     engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
     body = await read_json(request, RefundRequest, engine.settings.max_body_bytes)
-    result = await engine.credits.refund(
-        app, body.ledger_id, description=body.description, idempotency_key=idempotency_key
-    )
+    try:
+        result = await engine.credits.refund(
+            app, body.ledger_id, description=body.description, idempotency_key=idempotency_key
+        )
+    except TallyError as exc:
+        count_operation(app.app_id, "refund", exc)
+        raise
+    count_operation(app.app_id, "refund", result.refund)
     answer: RefundResult = {
         "success": True,
         "ledger_id": result.refund.ledger_id,
@@ -155,20 +163,27 @@ async def balance(request: Request) -> Response:
 async def _apply_entry(request: Request, kind: str) -> EntryResult:
     engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
-    if kind == "deduct":
-        body = await read_json(request, EntryRequest, engine.settings.max_body_bytes)
-        return await engine.credits.deduct(
-            app, body.user_id, body.amount, description=body.description,
-            reference_id=body.reference_id, metadata=body.metadata,
-            idempotency_key=idempotency_key,
-        )  # fmt: skip
-    grant = await read_json(request, AddRequest, engine.settings.max_body_bytes)
-    return await engine.credits.add(
-        app, grant.user_id, grant.amount, description=grant.description,
-        reference_id=grant.reference_id, metadata=grant.metadata,
-        idempotency_key=idempotency_key,
-        expires_at_ms=None if grant.expires_at is None else epoch_ms(grant.expires_at),
-    )  # fmt: skip
+    try:
+        if kind == "deduct":
+            body = await read_json(request, EntryRequest, engine.settings.max_body_bytes)
+            result = await engine.credits.deduct(
+                app, body.user_id, body.amount, description=body.description,
+                reference_id=body.reference_id, metadata=body.metadata,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
+        else:
+            grant = await read_json(request, AddRequest, engine.settings.max_body_bytes)
+            result = await engine.credits.add(
+                app, grant.user_id, grant.amount, description=grant.description,
+                reference_id=grant.reference_id, metadata=grant.metadata,
+                idempotency_key=idempotency_key,
+                expires_at_ms=None if grant.expires_at is None else epoch_ms(grant.expires_at),
+            )  # fmt: skip
+    except TallyError as exc:
+        count_operation(app.app_id, kind, exc)
+        raise
+    count_operation(app.app_id, kind, result)
+    return result
 
 
 def entry_response(body: Mapping[str, object], result: EntryResult) -> Response:

@@ -1,6 +1,6 @@
 """What every request passes first: its id (X-Request-Id, accepted from the caller or made
-here, returned, and bound to every log line of the request), the rules that refuse it before
-any route runs, and the access log."""
+here, returned, and bound to every log line of the request), the RateLimit-* headers a route
+left for its caller, the rules that refuse it before any route runs, and the access log."""
 
 import itertools
 import logging
@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
+from api.rate_limits import SCOPE_KEY as RATE_LIMIT
 from engine.errors import AuthenticationError, InvalidRequestError, TallyError
 from engine.logs import request_id
 
@@ -48,7 +49,11 @@ class Edge:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", rid),
+                    *scope.get(RATE_LIMIT, ()),  # set by a route for a caller with a limit
+                ]
             await send(message)
 
         try:

@@ -6,6 +6,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.rate_limits import rate_limit_headers
 from api.responses import JSONResponse
 from api.views import ErrorBody
 from engine.errors import (
@@ -20,6 +21,8 @@ from engine.errors import (
     PayloadTooLargeError,
     PaymentDeclinedError,
     PaymentProviderError,
+    PlanLimitError,
+    RateLimitedError,
     SecretKeyError,
     TallyError,
     TooManyRequestsError,
@@ -34,6 +37,7 @@ STATUS: dict[type[TallyError], int] = {
     AuthenticationError: 401,
     InsufficientCreditsError: 402,
     PaymentDeclinedError: 402,
+    PlanLimitError: 402,
     ForbiddenError: 403,
     NotFoundError: 404,
     AlreadyRefundedError: 409,
@@ -69,6 +73,10 @@ def error_body(exc: TallyError) -> ErrorBody:
         body["payment_intent_id"] = exc.payment_intent_id
     elif isinstance(exc, AlreadyRefundedError):
         body["refund_ledger_id"] = exc.refund_ledger_id
+    elif isinstance(exc, PlanLimitError):
+        body["limit"] = exc.limit
+        body["used"] = exc.used
+        body["allowed"] = exc.allowed
     return body
 
 
@@ -87,6 +95,8 @@ def error_response(exc: TallyError) -> Response:
         headers["Retry-After"] = "1"
     elif isinstance(exc, TooManyRequestsError):
         headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, RateLimitedError):
+            headers |= rate_limit_headers(exc.limit, 0, exc.reset)
     elif isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
     if exc.replayed:

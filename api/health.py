@@ -1,18 +1,24 @@
-"""GET /healthz: can this process serve the hot path, and how far behind is the ledger?"""
+"""GET /healthz: can this process serve the hot path, and how far behind is the ledger?
+GET /readyz: should a load balancer send it requests?"""
 
+import logging
 from typing import Literal
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.responses import JSONResponse
 from api.state import engine_of
-from api.views import HealthView, OutboxShard, OutboxView
+from api.views import HealthView, OutboxShard, OutboxView, ReadyView
 from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.ledger.outbox import outbox_lag
 from engine.store.db import connection
+from engine.store.readiness import load_scripts, missing_scripts
 from engine.store.redis import memory_state
+
+log = logging.getLogger(__name__)
 
 
 async def healthz(request: Request) -> Response:
@@ -60,3 +66,40 @@ async def report(engine: Engine) -> HealthView:
 def _ping_postgres(engine: Engine) -> None:
     with connection(engine.pool, timeout=0.5) as conn:
         conn.execute("SELECT 1")
+
+
+async def readyz(request: Request) -> Response:
+    body = await readiness(engine_of(request))
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+async def readiness(engine: Engine) -> ReadyView:
+    """Ready when Redis answers and holds every script (loaded here if it lost them).
+    PostgreSQL is not asked: the hot path serves without it, and a load balancer that took
+    every process out for a PostgreSQL outage would stop what still works (see /healthz)."""
+    redis: Literal["ok", "unavailable"] = "ok"
+    scripts: Literal["ok", "missing", "unknown"] = "ok"
+    try:
+        missing = await missing_scripts(engine.redis)
+    except RedisError:
+        redis, scripts = "unavailable", "unknown"
+    else:
+        try:
+            await load_scripts(engine.redis, missing)
+        except RedisError as exc:
+            log.warning("Redis lacks %s scripts and refused them: %s", len(missing), exc)
+            scripts = "missing"
+        else:
+            if missing:
+                log.info("loaded %s scripts into Redis", len(missing))
+    body: ReadyView = {
+        "ready": redis == "ok" and scripts == "ok",
+        "redis": redis,
+        "scripts": scripts,
+        "missing": [],
+    }
+    if redis != "ok":
+        body["missing"].append("redis")
+    elif scripts != "ok":
+        body["missing"].append("scripts")
+    return body

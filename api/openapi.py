@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from api import client, config, credits, health, holds, webhooks
+from api import client, config, credits, events, health, holds, metrics, webhooks
 from api.config import ConfigPatch
+from api.events import EndpointPatch, EndpointRequest
 from api.responses import JSONResponse
 from api.schemas import (
     AddPaymentMethodRequest,
@@ -43,7 +44,11 @@ from api.views import (
     ClientTokenView,
     ConfigView,
     DeductResult,
+    DeliveriesList,
     Done,
+    EndpointCreated,
+    EndpointsList,
+    EndpointView,
     ErrorBody,
     HealthView,
     HistoryPage,
@@ -52,10 +57,13 @@ from api.views import (
     HoldsList,
     HoldView,
     PurchaseView,
+    ReadyView,
+    Redelivered,
     RefundResult,
     SetupIntentView,
     TopUpView,
     TransactionsPage,
+    UsageView,
     WebhookReceipt,
 )
 from engine.models import MAX_IDEMPOTENCY_KEY
@@ -65,20 +73,40 @@ Auth = Literal["api_key", "client_token"] | None
 _ERRORS = {
     400: "The request breaks an input rule; `error` names it (docs/api.md#input-rules)",
     401: "No valid credentials",
-    402: "Not enough credits, or the card was declined",
+    402: "Not enough credits, the card was declined, or the app's plan limit is reached"
+    " (`limit`, `used`, `allowed`)",
     403: "Authenticated, but not allowed (a setting of the app, an origin, the wrong token)",
     404: "Nothing by that id",
     409: "Conflicts with what happened before (already refunded; a hold settled or expired)",
     413: "The body is too large",
     415: "The body is not `Content-Type: application/json`",
     422: "The Idempotency-Key was used before with a different request",
+    429: "Over the API key's rate limit, or the user's (client tokens): retry after `Retry-After`"
+    " seconds",
     502: "The payment provider failed or refused the request",
     503: "Redis or PostgreSQL is unavailable: retry after `Retry-After` seconds",
 }
 
 
+# On every answer to a caller with a rate limit (IETF draft-ietf-httpapi-ratelimit-headers-06),
+# described on the successes and the 429.
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"schema": {"type": "string"}, "description": "The burst: twice the rate"},
+    "RateLimit-Remaining": {
+        "schema": {"type": "string"},
+        "description": "Requests left now (an estimate when several API processes share it)",
+    },
+    "RateLimit-Reset": {
+        "schema": {"type": "string"},
+        "description": "Seconds until all of the burst is back",
+    },
+}
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    429: {
+        "Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"},
+        **_RATE_LIMIT_HEADERS,
+    },
     503: {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"}},
 }
 
@@ -96,6 +124,7 @@ class Doc:
     replays: bool = False  # answers a repeated key with the first answer (header or body key)
     errors: tuple[int, ...] = ()
     path: dict[str, str] = field(default_factory=dict)  # path parameter -> description
+    media_type: str = "application/json"  # of the answers in `answers`
 
 
 async def openapi(request: Request) -> Response:
@@ -106,11 +135,12 @@ async def openapi(request: Request) -> Response:
 
 
 _HOLD_ID = "the hold's id, as POST /credits/holds answered it"
+_ENDPOINT = "the endpoint's id (we_...), as POST /webhook-endpoints answered it"
 
 DOCS: dict[Callable[..., Any], Doc] = {
     credits.add: Doc(
         "Add credits to a user's balance (creates the user); with expires_at they are a grant",
-        {200: AddResult}, body=AddRequest, idempotent=True, errors=(409,),
+        {200: AddResult}, body=AddRequest, idempotent=True, errors=(402, 409),
     ),
     credits.deduct: Doc(
         "Deduct credits atomically; 402 and nothing written when the balance is short",
@@ -186,8 +216,31 @@ DOCS: dict[Callable[..., Any], Doc] = {
                                 auth="client_token", errors=(403,)),
     client.put_auto_top_up: Doc("Set the user's auto top-up", {200: TopUpView},
                                 auth="client_token", body=AutoTopUpRequest, errors=(403, 502)),
+    events.create_endpoint: Doc(
+        "Send the app's events to a URL; the answer has its signing secret, shown once",
+        {201: EndpointCreated}, body=EndpointRequest,
+    ),
+    events.list_endpoints: Doc("The app's webhook endpoints", {200: EndpointsList}),
+    events.update_endpoint: Doc("Change an endpoint's url or events", {200: EndpointView},
+                                body=EndpointPatch, errors=(404,), path={"endpoint_id": _ENDPOINT}),
+    events.delete_endpoint: Doc("Stop sending events to an endpoint", {200: Done},
+                                errors=(404,), path={"endpoint_id": _ENDPOINT}),
+    events.rotate_secret: Doc(
+        "A new signing secret (shown once); the previous one also signs for 24 hours",
+        {200: EndpointCreated}, errors=(404,), path={"endpoint_id": _ENDPOINT},
+    ),
+    events.deliveries: Doc("An endpoint's deliveries, newest first", {200: DeliveriesList},
+                           errors=(404,), path={"endpoint_id": _ENDPOINT}),
+    events.redeliver: Doc("Send an event again to each endpoint it was for", {200: Redelivered},
+                          errors=(404,), path={"event_id": "the event's id (webhook-id, evt_...)"}),
+    events.usage: Doc("This month's operations and the app's users, against its plan",
+                      {200: UsageView}),
     health.healthz: Doc("Whether this process can serve the hot path",
                         {200: HealthView, 503: HealthView}, auth=None),
+    health.readyz: Doc("Whether a load balancer should send this process requests: Redis answers"
+                       " and holds every script", {200: ReadyView, 503: ReadyView}, auth=None),
+    metrics.metrics: Doc("Prometheus metrics of every process of this API (docs/operations.md)",
+                         {200: str}, auth=None, media_type=metrics.MEDIA_TYPE),
     webhooks.receive: Doc(
         "A payment provider's event, signed with the app's webhook secret",
         {200: WebhookReceipt}, auth=None, errors=(404, 413),
@@ -299,8 +352,8 @@ def _operation(path: str, method: str, doc: Doc, ref: dict[str, Any]) -> dict[st
     for status, answer in sorted(doc.answers.items()):
         responses[str(status)] = {
             "description": "OK" if status < 300 else _ERRORS.get(status, "See the body"),
-            "headers": headers,
-            "content": {"application/json": {"schema": ref[_name(answer)]}},
+            "headers": headers | (_RATE_LIMIT_HEADERS if doc.auth and status < 300 else {}),
+            "content": {doc.media_type: {"schema": ref[_name(answer)]}},
         }
     for status in _errors(doc):
         extra = _ERROR_HEADERS.get(status, {})
@@ -321,7 +374,7 @@ def _errors(doc: Doc) -> Iterable[int]:
         return ()  # this document: nothing to refuse
     statuses = {400, 503, *doc.errors}
     if doc.auth is not None:
-        statuses.add(401)
+        statuses |= {401, 429}
     if doc.auth == "api_key":
         statuses.add(403)  # a client token where the API key belongs
     if doc.body is not None:

@@ -2,6 +2,7 @@
 
 from starlette.requests import Request
 
+from api.rate_limits import limited
 from engine.container import Engine
 from engine.models import AppContext
 from workers.queue import Jobs
@@ -13,9 +14,12 @@ def engine_of(request: Request) -> Engine:
 
 
 async def authenticated(request: Request) -> tuple[Engine, AppContext]:
-    """The engine, and the app whose API key the request carries."""
+    """The engine, and the app whose API key the request carries, within the key's rate limit."""
     engine = engine_of(request)
-    return engine, await engine.keys.authenticate(request.headers.get("authorization"))
+    app = await engine.keys.authenticate(request.headers.get("authorization"))
+    if app.rate_limit is not None:
+        limited(request, engine.rate_limiter.take(app.key_id, app.rate_limit))
+    return engine, app
 
 
 def jobs_of(request: Request) -> Jobs:

@@ -9,7 +9,9 @@ from typing_extensions import TypedDict
 from engine.billing.purchases import PurchaseResult
 from engine.billing.repository import AutoTopUp
 from engine.billing.stripe import Card
+from engine.events.repository import Delivery, Endpoint
 from engine.models import App, Balance, Hold, LedgerEntry
+from engine.plans.usage import Usage
 
 # Each body the API answers with, as a type: mypy holds the views to it and /openapi.json is
 # generated from it (api/openapi.py), so the description cannot drift from the answers.
@@ -24,6 +26,9 @@ class ErrorBody(TypedDict):
     decline_code: NotRequired[str]  # 402 card declined
     payment_intent_id: NotRequired[str | None]
     refund_ledger_id: NotRequired[str]  # 409 already refunded
+    limit: NotRequired[str]  # 402 Plan limit reached: "monthly_operations" or "max_users"
+    used: NotRequired[int]
+    allowed: NotRequired[int]
 
 
 class Done(TypedDict):
@@ -278,6 +283,13 @@ class HealthView(TypedDict):
     outbox: NotRequired[OutboxView]
 
 
+class ReadyView(TypedDict):
+    ready: bool
+    redis: Literal["ok", "unavailable"]
+    scripts: Literal["ok", "missing", "unknown"]  # unknown: Redis did not answer
+    missing: list[Literal["redis", "scripts"]]
+
+
 def entry_view(entry: LedgerEntry) -> EntryView:
     return {
         "ledger_id": entry.ledger_id,
@@ -412,3 +424,98 @@ def top_up_view(top_up: AutoTopUp) -> TopUpView:
         "retries_remaining": top_up.retries_remaining,
         "next_retry_at": iso8601(int(next_retry.timestamp() * 1000)) if next_retry else None,
     }
+
+
+class EndpointView(TypedDict):
+    id: str
+    url: str
+    events: list[str]  # ["*"]: every type
+    created_at: str
+    updated_at: str
+    # While a rotated secret still signs too (24 h), when it stops.
+    previous_secret_expires_at: str | None
+
+
+class EndpointCreated(EndpointView):
+    secret: str  # whsec_...: shown once, here
+
+
+class EndpointsList(TypedDict):
+    endpoints: list[EndpointView]
+
+
+class DeliveryView(TypedDict):
+    id: int
+    event_id: str
+    event_type: str
+    user_id: str | None
+    status: str  # pending, delivered or failed (gave up after a day of retries)
+    attempts: int
+    response_code: int | None
+    last_error: str | None
+    next_attempt_at: str | None  # pending only
+    delivered_at: str | None
+    created_at: str
+
+
+class DeliveriesList(TypedDict):
+    deliveries: list[DeliveryView]
+
+
+class Redelivered(TypedDict):
+    success: Literal[True]
+    event_id: str
+    deliveries: int  # queued again, one per endpoint the event was for
+
+
+class PlanFigure(TypedDict):
+    used: int
+    allowed: int | None  # null: unlimited
+
+
+class UsageView(TypedDict):
+    month: str  # YYYY-MM, UTC
+    operations: PlanFigure  # adds, deducts and holds made with the app's API keys
+    users: PlanFigure
+
+
+def endpoint_view(endpoint: Endpoint) -> EndpointView:
+    expires = endpoint.previous_secret_expires_at
+    return {
+        "id": endpoint.endpoint_id,
+        "url": endpoint.url,
+        "events": endpoint.events or ["*"],
+        "created_at": _iso(endpoint.created_at),
+        "updated_at": _iso(endpoint.updated_at),
+        "previous_secret_expires_at": _iso(expires)
+        if expires is not None and expires > datetime.now(UTC)
+        else None,
+    }
+
+
+def delivery_view(delivery: Delivery) -> DeliveryView:
+    return {
+        "id": delivery.delivery_id,
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "user_id": delivery.user_id,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "response_code": delivery.response_code,
+        "last_error": delivery.last_error,
+        "next_attempt_at": _iso(delivery.next_attempt_at) if delivery.next_attempt_at else None,
+        "delivered_at": _iso(delivery.delivered_at) if delivery.delivered_at else None,
+        "created_at": _iso(delivery.created_at),
+    }
+
+
+def usage_view(usage: Usage) -> UsageView:
+    return {
+        "month": usage.month,
+        "operations": {"used": usage.operations, "allowed": usage.operations_allowed},
+        "users": {"used": usage.users, "allowed": usage.users_allowed},
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -78,6 +78,9 @@ def main() -> None:
                         "tally deduct", url, "/credits/deduct", users, conns, body=DEDUCT, key=key
                     )
             for conns in levels:
+                # Thresholds, an endpoint and a rate-limited key, against the plain deduct.
+                measure("tally deduct, configured", url, "/credits/deduct", USERS, conns,
+                        body=DEDUCT, key=s.configured_key)  # fmt: skip
                 measure("tally deduct + Idempotency-Key", url, "/credits/deduct", USERS, conns,
                         body=DEDUCT, key=key, idempotent=True)  # fmt: skip
                 measure("tally add", url, "/credits/add", USERS, conns, body=ADD, key=key)
@@ -117,6 +120,9 @@ def main() -> None:
     results["summary"]["CPU per deduct, in-process: tally / floor"] = (
         f"{cpu_us['tally / floor']:.2f} ({cpu_us['tally deduct']:.0f} vs {cpu_us['floor']:.0f} µs)"
     )
+    results["summary"]["configured / plain deduct, CPU in-process and HTTP at 64 connections"] = (
+        f"{cpu_us['configured / tally']:.3f} and {_ratio(rows, 'tally deduct, configured')}"
+    )
     results["summary"]["hold + capture / deduct, sequential median latency"] = (
         f"{hold_figures.ratio:.2f} ({hold_figures.hold_capture_ms:.2f} vs"
         f" {hold_figures.deduct_ms:.2f} ms)"
@@ -129,6 +135,18 @@ def main() -> None:
     report.write(args.out, results, command)
     print(f"\nwrote {args.out}/results.json, {args.out}/chart.png and "
           f"{args.out.parent}/benchmarks.md in {time.monotonic() - started:.0f}s")  # fmt: skip
+
+
+def _ratio(rows: list[dict[str, Any]], scenario: str) -> str:
+    """`scenario`'s req/s over the plain deduct's, both at 64 connections and every user."""
+
+    def rps(name: str) -> float:
+        return float(next(
+            r["rps"] for r in rows
+            if r["scenario"] == name and r["connections"] == 64 and r["users"] == USERS
+        ))  # fmt: skip
+
+    return f"{rps(scenario) / rps('tally deduct'):.3f}"
 
 
 def _batch(url: str, key: str, measure: Any) -> None:

@@ -32,6 +32,8 @@ async def _run(stack: Stack, requests: int) -> dict[str, float]:
     for name, app, path, key in [
         ("floor", floor(), "/deduct", None),
         ("tally deduct", tally(stack.settings), "/credits/deduct", stack.api_key),
+        # Thresholds, a webhook endpoint and a rate-limited key: what configuring them costs.
+        ("tally configured", tally(stack.settings), "/credits/deduct", stack.configured_key),
     ]:
         async with app.router.lifespan_context(app):
             results[name], results[f"redis: {name}"] = await _cpu_per_request(
@@ -39,6 +41,7 @@ async def _run(stack: Stack, requests: int) -> dict[str, float]:
             )
     redis.close()
     results["tally / floor"] = results["tally deduct"] / results["floor"]
+    results["configured / tally"] = results["tally configured"] / results["tally deduct"]
     return results
 
 

@@ -8,12 +8,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
+from pydantic import SecretStr
 
 from engine.container import Engine
 from engine.models import AppContext, Operation
 from engine.settings import Settings
 from engine.store.db import migrate
 from engine.store.redis import sync_client
+from engine.vault.keyring import generate_key
 from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
 
 USERS = 10_000
@@ -27,12 +29,19 @@ class Stack:
     settings: Settings
     app: AppContext
     api_key: str
+    # An app with low-balance thresholds, a webhook endpoint and a rate limit on its key: what
+    # those features cost a deduct when they are configured (issue: within 5%).
+    configured_key: str
 
     def env(self) -> dict[str, str]:
         return os.environ | {
             "TALLY_REDIS_URL": self.settings.redis_url,
             "TALLY_DATABASE_URL": self.settings.database_url,
             "TALLY_LOG_LEVEL": "warning",
+            # The configured app's endpoint secret is stored encrypted.
+            "TALLY_SECRET_KEY": self.settings.secret_key.get_secret_value()
+            if self.settings.secret_key
+            else "",
             "PEER_KEY": self.api_key,
         }
 
@@ -42,20 +51,34 @@ def stack() -> Iterator[Stack]:
     redis_server = RedisServer(appendonly=True).start()
     postgres = PostgresServer().start()
     try:
-        settings = Settings(redis_url=redis_server.url, database_url=postgres.url)
+        settings = Settings(
+            redis_url=redis_server.url,
+            database_url=postgres.url,
+            secret_key=SecretStr(generate_key()),
+        )
         engine = Engine.build(settings)
         try:
             migrate(engine.pool)
             app, key = engine.apps.create("bench")
             context = AppContext(app.app_id, 0)
             _fund(engine, context)
+            configured_key = _configured(engine)
         finally:
             engine.close()
         _fund_peers(settings)
-        yield Stack(redis_server, postgres, settings, context, key.api_key)
+        yield Stack(redis_server, postgres, settings, context, key.api_key, configured_key)
     finally:
         redis_server.stop()
         postgres.stop()
+
+
+def _configured(engine: Engine) -> str:
+    """An app with thresholds, an endpoint and a rate limit no run reaches; its key."""
+    app, _ = engine.apps.create("bench-configured")
+    engine.apps.update(app.app_id, {"low_balance_thresholds": [500, 100, 0]})
+    engine.endpoints.create(app.app_id, "http://127.0.0.1:9/hooks")
+    _fund(engine, AppContext(app.app_id, 0))
+    return engine.apps.create_key(app.app_id, rate_limit=1_000_000).api_key
 
 
 def _fund(engine: Engine, app: AppContext) -> None:

@@ -15,12 +15,17 @@ from redis.asyncio import Redis as AsyncRedis
 
 from engine.accounts.apps import Apps
 from engine.accounts.auth import AppCache, KeyCache
+from engine.accounts.rate_limits import RateLimiter
 from engine.accounts.repository import AppRepository
 from engine.audit.log import AuditLog
 from engine.billing.auto_top_up import AutoTopUps
 from engine.billing.purchases import Purchases
 from engine.billing.repository import BillingRepository
 from engine.bridge import Bridge
+from engine.events.deliveries import Deliveries
+from engine.events.endpoints import Endpoints
+from engine.events.repository import EventRepository
+from engine.events.watch import Watches
 from engine.holds.service import Holds
 from engine.ledger.credits import Credits
 from engine.ledger.outbox import OutboxWriter
@@ -31,6 +36,8 @@ from engine.operators.repository import OperatorRepository
 from engine.operators.service import Operators
 from engine.payments.repository import WebhookRepository
 from engine.payments.service import Webhooks
+from engine.plans.repository import PlanRepository
+from engine.plans.usage import Plans
 from engine.settings import Settings
 from engine.store.db import open_pool
 from engine.store.redis import async_client, sync_client
@@ -61,6 +68,8 @@ class Engine:
     apps: Apps
     keys: KeyCache
     app_cache: AppCache
+    # API keys' and end users' rate limits: this process's buckets, its share of each.
+    rate_limiter: RateLimiter
     webhooks: Webhooks
     purchases: Purchases
     top_ups: AutoTopUps
@@ -68,6 +77,12 @@ class Engine:
     operators: Operators
     audit: AuditLog
     summaries: Summaries
+    # Events out, on the billing pool: sending them never takes the hot path's connections.
+    endpoints: Endpoints
+    deliveries: Deliveries
+    plans: Plans
+    # The thresholds the scripts watch, by app, for blocking code (the worker's expiry sweep).
+    watch_of: Watches
 
     @classmethod
     def build(cls, settings: Settings, loop: asyncio.AbstractEventLoop | None = None) -> "Engine":
@@ -88,6 +103,7 @@ class Engine:
         billing_apps = AppRepository(billing_pool, ring)
         purchases = Purchases(billing, events, sync_redis, credits, bridge, settings)
         consumer = f"{socket.gethostname()}-{os.getpid()}"
+        outgoing = EventRepository(billing_pool, ring)
         return cls(
             settings=settings,
             keyring=ring,
@@ -105,11 +121,16 @@ class Engine:
             apps=Apps(app_repository),
             keys=KeyCache(app_repository, bridge, settings.auth_cache_seconds),
             app_cache=AppCache(app_repository, bridge, settings.auth_cache_seconds),
+            rate_limiter=RateLimiter(settings.rate_limit_processes),
             webhooks=Webhooks(billing_apps, events, credits, bridge),
             purchases=purchases,
             top_ups=AutoTopUps(
                 billing, billing_apps, purchases, sync_redis, credits, bridge, settings
             ),
+            endpoints=Endpoints(outgoing),
+            deliveries=Deliveries(outgoing, settings.event_retry_base_seconds),
+            watch_of=Watches(app_repository.get_app),
+            plans=Plans(sync_redis, PlanRepository(billing_pool), LedgerRepository(billing_pool)),
             operators=Operators(OperatorRepository(billing_pool)),
             audit=AuditLog(billing_pool),
             summaries=Summaries(billing_pool),

@@ -121,3 +121,29 @@ class TooManyRequestsError(TallyError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimitedError(TooManyRequestsError):
+    """Over an API key's or an end user's rate limit: `limit` is the burst, `reset` the seconds
+    until all of it is back (the RateLimit-* headers)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int, limit: int, reset: int) -> None:
+        super().__init__(message, retry_after)
+        self.limit = limit
+        self.reset = reset
+
+
+class PlanLimitError(TallyError):
+    """The app used what its plan allows (`tally apps update --plan-...`); reads still work."""
+
+    code = "plan_limit"
+
+    def __init__(self, limit: str, used: int, allowed: int, refused: frozenset[str] = frozenset()):
+        super().__init__("Plan limit reached")
+        self.limit = limit  # "monthly_operations" or "max_users"
+        self.used = used
+        self.allowed = allowed
+        # The users a batch could not create (limit "max_users").
+        self.refused = refused

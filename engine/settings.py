@@ -22,10 +22,19 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # One log line per request, at info: for development (./tally-dev up), off in production.
     access_log: bool = False
+    # Where `tally worker` serves GET /metrics (the API serves it on its own port); 0: nowhere.
+    # Loopback by default: metrics name apps and volumes, and need no key.
+    metrics_port: int = Field(default=9464, ge=0, le=65_535)
+    metrics_host: str = "127.0.0.1"
     # Where Stripe's API is: a Stripe-compatible fake (localstripe) in tests.
     stripe_api_base: str = "https://api.stripe.com"
     # Auto top-up retries a failed top-up after this, then twice as long (docs/end-users.md).
     auto_top_up_retry_seconds: float = Field(default=3_600, gt=0)
+    # Requests per second each end user's client tokens may make, bursts twice that; 0: none.
+    client_rate_limit: float = Field(default=20, ge=0)
+    # How many API processes share each rate limit, each allowing that fraction of it
+    # (docs/operations.md#rate-limits); `tally serve` sets it to its --workers unless given.
+    rate_limit_processes: int = Field(default=1, ge=1)
 
     # Seals the secrets Tally stores (docs/operations.md#the-secret-key): 32 bytes in base64,
     # given directly or as a file. The previous key still opens values during a rotation.
@@ -33,6 +42,11 @@ class Settings(BaseSettings):
     secret_key_file: str | None = None
     secret_key_previous: SecretStr | None = None
     secret_key_previous_file: str | None = None
+
+    # Outgoing webhooks (docs/events.md): the first retry's wait, doubling after each failure.
+    event_retry_base_seconds: float = Field(default=5.0, gt=0)
+    # Threads of `tally worker` sending events: a slow receiver holds one for up to 10 s.
+    event_delivery_threads: int = Field(default=4, ge=1, le=64)
 
     # Write-through to PostgreSQL (see docs/write-through.md).
     outbox_batch_size: int = Field(default=1_000, ge=1, le=10_000)

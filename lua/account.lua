@@ -44,15 +44,66 @@ local function post(st, id, head, amount, tail)
   redis.call('HSET', A.unpersisted, id, entry)
   redis.call('LPUSH', A.recent, entry)
   st.balance = after
-  A.posted = true
+  A.posted, A.last_id, A.last_seq = true, id, seq
   return entry, seq
 end
 
--- Ends every script that posted: the account's clock and the recent list's length.
+local function member()
+  return string.match(A.account, ':acct:(.*)$')
+end
+
+-- `"app_id":...,"user_id":...` of the account, cut from the call's entry head, whose first
+-- field is always the 36-character ledger_id.
+local function who()
+  if not A.who then
+    A.who = string.sub(A.head, 53, string.find(A.head, ',"kind":', 1, true) - 1)
+  end
+  return A.who
+end
+
+-- balance.low and balance.depleted are decided here, where every change of an account is
+-- serialized: of many concurrent deducts exactly one takes the credits the user can spend
+-- from above a threshold to at or below it. A.watch is "top floor t1 t2 ..." (top: the highest
+-- of them, so that most calls stop at the first number); the crossing goes to the shard's
+-- outbox with the entries that made it, and becomes events when the worker persists them.
+local function watch(st)
+  local after = st.balance - st.held
+  if after >= A.before or after > tonumber(string.match(A.watch, '^%S+')) then
+    return
+  end
+  local numbers, crossed = {}, {}
+  for n in string.gmatch(A.watch, '%S+') do
+    numbers[#numbers + 1] = n
+  end
+  local function past(t)
+    return A.before > t and after <= t
+  end
+  for i = 3, #numbers do
+    if past(tonumber(numbers[i])) then
+      crossed[#crossed + 1] = numbers[i]
+    end
+  end
+  local floor = tonumber(numbers[2])
+  local depleted = past(floor) and 'true' or 'false'
+  if #crossed == 0 and depleted == 'false' then
+    return
+  end
+  redis.call('XADD', A.outbox, '*', 'v', '{"ledger_id":"' .. A.last_id .. '",' .. who()
+    .. ',"seq":' .. fmt(A.last_seq) .. ',"balance":' .. fmt(st.balance) .. ',"available":'
+    .. fmt(after) .. ',"available_before":' .. fmt(A.before) .. ',"floor":' .. fmt(floor)
+    .. ',"thresholds":[' .. table.concat(crossed, ',') .. '],"depleted":' .. depleted
+    .. ',"created_at":' .. A.now_text .. '}')
+end
+
+-- Ends every script that posted: the account's clock and the recent list's length, and
+-- whether the user's credits fell past a threshold.
 local function finish()
   if A.posted then
     redis.call('HSET', A.account, 'updated_at', A.now_text)
     redis.call('LTRIM', A.recent, 0, A.recent_length - 1)
+    if A.watch and A.watch ~= '' then
+      watch(A.st)
+    end
   end
 end
 
@@ -77,15 +128,6 @@ local function grants_and_holds()
   local function derived_id()
     extra = extra + 1
     return string.sub(A.id, 1, 14) .. '8' .. string.format('%03x', extra) .. string.sub(A.id, 19)
-  end
-
-  -- `"app_id":...,"user_id":...` of the account, cut from the call's entry head, whose first
-  -- field is always the 36-character ledger_id.
-  local function who()
-    if not A.who then
-      A.who = string.sub(A.head, 53, string.find(A.head, ',"kind":', 1, true) - 1)
-    end
-    return A.who
   end
 
   local function head_of(id, kind)
@@ -254,10 +296,6 @@ local function grants_and_holds()
     end
   end
 
-  local function member()
-    return string.match(A.account, ':acct:(.*)$')
-  end
-
   -- `due` may be early (a hold settled since), never late: an early pass finds nothing.
   local function set_due(st, due)
     if due == st.due then
@@ -386,7 +424,6 @@ local function grants_and_holds()
     set_reserved = set_reserved,
     total = total,
     overdraft_share = overdraft_share,
-    member = member,
   }
 end
 
@@ -438,9 +475,32 @@ local function start_top_up(threshold, balance, ledger_id, top_up_member)
   return 0
 end
 
+-- Plan limits (engine/plans): the app's usage hash in this shard for this month counts its
+-- operations here (`n`) and holds what the worker last summed of the other shards' (`others`).
+-- Returns the operations used when `allowed` ("" for no cap) leaves no room for one more,
+-- else nil.
+local function over_plan(allowed)
+  if allowed == '' then
+    return nil
+  end
+  local u = redis.call('HMGET', A.plan, 'n', 'others')
+  local used = (tonumber(u[1]) or 0) + (tonumber(u[2]) or 0)
+  if used >= tonumber(allowed) then
+    return fmt(used)
+  end
+  return nil
+end
+
+local function count_operation()
+  -- Kept 40 days from a month's first operation in the shard, whoever sums them (engine/plans).
+  if A.plan and redis.call('HINCRBY', A.plan, 'n', 1) == 1 then
+    redis.call('EXPIRE', A.plan, 3456000)
+  end
+end
+
 -- Reads KEYS[1..7] (account, recent, outbox, unpersisted, grants, holds, due set), then the
 -- optional keys `mode` names, in this order: "i" idempotency, "r" refund marker, "t" top-up
--- hash and top-up-due set, "e" a settled hold's end record.
+-- hash and top-up-due set, "e" a settled hold's end record, "l" the app's plan usage hash.
 local function open(mode, now, recent_length, head, id)
   A.account, A.recent, A.outbox, A.unpersisted = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   A.grants, A.holds, A.due_set = KEYS[5], KEYS[6], KEYS[7]
@@ -461,14 +521,18 @@ local function open(mode, now, recent_length, head, id)
   end
   if string.find(mode, 'e', 1, true) then
     A.hold_end = KEYS[k]
+    k = k + 1
+  end
+  if string.find(mode, 'l', 1, true) then
+    A.plan = KEYS[k]
   end
 end
 
 -- How every script that posts entries begins: its keys and arguments read, a repeated
 -- idempotency key answered, the account found (else "missing": the caller rebuilds it from the
--- ledger and calls again), and what is due expired. Returns the account's state, or the reply
--- to give at once.
-local function start(mode, now, recent_length, head, id, fingerprint, idem_ttl)
+-- ledger and calls again), and what is due expired. `watch`: see watch(). Returns the
+-- account's state, or the reply to give at once.
+local function start(mode, now, recent_length, head, id, fingerprint, idem_ttl, watch_arg)
   open(mode, now, recent_length, head, id)
   A.fingerprint, A.idem_ttl = fingerprint, idem_ttl
   local stored = replay()
@@ -479,6 +543,7 @@ local function start(mode, now, recent_length, head, id, fingerprint, idem_ttl)
   if not st then
     return nil, {'missing'}
   end
+  A.st, A.before, A.watch = st, st.balance - st.held, watch_arg
   if st.due and st.due <= A.now then
     lib().expire_due(st)
   end

@@ -6,7 +6,8 @@
 -- KEYS[1..7] account hash, recent-entries list, the shard's outbox stream, the shard's
 --            unpersisted-entries hash, grants hash, holds hash, the shard's expiry-due set
 -- next, as ARGV[9] names them: "i" idempotency hash, "r" refund marker of the refunded entry,
---       "t" the account's auto top-up hash and its shard's top-up-due set
+--       "t" the account's auto top-up hash and its shard's top-up-due set, "l" the app's plan
+--       usage hash for this shard and month
 --
 -- ARGV[1] delta: signed integer, |delta| in 1..2^53-1
 -- ARGV[2] floor: lowest balance a negative delta may leave (0, or -overdraft limit); held
@@ -22,10 +23,13 @@
 --         negative delta would cross it; "g" the entry is a grant expiring at ARGV[11];
 --         "x" a refund of the grant ARGV[11]: it takes what is left of it, whatever the delta;
 --         "p" a negative delta takes credits that never expire first (a refunded purchase),
---         else grant credits go first (soonest expiry first)
+--         else grant credits go first (soonest expiry first); "l" the entry is one of the
+--         app's operations, counted against its plan's ARGV[13] a month
 -- ARGV[10] the account's member in the top-up-due set, when ARGV[9] has "t"
 -- ARGV[11] see "g" and "x"
--- ARGV[12..] a refund of an entry that drew from grants: grant_id, credits, ... to give back
+-- ARGV[12] thresholds to watch (lua/account.lua watch()), "" for none
+-- ARGV[13] see "l"
+-- ARGV[14..] a refund of an entry that drew from grants: grant_id, credits, ... to give back
 --
 -- A positive delta may not take the balance above 2^53-1 (exact in doubles and JavaScript).
 --
@@ -40,15 +44,23 @@
 --   {"overflow", balance}                    above the ceiling
 --   {"grant_gone"} / {"grant_spent"}         "x": the grant expired / has nothing left
 --   {"too_many_grants"}                      "g": the account has MAX_GRANTS active grants
+--   {"plan_limit", used}                     "l": the app used its plan's operations
 -- Nothing is written unless the answer is "ok" (expiries that were due excepted).
 --
 -- Every check comes before the first write: Redis never rolls a script back. Numbers are turned
 -- into text with %d only, because Lua's tostring rounds past 14 digits.
 
 local mode = ARGV[9]
-local st, reply = start(mode, ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5])
+local st, reply = start(mode, ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5], ARGV[12])
 if not st then
   return reply
+end
+if A.plan then
+  local used = over_plan(ARGV[13])
+  if used then
+    finish()
+    return {'plan_limit', used}
+  end
 end
 if A.marker then
   local refund = redis.call('GET', A.marker)
@@ -109,9 +121,9 @@ elseif delta < 0 and st.granted > 0 and string.find(mode, 'p', 1, true) then
   parts = lib().burn(st, -delta - math.min(-delta, lasting))
 elseif delta < 0 and st.granted > 0 then
   parts = lib().burn(st, -delta)
-elseif ARGV[12] then
+elseif ARGV[14] then
   local taken = {}
-  for i = 12, #ARGV, 2 do
+  for i = 14, #ARGV, 2 do
     taken[#taken + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
   end
   -- Credits that pay back an overdraft stay spent: the refund lists what went back.
@@ -140,6 +152,7 @@ if #dead > 0 then
   lib().expire_parts(st, dead)
 end
 finish()
+count_operation()
 remember(before, entry, st.balance - st.held)
 if A.marker then
   redis.call('SET', A.marker, ARGV[8])

@@ -7,6 +7,7 @@
 -- ARGV[2] a fresh ledger_id of the account's shard: the entries made here derive theirs from it
 -- ARGV[3] `"app_id":...,"user_id":...` of the account, as JSON
 -- ARGV[4] length of the recent-entries list
+-- ARGV[5] thresholds to watch, as apply_entry.lua ("" for none)
 --
 -- Returns how many entries it wrote; an account gone from Redis leaves the due set (its
 -- rebuild puts it back).
@@ -15,9 +16,10 @@ open('', ARGV[1], ARGV[4], '', ARGV[2])
 A.who = ARGV[3]
 local st = state()
 if not st or not st.due then
-  redis.call('ZREM', A.due_set, lib().member())
+  redis.call('ZREM', A.due_set, member())
   return 0
 end
+A.st, A.before, A.watch = st, st.balance - st.held, ARGV[5]
 lib().expire_due(st)
 finish()
 return extra

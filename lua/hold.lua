@@ -3,7 +3,8 @@
 -- or expires. Grant credits are reserved first, in burn order, so that a capture spends what a
 -- deduct would have. Called by engine.holds.service.Holds.create.
 --
--- KEYS[1..7] as apply_entry.lua; KEYS[8] idempotency hash when ARGV[9] has "i"
+-- KEYS[1..7] as apply_entry.lua; then, as ARGV[9] names them: "i" idempotency hash, "l" the
+--            app's plan usage hash (as apply_entry.lua)
 -- ARGV[1] amount, 1..2^53-1
 -- ARGV[2] floor (0, or -overdraft limit)
 -- ARGV[3] the hold's entry JSON (kind "hold", with hold_id and expires_at) without its
@@ -12,17 +13,26 @@
 -- ARGV[6] length of the recent-entries list
 -- ARGV[7] now, epoch milliseconds
 -- ARGV[8] ledger_id of the hold's entry
--- ARGV[9] mode: "i" or ""
+-- ARGV[9] mode: any of "i", "l"
 -- ARGV[10] the hold's token (its field in the holds hash)
 -- ARGV[11] when it expires, epoch milliseconds
+-- ARGV[12] thresholds to watch, as apply_entry.lua
+-- ARGV[13] operations a month the app's plan allows, when ARGV[9] has "l"
 --
 -- Returns {"ok", balance, entry_json, 0, available} (the entry's `held` is the amount),
 -- {"replay", ...} as apply_entry.lua, {"conflict"}, {"missing"},
--- {"insufficient", balance, available}, or {"too_many_holds"}.
+-- {"insufficient", balance, available}, {"too_many_holds"} or {"plan_limit", used}.
 
-local st, reply = start(ARGV[9], ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5])
+local st, reply = start(ARGV[9], ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5], ARGV[12])
 if not st then
   return reply
+end
+if A.plan then
+  local used = over_plan(ARGV[13])
+  if used then
+    finish()
+    return {'plan_limit', used}
+  end
 end
 
 local amount = tonumber(ARGV[1])
@@ -48,5 +58,6 @@ st.held = st.held + amount
 redis.call('HSET', A.account, 'held', fmt(st.held))
 G.sooner(st, expires)
 finish()
+count_operation()
 remember(st.balance, entry, st.balance - st.held)
 return {'ok', fmt(st.balance), entry, 0, fmt(st.balance - st.held)}

@@ -16,13 +16,15 @@
 -- ARGV[9] mode: "e" and any of "i", "t"
 -- ARGV[10] how long the end record is kept, milliseconds
 -- ARGV[11] the account's member in the top-up-due set, when ARGV[9] has "t"
+-- ARGV[12] thresholds to watch, as apply_entry.lua (a capture never lowers what the user can
+--          spend, but an expiry that was due may)
 --
 -- Returns {"ok", balance_before, entry_json, top_up, available}, {"replay", ...},
 -- {"conflict"}, {"missing"}, {"ended", "captured|released <ledger_id>"} (settled before),
 -- {"gone"} (no such active hold: it expired, or never was), or {"too_much", amount}.
 
 -- An expiry that is due wins over this settle (start() expires it): the hold is then gone.
-local st, reply = start(ARGV[9], ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5])
+local st, reply = start(ARGV[9], ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5], ARGV[12])
 if not st then
   return reply
 end

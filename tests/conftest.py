@@ -111,6 +111,8 @@ def tally_env(settings: Settings) -> dict[str, str]:
         "TALLY_OUTBOX_RECLAIM_MS": "500",
         "TALLY_OUTBOX_SWEEP_MS": "20",
         "TALLY_RECONCILE_INTERVAL_SECONDS": "0",
+        # Workers run side by side in tests: one listening on the default port is enough.
+        "TALLY_METRICS_PORT": "0",
         "TALLY_STRIPE_API_BASE": settings.stripe_api_base,
         "TALLY_AUTO_TOP_UP_RETRY_SECONDS": str(settings.auto_top_up_retry_seconds),
     }

@@ -15,6 +15,7 @@ from engine.store.keys import account_keys
 from tests.browser import CHARGE_DECLINED, VISA, Browser, enable_purchases
 from tests.conftest import RETRY_SECONDS, ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
 from tests.servers import LocalStripe
+from tests.test_events import stored_events
 
 TOP_UP = {"enabled": True, "threshold_cents": 500, "purchase_amount_cents": 2000}
 
@@ -123,6 +124,8 @@ def test_concurrent_deducts_across_the_threshold_start_one_top_up(
 def test_a_declined_first_card_falls_back_to_the_next(
     browser: Browser, client: httpx.Client, settings: Settings, test_app: AppUnderTest, worker: Any
 ) -> None:
+    # Events are kept for apps with an endpoint that wants them; nothing listens on port 9.
+    client.post("/webhook-endpoints", json={"url": "http://127.0.0.1:9/hooks"})
     client.post("/credits/add", json={"user_id": "alice", "amount": 600})
     first = browser.save_card(CHARGE_DECLINED)
     browser.save_card(VISA)
@@ -137,11 +140,19 @@ def test_a_declined_first_card_falls_back_to_the_next(
         ("auto_top_up", "succeeded", None),
     ]
     assert browser.get("/client/auto-top-up").json()["status"] == "active"
+    wait_for(lambda: "payment.credited" in dict(stored_events(settings, test_app.app_id)))
+    events = dict(stored_events(settings, test_app.app_id))
+    assert events["auto_top_up.succeeded"]["amount_cents"] == 2000
+    assert events["auto_top_up.succeeded"]["credits"] == 2000
+    assert (events["payment.credited"]["amount"], events["payment.credited"]["provider"]) == (
+        2000, "stripe",
+    )  # fmt: skip
 
 
 def test_three_failed_rounds_pause_auto_top_up_with_the_reason(
     browser: Browser, client: httpx.Client, settings: Settings, test_app: AppUnderTest, worker: Any
 ) -> None:
+    client.post("/webhook-endpoints", json={"url": "http://127.0.0.1:9/hooks"})
     client.post("/credits/add", json={"user_id": "alice", "amount": 600})
     browser.save_card(CHARGE_DECLINED)
     browser.put("/client/auto-top-up", json=TOP_UP)
@@ -159,6 +170,12 @@ def test_three_failed_rounds_pause_auto_top_up_with_the_reason(
     assert (paused["retries_remaining"], paused["next_retry_at"]) == (0, None)
     assert paused["last_failure_reason"] == "visa ending 0341 declined (card_declined)"
     assert [p[1] for p in purchases(settings, test_app.app_id)] == ["failed"] * 3
+    failed = [d for kind, d in stored_events(settings, test_app.app_id) if kind.startswith("auto")]
+    assert [(d["status"], d["reason"]) for d in failed] == [
+        ("retrying", "visa ending 0341 declined (card_declined)"),
+        ("retrying", "visa ending 0341 declined (card_declined)"),
+        ("paused", "visa ending 0341 declined (card_declined)"),
+    ]
 
     # Paused: usage no longer starts top-ups, until the user saves the settings again.
     again = client.post("/credits/deduct", json={"user_id": "alice", "amount": 100}).json()

@@ -195,6 +195,8 @@ def test_human_output_is_words_and_aligned_tables(settings: Settings) -> None:
         "KEY",
         "PREFIX",
         "STATUS",
+        "RATE",
+        "LIMIT",
         "CREATED",
         "AT",
         "LAST",

@@ -29,6 +29,7 @@ from playwright.sync_api import (
     APIResponse,
     Browser,
     BrowserContext,
+    Dialog,
     Locator,
     Page,
     Response,
@@ -266,6 +267,33 @@ def test_an_app_created_in_the_dashboard_works_until_its_key_is_revoked(
     assert [action for action, _ in rows] == ["key.revoked", "key.created", "app.created"]
     audit = page.content()
     assert first_key not in audit and second_key not in audit
+
+
+def test_a_key_created_in_the_dashboard_may_have_a_rate_limit(
+    page: Page, api_server: ApiServer, test_app: AppUnderTest
+) -> None:
+    keys = f"/dashboard/apps/{test_app.app_id}/keys"
+    goto(page, keys)
+    # The browser checks the number itself; the server checks what a script might send.
+    for bad in ("0", "abc", "1.5"):
+        refused = page.request.post(
+            keys, form={"csrf_token": csrf_token(page), "rate_limit": bad}, max_redirects=0
+        )
+        assert refused.status == 400, bad
+        assert "rate_limit must be a whole number of requests per second" in refused.text()
+    page.get_by_label("Rate limit (requests/s)").fill("2")
+    assert submit(page, page.get_by_role("button", name="Create key")) == 201
+    new_key = page.locator("code#new-key").inner_text().strip()
+    expect(row(page, new_key[:10] + "…")).to_contain_text("2/s, bursts of 4")
+    key_id = row(page, new_key[:10] + "…").locator("td").nth(1).inner_text().strip()
+    expect(row(page, test_app.api_key[:10] + "…")).to_contain_text("none")
+    with api(api_server, new_key) as client:
+        answer = client.get("/credits/balance", params={"user_id": "u"})
+        assert answer.status_code == 200 and answer.headers["RateLimit-Limit"] == "4"
+    assert audit_rows(page, test_app.app_id)[0] == (
+        "key.created",
+        {"key_id": key_id, "rate_limit": "2"},
+    )
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -784,6 +812,260 @@ def test_an_admin_creates_and_disables_an_operator(
     assert password not in page.content()
 
 
+# --- events out and plans ------------------------------------------------------------------------
+
+# Loopback: http is allowed there, and nothing listens on the discard port.
+HOOKS = "http://127.0.0.1:9/hooks"
+
+
+def answer_next_dialog(page: Page, accept: bool) -> list[str]:
+    """Answer the next confirm(); the messages asked, once asked."""
+    asked: list[str] = []
+
+    def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        if accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.once("dialog", answer)
+    return asked
+
+
+def endpoints_of(client: httpx.Client) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = ok(client.get("/webhook-endpoints"))["endpoints"]
+    return listed
+
+
+def test_an_endpoint_added_in_the_dashboard_shows_its_secret_once_rotates_and_goes(
+    page: Page, test_app: AppUnderTest, client: httpx.Client
+) -> None:
+    goto(page, f"/dashboard/apps/{test_app.app_id}")
+    page.get_by_role("link", name="Events").click()
+    expect(page).to_have_url(re.compile(f"/dashboard/apps/{test_app.app_id}/endpoints$"))
+    expect(page.locator("tbody")).to_contain_text("No endpoints")
+
+    # The engine's rule, in its words, and the form as it was typed.
+    page.get_by_label("URL").fill("http://example.com/hooks")
+    page.get_by_label("credits.added").check()
+    assert submit(page, page.get_by_role("button", name="Add endpoint")) == 400
+    expect(page.get_by_role("alert")).to_have_text(
+        "url must use https (http is allowed for loopback only)"
+    )
+    expect(page.get_by_label("URL")).to_have_value("http://example.com/hooks")
+    expect(page.get_by_label("credits.added")).to_be_checked()
+    expect(page.get_by_label("balance.low")).not_to_be_checked()
+    assert endpoints_of(client) == []
+
+    page.get_by_label("URL").fill(HOOKS)
+    assert submit(page, page.get_by_role("button", name="Add endpoint")) == 201
+    expect(page.locator(".once")).to_contain_text(f"Signing secret of {HOOKS}")
+    expect(page.locator(".once")).to_contain_text("shown once")
+    secret = page.locator("code#new-secret").inner_text().strip()
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/=]{20,}", secret), secret
+    (made,) = endpoints_of(client)
+    assert (made["url"], made["events"]) == (HOOKS, ["credits.added"])
+    listed = row(page, HOOKS)
+    expect(listed.locator("td").nth(1)).to_have_text("credits.added")
+    expect(listed).to_contain_text(made["id"])
+    expect(page.get_by_label("URL")).to_have_value("")  # the form is empty again
+
+    # Shown once: the page again has no secret.
+    goto(page, f"/dashboard/apps/{test_app.app_id}/endpoints")
+    expect(page.locator("code#new-secret")).to_have_count(0)
+    assert secret not in page.content()
+
+    # Rotating asks first; dismissed, nothing happens.
+    asked = answer_next_dialog(page, accept=False)
+    row(page, HOOKS).get_by_role("button", name="Rotate secret").click()
+    deadline = time.monotonic() + 5
+    while not asked and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert asked and "new signing secret" in asked[0], asked
+    goto(page, f"/dashboard/apps/{test_app.app_id}/endpoints")
+    assert endpoints_of(client)[0]["previous_secret_expires_at"] is None
+
+    answer_next_dialog(page, accept=True)
+    assert submit(page, row(page, HOOKS).get_by_role("button", name="Rotate secret")) == 200
+    rotated = page.locator("code#new-secret").inner_text().strip()
+    assert rotated.startswith("whsec_") and rotated != secret
+    expect(page.locator("main")).to_contain_text("The previous secret keeps signing beside it")
+    expect(row(page, HOOKS)).to_contain_text("the previous one also signs until")
+    assert endpoints_of(client)[0]["previous_secret_expires_at"] is not None
+
+    answer_next_dialog(page, accept=True)
+    assert submit(page, row(page, HOOKS).get_by_role("button", name="Remove")) == 303
+    expect(page.locator("tbody")).to_contain_text("No endpoints")
+    assert rotated not in page.content()
+    assert endpoints_of(client) == []
+
+    rows = audit_rows(page, test_app.app_id)
+    assert rows == [
+        ("endpoint.removed", {"endpoint_id": made["id"], "url": HOOKS}),
+        ("endpoint.secret_rotated", {"endpoint_id": made["id"]}),
+        ("endpoint.created", {
+            "endpoint_id": made["id"], "url": HOOKS, "events": "credits.added",
+        }),
+    ], rows  # fmt: skip
+    assert secret not in page.content() and rotated not in page.content()
+
+
+def test_an_endpoints_delivery_log_lists_its_events_and_redelivers_one(
+    page: Page, settings: Settings, test_app: AppUnderTest, client: httpx.Client
+) -> None:
+    made = client.post("/webhook-endpoints", json={"url": HOOKS, "events": ["credits.added"]})
+    assert made.status_code == 201, made.text
+    endpoint_id = made.json()["id"]
+    everything = client.post("/webhook-endpoints", json={"url": HOOKS + "/all"})
+    assert everything.status_code == 201, everything.text
+    ok(client.post("/credits/add", json={"user_id": "fay", "amount": 40}))
+    ok(client.post("/credits/deduct", json={"user_id": "fay", "amount": 5}))  # not wanted
+    # The worker takes the entries from the outbox and makes their events and deliveries; the
+    # burst sends none, so the delivery waits.
+    drain(settings)
+    (delivery,) = ok(client.get(f"/webhook-endpoints/{endpoint_id}/deliveries"))["deliveries"]
+
+    goto(page, f"/dashboard/apps/{test_app.app_id}/endpoints")
+    expect(row(page, HOOKS + "/all").locator("td").nth(1)).to_have_text("all")
+    row(page, endpoint_id).get_by_role("link", name="Deliveries").click()
+    expect(page).to_have_url(re.compile(f"/endpoints/{endpoint_id}$"))
+    expect(page.get_by_role("link", name="Events")).to_have_attribute("aria-current", "page")
+    expect(page.locator("h2.url")).to_have_text(HOOKS)
+    logged = page.locator("table.deliveries tbody tr")
+    expect(logged).to_have_count(1)
+    cells = logged.first.locator("td")
+    expect(cells.nth(0)).to_contain_text(delivery["event_id"])
+    expect(cells.nth(1)).to_have_text("credits.added")
+    expect(cells.nth(2)).to_have_text("fay")
+    expect(cells.nth(3)).to_have_text("pending")
+    expect(cells.nth(4)).to_have_text(str(delivery["attempts"]))
+    expect(cells.nth(6)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
+    cells.nth(2).get_by_role("link", name="fay").click()
+    expect(page.locator("h2.user-id")).to_have_text("fay")
+    page.go_back()
+
+    assert submit(page, logged.first.get_by_role("button", name="Redeliver")) == 303
+    expect(page.get_by_role("status")).to_contain_text(delivery["event_id"])
+    expect(page.locator("table.deliveries tbody tr")).to_have_count(1)
+    assert audit_rows(page, test_app.app_id)[0] == (
+        "event.redelivered", {"event_id": delivery["event_id"], "deliveries": "2"},
+    )  # fmt: skip
+
+    # Another app's endpoint, or an event of another app, is as missing as none.
+    goto(page, f"/dashboard/apps/{test_app.app_id}/endpoints/we_0000000000000000", 404)
+    goto(page, f"/dashboard/apps/{test_app.app_id}/endpoints")
+    refused = page.request.post(
+        f"/dashboard/apps/{test_app.app_id}/endpoints/{endpoint_id}/redeliver",
+        form={"csrf_token": csrf_token(page), "event_id": "evt_nobody"},
+        max_redirects=0,
+    )
+    assert refused.status == 404, refused.text()
+
+
+def test_a_viewer_sees_endpoints_and_deliveries_and_changes_nothing(
+    browser: Browser,
+    api_server: ApiServer,
+    viewer: Operator,
+    settings: Settings,
+    test_app: AppUnderTest,
+    client: httpx.Client,
+) -> None:
+    made = client.post("/webhook-endpoints", json={"url": HOOKS})
+    assert made.status_code == 201, made.text
+    endpoint_id, secret = made.json()["id"], made.json()["secret"]
+    ok(client.post("/credits/add", json={"user_id": "gus", "amount": 3}))
+    drain(settings)
+    (delivery,) = ok(client.get(f"/webhook-endpoints/{endpoint_id}/deliveries"))["deliveries"]
+    app = f"/dashboard/apps/{test_app.app_id}"
+    with new_context(browser, api_server) as context:
+        seen = sign_in(context, viewer)
+        for path in (f"{app}/endpoints", f"{app}/endpoints/{endpoint_id}"):
+            goto(seen, path)
+            buttons = seen.locator("main button[type=submit]")
+            expect(buttons).not_to_have_count(0)
+            for button in buttons.all():
+                expect(button).to_be_disabled()
+            assert secret not in seen.content()
+        expect(seen.locator("table.deliveries tbody tr")).to_have_count(1)
+        token = csrf_token(seen)
+        attempts = {
+            f"{app}/endpoints": {"url": HOOKS + "/viewer"},
+            f"{app}/endpoints/{endpoint_id}/rotate": {},
+            f"{app}/endpoints/{endpoint_id}/remove": {},
+            f"{app}/endpoints/{endpoint_id}/redeliver": {"event_id": delivery["event_id"]},
+        }
+        for path, form in attempts.items():
+            refused = seen.request.post(path, form=form | {"csrf_token": token}, max_redirects=0)
+            assert refused.status == 403, (path, refused.status)
+            assert "viewers cannot change anything" in refused.text()
+    (still,) = endpoints_of(client)
+    assert (still["id"], still["previous_secret_expires_at"]) == (endpoint_id, None)
+    assert ok(client.get(f"/webhook-endpoints/{endpoint_id}/deliveries"))["deliveries"] == [
+        delivery
+    ]
+
+
+def test_plan_limits_and_thresholds_are_saved_from_the_settings_page(
+    page: Page, settings: Settings, test_app: AppUnderTest, client: httpx.Client
+) -> None:
+    ok(client.post("/credits/add", json={"user_id": "hal", "amount": 10}))
+    drain(settings)  # users are counted from the ledger
+    goto(page, f"/dashboard/apps/{test_app.app_id}/settings")
+    expect(page.locator("#usage-operations")).to_have_text("1 of unlimited")
+    expect(page.locator("#usage-users")).to_have_text("1 of unlimited")
+    page.get_by_label("Low balance thresholds").fill("100, 500,0")
+    page.get_by_label("Max users (plan)").fill("10")
+    page.get_by_label("Monthly operations (plan)").fill("1000")
+    assert submit(page, page.get_by_role("button", name="Save settings")) == 303
+    expect(page.get_by_role("status")).to_have_text("Settings saved.")
+    expect(page.get_by_label("Low balance thresholds")).to_have_value("500, 100, 0")
+    expect(page.get_by_label("Max users (plan)")).to_have_value("10")
+    expect(page.get_by_label("Monthly operations (plan)")).to_have_value("1000")
+    expect(page.locator("#usage-operations")).to_have_text("1 of 1,000")
+    expect(page.locator("#usage-users")).to_have_text("1 of 10")
+    assert ok(client.get("/credits/config"))["low_balance_thresholds"] == [500, 100, 0]
+    usage = ok(client.get("/usage"))
+    assert (usage["operations"]["allowed"], usage["users"]["allowed"]) == (1000, 10)
+
+    # Invalid values: the engine's words next to each field, and nothing saved.
+    page.get_by_label("Max users (plan)").fill("-1")
+    page.get_by_label("Monthly operations (plan)").fill("lots")
+    page.get_by_label("Low balance thresholds").fill("1, 2, 3, 4, 5, 6")
+    assert submit(page, page.get_by_role("button", name="Save settings")) == 400
+    expect(page.locator("p#plan_max_users-error")).to_have_text(
+        "plan_max_users must be a whole number of 0 or more, or empty"
+    )
+    expect(page.locator("p#plan_monthly_operations-error")).to_have_text(
+        "plan_monthly_operations must be a whole number of 0 or more, or empty"
+    )
+    expect(page.locator("p#low_balance_thresholds-error")).to_contain_text(
+        "low_balance_thresholds must be a list of at most 5 whole numbers"
+    )
+    expect(page.get_by_role("alert")).to_contain_text("Nothing was saved")
+    expect(page.get_by_label("Max users (plan)")).to_have_value("-1")
+    assert ok(client.get("/usage"))["users"]["allowed"] == 10
+
+    # Empty: unlimited again, and no thresholds.
+    goto(page, f"/dashboard/apps/{test_app.app_id}/settings")
+    page.get_by_label("Max users (plan)").fill("")
+    page.get_by_label("Low balance thresholds").fill("")
+    assert submit(page, page.get_by_role("button", name="Save settings")) == 303
+    expect(page.locator("#usage-users")).to_have_text("1 of unlimited")
+    expect(page.locator("#usage-operations")).to_have_text("1 of 1,000")
+    assert ok(client.get("/credits/config"))["low_balance_thresholds"] == []
+    assert ok(client.get("/usage"))["users"]["allowed"] is None
+
+    rows = audit_rows(page, test_app.app_id)
+    assert rows == [
+        ("settings.changed", {"low_balance_thresholds": "[]", "plan_max_users": "None"}),
+        ("settings.changed", {
+            "low_balance_thresholds": "[500, 100, 0]", "plan_max_users": "10",
+            "plan_monthly_operations": "1000",
+        }),
+    ], rows  # fmt: skip
+
+
 # --- screenshots ---------------------------------------------------------------------------------
 
 
@@ -837,6 +1119,12 @@ def test_every_page_in_a_screenshot(
     app_id = page.url.rsplit("/", 1)[-1]
     app = f"/dashboard/apps/{app_id}"
 
+    # An endpoint for every event: the burst below makes its deliveries and sends none.
+    goto(page, f"{app}/endpoints")
+    page.get_by_label("URL").fill("https://api.acme-notes.example/tally-events")
+    assert submit(page, page.get_by_role("button", name="Add endpoint")) == 201
+    shot("events")
+
     secret = "whsec_" + secrets.token_hex(16)
     with api(api_server, api_key) as client:
         ok(client.patch("/credits/config", json={
@@ -854,6 +1142,9 @@ def test_every_page_in_a_screenshot(
         assert refused.status_code == 402
     goto(page, f"{app}/settings")
     page.get_by_label("Stripe webhook secret", exact=True).fill(secret)
+    page.get_by_label("Low balance thresholds").fill("500, 100")
+    page.get_by_label("Max users (plan)").fill("5000")
+    page.get_by_label("Monthly operations (plan)").fill("1000000")
     assert submit(page, page.get_by_role("button", name="Save settings")) == 303
     stripe_event(api_server, app_id, secret, "grace")
     drain(settings)
@@ -891,6 +1182,11 @@ def test_every_page_in_a_screenshot(
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("tbody")).to_have_text(f"No {other} events.")
 
+    goto(page, f"{app}/endpoints")
+    page.get_by_role("link", name="Deliveries").click()
+    expect(page.locator("table.deliveries tbody")).to_contain_text("payment.credited")
+    shot("deliveries")
+
     goto(page, f"{app}/health")
     for name in ("Status", "Redis", "PostgreSQL"):
         card = page.locator(".cards > div").filter(has=page.get_by_text(name, exact=True))
@@ -904,6 +1200,6 @@ def test_every_page_in_a_screenshot(
     shot("operators")
     names = {path.stem for path in screenshots.glob("*.png")}
     assert names >= {
-        "login", "apps", "overview", "keys", "settings", "users", "user", "webhooks", "health",
-        "audit", "operators",
+        "login", "apps", "overview", "keys", "settings", "users", "user", "webhooks", "events",
+        "deliveries", "health", "audit", "operators",
     }  # fmt: skip

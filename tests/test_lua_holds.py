@@ -50,7 +50,9 @@ async def _entry(
     head = _head(kind, ledger_id, **({"expires_at": expires} if expires else {}))
     if expires:
         mode, extra = mode + "g", (expires,)
-    args = [delta, floor, head, "", 60, 50, now, ledger_id, mode, "", *extra]
+    # ARGV[11] (a grant's expiry or refunded grant), no thresholds, no plan, ARGV[14..] parts.
+    grant, *parts = extra or ("",)
+    args = [delta, floor, head, "", 60, 50, now, ledger_id, mode, "", grant, "", "", *parts]
     reply: list[Any] = await Scripts.register_async(redis).apply_entry(
         keys=KEYS.script_keys(), args=args
     )

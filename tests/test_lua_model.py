@@ -44,8 +44,9 @@ class Account:
     async def entry(self, kind: str, delta: int, mode: str = "", extra: tuple[Any, ...] = (),
                     **fields: Any) -> list[Any]:  # fmt: skip
         ledger_id = new_ledger_id(KEYS.shard)
+        grant, *parts = extra or ("",)
         args = [delta, self.floor, self._head(kind, ledger_id, **fields), "", 60, 1000, self.now,
-                ledger_id, mode, "", *extra]  # fmt: skip
+                ledger_id, mode, "", grant, "", "", *parts]  # fmt: skip
         reply: list[Any] = await self.scripts.apply_entry(keys=KEYS.script_keys(), args=args)
         return reply
 
@@ -74,9 +75,9 @@ class Account:
 
     async def refund(self, original: LedgerEntry) -> list[Any]:
         self.refunded.add(original.ledger_id)
-        mode, extra = refund_moves(original)
+        mode, grant, parts = refund_moves(original)
         return await self.entry(
-            "refund", -original.amount, mode, extra, refund_of=original.ledger_id
+            "refund", -original.amount, mode, (grant, *parts), refund_of=original.ledger_id
         )
 
     async def expire(self) -> None:

@@ -2,16 +2,20 @@
 packed tarball installed into a clean directory running the quickstart, and a TypeScript
 consumer type-checked against the shipped declarations."""
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from standardwebhooks.webhooks import Webhook
 
 from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
@@ -173,7 +177,13 @@ def test_the_installed_package_runs_the_quickstart(
 
 CONSUMER_TS = """
 import { Tally, TallyError, type DeductResult } from 'tally-credits-sdk';
-import { createServerClient, InsufficientBalanceError } from 'tally-credits-sdk/server';
+import {
+  createServerClient,
+  InsufficientBalanceError,
+  verifyWebhook,
+  WebhookVerificationError,
+  type WebhookEvent,
+} from 'tally-credits-sdk/server';
 import { createBrowserClient, type PaymentMethod } from 'tally-credits-sdk/browser';
 
 // No DOM and no @types/node: the declarations must stand on their own.
@@ -250,6 +260,27 @@ export async function main(apiKey: string, baseUrl: string): Promise<number> {
   const reauthHold = await reauth.hold('u', { amount: 1, requestUuid: 'h' });
   await reauth.captureHold(reauthHold.holdId, { amount: 1 });
   report(reauthGrants[0]?.expiresAt, granted.grantId, spent);
+
+  const body = new Uint8Array([123, 125]);
+  const headers = { 'webhook-id': 'm', 'webhook-timestamp': '1', 'webhook-signature': ['v1,x'] };
+  try {
+    const event: WebhookEvent<{ user_id: string }> = verifyWebhook<{ user_id: string }>(
+      body, headers, 'whsec_x', { tolerance: 60, now: new Date() },
+    );
+    const who: string = event.data.user_id;
+    const what: string = event.raw.type;
+    const plain = verifyWebhook('{}', headers, 's').data;
+    report(event.id, event.type, event.timestamp, who, what, plain);
+  } catch (err) {
+    if (err instanceof WebhookVerificationError) {
+      const code: 'invalid_webhook' = err.code;
+      report(code, err.message);
+    }
+  }
+  // @ts-expect-error the raw body, not a parsed object
+  verifyWebhook({ type: 'balance.low' }, headers, 'whsec_x');
+  // @ts-expect-error now is a Date or milliseconds
+  verifyWebhook('{}', headers, 'whsec_x', { now: '2026-01-01' });
 
   const browser = createBrowserClient({ baseUrl, getToken: async () => token });
   const cards: PaymentMethod[] = await browser.getPaymentMethods();
@@ -368,3 +399,67 @@ def test_a_deduct_retried_while_redis_is_down_applies_once(
     history = httpx.get(f"{stack.api.url}/credits/history", params={"user_id": "u"},
                         headers=headers).json()  # fmt: skip
     assert [(e["kind"], e["amount"]) for e in history["entries"]] == [("deduct", -30), ("add", 100)]
+
+
+VERIFY_VECTORS = """
+import { readFileSync } from 'node:fs'
+import { verifyWebhook } from '%s'
+
+const vectors = JSON.parse(readFileSync(process.argv[2], 'utf8'))
+const outcomes = vectors.map(({ body, headers, secret, fetchHeaders }) => {
+  try {
+    const given = fetchHeaders ? new Headers(headers) : headers
+    const event = verifyWebhook(Buffer.from(body, 'utf8'), given, secret)
+    return { ok: true, id: event.id, type: event.type, data: event.data }
+  } catch (error) {
+    return { ok: false, name: error.name, message: error.message }
+  }
+})
+console.log(JSON.stringify(outcomes))
+"""
+
+
+def test_verify_webhook_checks_what_standardwebhooks_signs(tmp_path: Path) -> None:
+    """Fresh secrets and the current time, signed by the Python reference implementation."""
+    new, old, other = ("whsec_" + base64.b64encode(os.urandom(32)).decode() for _ in range(3))
+    now = datetime.now(UTC)
+    data = {"user_id": "usér_001", "available": 40, "note": "Crédits €"}
+    event = {"type": "balance.low", "timestamp": now.isoformat(), "data": data}
+    body = json.dumps(event, ensure_ascii=False)  # UTF-8 on the wire: bytes, not characters
+
+    def vector(secret: str, *signers: str, at: datetime = now, text: str = body) -> dict[str, Any]:
+        signatures = " ".join(Webhook(s).sign("msg_v", at, body) for s in signers)
+        headers = {"webhook-id": "msg_v", "webhook-timestamp": str(int(at.timestamp())),
+                   "webhook-signature": signatures}  # fmt: skip
+        return {"body": text, "headers": headers, "secret": secret, "fetchHeaders": False}
+
+    upper = vector(new, new)
+    upper["headers"] = {name.upper(): value for name, value in upper["headers"].items()}
+    fetch_headers = vector(new, new) | {"fetchHeaders": True}
+    cases: list[tuple[dict[str, Any], str | None]] = [
+        (vector(new, new), None),
+        (vector(new, old, new), None),
+        (vector(old, old, new), None),
+        (vector(new.removeprefix("whsec_"), new), None),
+        (upper, None),
+        (fetch_headers, None),
+        (vector(other, old, new), "no matching signature"),
+        (vector(new, new, text=body.replace("40", "41")), "no matching signature"),
+        (vector(new, new, at=now - timedelta(seconds=400)), "too old"),
+        (vector(new, new, at=now + timedelta(seconds=400)), "too new"),
+    ]
+    vectors = tmp_path / "vectors.json"
+    vectors.write_text(json.dumps([case for case, _ in cases]))
+    script = tmp_path / "verify.mjs"
+    script.write_text(VERIFY_VECTORS % (SDK / "src" / "server.js").as_uri())
+    done = run([str(NODE), str(script), str(vectors)], tmp_path, timeout=60)
+    assert done.returncode == 0, shown(done)
+    outcomes = json.loads(done.stdout)
+    assert len(outcomes) == len(cases)
+    for (case, refusal), outcome in zip(cases, outcomes, strict=True):
+        if refusal is None:
+            expected = {"ok": True, "id": "msg_v", "type": "balance.low", "data": data}
+            assert outcome == expected, (case, outcome)
+        else:
+            assert outcome["ok"] is False and outcome["name"] == "WebhookVerificationError", outcome
+            assert refusal in outcome["message"], (case, outcome)

@@ -3,7 +3,9 @@ session's API for the calls, a private stack whose Redis goes down for the retry
 wheel installed in a fresh virtualenv for the packaging."""
 
 import asyncio
+import base64
 import contextlib
+import hmac
 import importlib.metadata
 import json
 import os
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from standardwebhooks.webhooks import Webhook
 from tally_credits import (
     AddResult,
     APIError,
@@ -45,6 +48,9 @@ from tally_credits import (
     Tally,
     TallyError,
     Transaction,
+    WebhookEvent,
+    WebhookVerificationError,
+    verify_webhook,
 )
 from tally_credits.retry import parse_retry_after
 
@@ -806,6 +812,7 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_the_quickstart(
         wheel = _build_wheel(source, out)
         names = zipfile.ZipFile(wheel).namelist()
         assert "tally_credits/py.typed" in names and "tally_credits/client.py" in names
+        assert "tally_credits/webhooks.py" in names
         metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
         requires = [
             line
@@ -857,3 +864,186 @@ def test_an_answer_that_is_not_tallys_is_an_api_error_with_its_request_id() -> N
     ):
         tally.credits.balance("u")
     assert raised.value.status == 200 and raised.value.request_id == "r1"
+
+
+# Webhooks: signed by the `standardwebhooks` package (as Tally's sender and receivers' own
+# libraries do), verified by the SDK.
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+WEBHOOK_BODY = json.dumps(
+    {
+        "type": "payment.credited",
+        "timestamp": "2026-02-03T04:05:06.000000Z",
+        "data": {"user_id": "user_002", "credits": 1000, "note": "Crédits €"},
+    },
+    ensure_ascii=False,  # UTF-8 on the wire: what is signed is bytes, not characters
+)
+
+
+def _signed_headers(
+    body: str = WEBHOOK_BODY,
+    *,
+    secret: str = WEBHOOK_SECRET,
+    msg_id: str = "msg_1",
+    at: datetime | None = None,
+) -> dict[str, str]:
+    at = at or datetime.now(UTC).replace(microsecond=0)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, body),
+    }
+
+
+def test_verify_webhook_accepts_what_standardwebhooks_signs() -> None:
+    headers = _signed_headers()
+    # The reference implementation agrees on the same message.
+    assert Webhook(WEBHOOK_SECRET).verify(WEBHOOK_BODY, headers) == json.loads(WEBHOOK_BODY)
+    for payload in (WEBHOOK_BODY, WEBHOOK_BODY.encode(), bytearray(WEBHOOK_BODY.encode())):
+        event = verify_webhook(payload, headers, WEBHOOK_SECRET)
+        assert event == WebhookEvent(
+            id="msg_1",
+            type="payment.credited",
+            timestamp="2026-02-03T04:05:06.000000Z",
+            data={"user_id": "user_002", "credits": 1000, "note": "Crédits €"},
+            raw=json.loads(WEBHOOK_BODY),
+        )
+    # On the client classes too, with no client made.
+    assert Tally.verify_webhook(WEBHOOK_BODY, headers, WEBHOOK_SECRET).type == "payment.credited"
+    assert AsyncTally.verify_webhook(WEBHOOK_BODY, headers, WEBHOOK_SECRET).id == "msg_1"
+    # A parsed body is no body: a TypeError, not a verification failure.
+    with pytest.raises(TypeError, match="raw body"):
+        verify_webhook(json.loads(WEBHOOK_BODY), headers, WEBHOOK_SECRET)  # type: ignore[arg-type]
+
+
+def _refused(
+    message: str, payload: bytes | str, headers: dict[str, str], secret: str, **options: Any
+) -> WebhookVerificationError:
+    with pytest.raises(WebhookVerificationError, match=message) as raised:
+        verify_webhook(payload, headers, secret, **options)
+    return raised.value
+
+
+def test_a_webhook_with_a_wrong_secret_or_a_changed_message_does_not_verify() -> None:
+    headers = _signed_headers()
+    other = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    error = _refused("no matching signature", WEBHOOK_BODY, headers, other)
+    assert isinstance(error, TallyError) and error.status is None and error.request_id is None
+    assert str(error) == "no matching signature in webhook-signature"
+    assert other not in repr(error) and WEBHOOK_SECRET[6:] not in str(error)
+    assert pickle.loads(pickle.dumps(error)).error == error.error
+    tampered = WEBHOOK_BODY.replace("1000", "9000", 1)
+    _refused("no matching signature", tampered, headers, WEBHOOK_SECRET)
+    # Parsed and serialized again (other spacing) is other bytes.
+    reserialized = json.dumps(json.loads(WEBHOOK_BODY), indent=1)
+    _refused("no matching signature", reserialized, headers, WEBHOOK_SECRET)
+    _refused(
+        "no matching signature", WEBHOOK_BODY, headers | {"webhook-id": "msg_2"}, WEBHOOK_SECRET
+    )
+    later = str(int(headers["webhook-timestamp"]) + 1)
+    changed = headers | {"webhook-timestamp": later}
+    _refused("no matching signature", WEBHOOK_BODY, changed, WEBHOOK_SECRET)
+    assert verify_webhook(WEBHOOK_BODY, headers, WEBHOOK_SECRET).id == "msg_1"
+
+
+def test_the_webhook_timestamp_must_be_within_the_tolerance() -> None:
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    def at(seconds: int) -> dict[str, str]:
+        return _signed_headers(at=now + timedelta(seconds=seconds))
+
+    _refused("too old", WEBHOOK_BODY, at(-301), WEBHOOK_SECRET, now=now)
+    _refused("too new", WEBHOOK_BODY, at(301), WEBHOOK_SECRET, now=now)
+    assert verify_webhook(WEBHOOK_BODY, at(-300), WEBHOOK_SECRET, now=now)
+    assert verify_webhook(WEBHOOK_BODY, at(300), WEBHOOK_SECRET, now=now.timestamp())
+    assert verify_webhook(WEBHOOK_BODY, at(-3000), WEBHOOK_SECRET, now=now, tolerance=3600)
+    _refused("too old", WEBHOOK_BODY, at(-31), WEBHOOK_SECRET, now=now, tolerance=30)
+    # Without `now`, the clock: a message signed in 2026-03 is too old by now.
+    _refused("too old", WEBHOOK_BODY, at(0), WEBHOOK_SECRET)
+    for bad in ("soon", "1.7e9", "-5", "1772366400.5", "\uff11\uff17\uff17\uff12"):
+        headers = at(0) | {"webhook-timestamp": bad}
+        _refused("not unix seconds", WEBHOOK_BODY, headers, WEBHOOK_SECRET, now=now)
+
+
+def test_any_one_of_several_webhook_signatures_verifies_during_a_rotation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    at = datetime.now(UTC)
+    signatures = [Webhook(s).sign("msg_r", at, WEBHOOK_BODY) for s in (old, WEBHOOK_SECRET)]
+    base = {"webhook-id": "msg_r", "webhook-timestamp": str(int(at.timestamp()))}
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    for listed in (" ".join(signatures), " ".join(reversed(signatures))):
+        headers = base | {"webhook-signature": listed}
+        assert verify_webhook(WEBHOOK_BODY, headers, WEBHOOK_SECRET).id == "msg_r"
+        assert verify_webhook(WEBHOOK_BODY, headers, old).id == "msg_r"
+    # Signatures are compared in constant time, whole.
+    assert compared and all(len(a) == 32 for a, _ in compared)
+    third = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    _refused("no matching", WEBHOOK_BODY, base | {"webhook-signature": " ".join(signatures)}, third)
+    # Other versions and entries that are not signatures are skipped, not fatal.
+    good = signatures[1]
+    mixed = f"v1a,{good[3:]} junk v1,!!! v2,{good[3:]}  {good}"
+    assert verify_webhook(WEBHOOK_BODY, base | {"webhook-signature": mixed}, WEBHOOK_SECRET)
+    unversioned = f"v1a,{good[3:]} v2,{good[3:]} {good[3:]}"
+    headers = base | {"webhook-signature": unversioned}
+    _refused("no matching", WEBHOOK_BODY, headers, WEBHOOK_SECRET)
+
+
+def test_webhook_header_names_in_any_case() -> None:
+    headers = _signed_headers()
+    upper = {name.upper(): value for name, value in headers.items()}
+    title = {name.title(): value for name, value in headers.items()}
+    for form in (headers, upper, title, httpx.Headers(upper)):
+        assert verify_webhook(WEBHOOK_BODY, form, WEBHOOK_SECRET).type == "payment.credited"
+    for name in headers:
+        rest = {k: v for k, v in title.items() if k.lower() != name}
+        missing = "missing webhook-id, webhook-timestamp or webhook-signature"
+        _refused(missing, WEBHOOK_BODY, rest, WEBHOOK_SECRET)
+        _refused("missing", WEBHOOK_BODY, rest | {name: ""}, WEBHOOK_SECRET)
+
+
+def test_the_webhook_secret_whsec_prefix_and_padding_optional() -> None:
+    key = os.urandom(24)
+    secret = "whsec_" + base64.b64encode(key).decode()
+    headers = _signed_headers(secret=secret)
+    for form in (secret, secret.removeprefix("whsec_"), f" {secret}\n"):
+        assert verify_webhook(WEBHOOK_BODY, headers, form).id == "msg_1"
+    # A key whose base64 has padding, given without it (the reference accepts that too).
+    odd = "whsec_" + base64.b64encode(os.urandom(31)).decode().rstrip("=")
+    assert verify_webhook(WEBHOOK_BODY, _signed_headers(secret=odd), odd)
+    for bad in ("whsec_", "", "whsec_not base64!", "whsec_abcde", "whsec_ab$d"):
+        _refused("webhook secret", WEBHOOK_BODY, headers, bad)
+    # The secret is checked first: a misconfigured receiver hears so even for a bad request.
+    _refused("webhook secret", WEBHOOK_BODY, {}, "whsec_")
+    with pytest.raises(TypeError, match="whsec_"):
+        verify_webhook(WEBHOOK_BODY, headers, None)  # type: ignore[arg-type]
+
+
+def test_a_signed_webhook_body_must_be_a_tally_event() -> None:
+    cases: list[tuple[bytes, str]] = [
+        (b"not json", "not JSON"),
+        (b"{\xff}", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b'{"type": "balance.low", "timestamp": "2026-01-01T00:00:00Z"}', "lacks"),
+        (b'{"type": 1, "timestamp": "2026-01-01T00:00:00Z", "data": {}}', "lacks"),
+    ]
+    for body, message in cases:
+        # Signed over the very bytes by hand: standardwebhooks signs text only.
+        seconds = str(int(time.time()))
+        key = base64.b64decode(WEBHOOK_SECRET.removeprefix("whsec_"))
+        mac = hmac.new(key, f"msg_1.{seconds}.".encode() + body, "sha256").digest()
+        headers = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": seconds,
+            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+        }
+        _refused(message, body, headers, WEBHOOK_SECRET)

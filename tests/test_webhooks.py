@@ -16,6 +16,7 @@ import pytest
 
 from engine.settings import Settings
 from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, tally, tally_env
+from tests.test_events import stored_events
 from tests.test_ledger import ledger, wait_until
 
 STRIPE_SECRET = "whsec_test_secret_for_tally"
@@ -292,6 +293,12 @@ def test_bad_signatures_are_400_and_credit_nothing(hooks: Hooks) -> None:
 
 
 def test_stripe_refund_takes_credits_back_never_below_the_floor(hooks: Hooks) -> None:
+    # An endpoint wanting payment events: the app's backend hears of both (nothing listens).
+    httpx.post(
+        f"{hooks.api.url}/webhook-endpoints",
+        json={"url": "http://127.0.0.1:9/x", "events": ["payment.credited", "payment.refunded"]},
+        headers={"Authorization": f"Bearer {hooks.app.api_key}"},
+    )
     metadata = {"tally_user_id": "r", "tally_credits": "1000"}
     hooks.stripe(stripe_intent("evt_p", "pi_r", metadata, amount=2000))
     hooks.settled(1)
@@ -313,6 +320,13 @@ def test_stripe_refund_takes_credits_back_never_below_the_floor(hooks: Hooks) ->
     hooks.settled(4)
     assert hooks.events(event_id="evt_r2b")[0]["status"] == "duplicate"
     assert hooks.balance("r") == 0
+    wait_until(lambda: len(stored_events(hooks.settings, hooks.app.app_id)) == 3, 30, "events")
+    told = stored_events(hooks.settings, hooks.app.app_id)
+    assert [(kind, d["amount"], d["payment_id"]) for kind, d in told] == [
+        ("payment.credited", 1000, "pi_r"),
+        ("payment.refunded", -250, "pi_r"),
+        ("payment.refunded", -50, "pi_r"),
+    ]
 
 
 # --- Polar ---------------------------------------------------------------------------------------

@@ -10,6 +10,14 @@ from engine.container import Engine
 from engine.errors import UnavailableError
 from engine.ledger.defaults import FLUSH_BUDGET_SECONDS, UNAVAILABLE_BACKOFF_MS
 from engine.logs import Outage
+from engine.metrics.registry import (
+    AUTO_TOP_UPS,
+    ENTRIES_PERSISTED,
+    EVENT_DELIVERIES,
+    FLUSH_SECONDS,
+    RECONCILE_DRIFTED,
+    WEBHOOK_EVENTS,
+)
 from engine.store.keys import SHARDS, flush_key
 from engine.store.redis import outages
 
@@ -40,7 +48,7 @@ def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
     tally = engine()
     redis = tally.sync_redis
     try:
-        with outages():
+        with outages(), FLUSH_SECONDS.time():
             result = tally.outbox.flush(list(range(SHARDS)), reclaim_idle_ms, FLUSH_BUDGET_SECONDS)
     except UnavailableError as exc:
         # PostgreSQL or Redis is down: the entries stay pending, and the shards are tried
@@ -53,6 +61,7 @@ def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
             pipe.execute()
         return {"shards": shards, "error": exc.message}
     _flushing.ok()
+    ENTRIES_PERSISTED.inc(result.persisted)
     redis.delete(*(flush_key(shard) for shard in shards))
     if result.dead_letters:
         log.error("shards %s: %s entries dead-lettered", shards, result.dead_letters)
@@ -67,17 +76,29 @@ def flush_shards(shards: list[int], reclaim_idle_ms: int) -> dict[str, Any]:
 
 def apply_webhook_event(event_pk: int) -> str | None:
     event = engine().webhooks.apply(event_pk)
-    return event.status if event else None
+    if event is None:
+        return None
+    WEBHOOK_EVENTS.labels(event.provider, event.status).inc()
+    return event.status
+
+
+def deliver_event(delivery_id: int, claim: str) -> str:
+    result = engine().deliveries.deliver(delivery_id, claim)
+    if result != "skipped":
+        EVENT_DELIVERIES.labels(result=result).inc()
+    return result
 
 
 def auto_top_up(app_id: str, user_id: str) -> str:
     outcome = engine().top_ups.run(app_id, user_id)
+    AUTO_TOP_UPS.labels(outcome).inc()
     log.info("auto top-up of %s/%s: %s", app_id, user_id, outcome)
     return outcome
 
 
 def reconcile_accounts(repair: bool = False) -> dict[str, Any]:
     report = engine().reconcile(repair=repair).as_dict()
+    RECONCILE_DRIFTED.set(report["drifted"])
     if report["drifted"]:
         log.error("reconciliation found %s drifted accounts", report["drifted"])
     return report

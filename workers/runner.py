@@ -9,6 +9,7 @@ sweeper thread looks at every shard's outbox length in one pipelined round trip 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -17,6 +18,7 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
 from rq.serializers import JSONSerializer
+from rq.timeouts import TimerDeathPenalty
 
 from engine.container import Engine
 from engine.errors import UnavailableError
@@ -27,10 +29,11 @@ from engine.ledger.outbox import outbox_depths
 from engine.logs import Outage
 from engine.settings import Settings
 from engine.store.keys import SHARDS, flush_key, reconcile_schedule_key
-from engine.store.redis import OUTAGES
+from engine.store.redis import OUTAGES, sync_client
 from engine.store.scripts import Scripts
 from workers import jobs
-from workers.queue import Jobs
+from workers.metrics import serve_metrics
+from workers.queue import EVENTS_QUEUE, Jobs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ _TOP_UP_SWEEP_SECONDS = 0.25
 # Grants and holds expire within this of their time even for accounts nobody touches.
 _EXPIRY_SWEEP_SECONDS = 1.0
 _COMPLETENESS_SECONDS = 5.0
+# Outgoing webhooks due are claimed this often; plan usage is summed every second.
+_DELIVERY_SWEEP_SECONDS = 0.2
+_PLAN_SUM_SECONDS = 1.0
 # An RQ worker that ran this long before quitting was healthy: its quitting is a new failure.
 _HEALTHY_SECONDS = 30.0
 
@@ -56,6 +62,16 @@ class _Worker(SimpleWorker):
     def request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested.set()
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+
+class _ThreadWorker(SimpleWorker):
+    """An RQ worker on a thread of its own: signals are the main thread's, and a job's time
+    limit is kept by a timer instead of SIGALRM."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
 
 
 def run(settings: Settings, *, burst: bool) -> int:
@@ -76,8 +92,18 @@ def _serve(engine: Engine) -> None:
     settings = engine.settings
     queue = Jobs(engine.raw_redis)
     stop = threading.Event()
-    for target, name in ((_sweep_forever, "sweeper"), (_complete_forever, "completeness")):
+    stop_metrics = serve_metrics(engine)
+    threads = (
+        (_sweep_forever, "sweeper"), (_complete_forever, "completeness"),
+        (_claim_deliveries_forever, "deliveries"), (_sum_plans_forever, "plans"),
+    )  # fmt: skip
+    for target, name in threads:
         threading.Thread(target=target, args=(engine, queue, stop), name=name, daemon=True).start()
+    for number in range(settings.event_delivery_threads):
+        threading.Thread(
+            target=_deliver_forever, args=(engine, queue, stop), name=f"events-{number}",
+            daemon=True,
+        ).start()  # fmt: skip
     # RQ logs every job at INFO: at a flush every few milliseconds that drowns everything.
     level = "DEBUG" if settings.log_level.lower() == "debug" else "WARNING"
     redis_down = Outage(log, "Redis (worker)")
@@ -116,6 +142,7 @@ def _serve(engine: Engine) -> None:
                 _Worker.stop_requested.wait(wait)
     finally:
         stop.set()
+        stop_metrics()
 
 
 def sweep(redis: Redis, queue: Jobs, reclaim_idle_ms: int) -> list[int]:
@@ -154,7 +181,7 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
                     queue.auto_top_up(app_id, user_id)
             if time.monotonic() >= next_expiry_sweep:
                 next_expiry_sweep = time.monotonic() + _EXPIRY_SWEEP_SECONDS
-                sweep_expiries(redis, scripts, settings.recent_entries)
+                sweep_expiries(redis, scripts, settings.recent_entries, engine.watch_of)
             if time.monotonic() >= next_rearm:
                 next_rearm = time.monotonic() + _REARM_SECONDS
                 engine.top_ups.rearm_all()
@@ -165,6 +192,58 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
             # The sweeper must outlive any surprise: without it nothing gets persisted.
             log.exception("sweep failed, retrying")
             stop.wait(1)
+
+
+def _claim_deliveries_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
+    """Queue the event deliveries that are due (engine/events/deliveries.py)."""
+
+    def claim() -> None:
+        due = engine.deliveries.claim_due()
+        if due:
+            queue.deliver_events(due)
+
+    _repeat(stop, _DELIVERY_SWEEP_SECONDS, "queueing event deliveries", claim)
+
+
+def _sum_plans_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
+    """Sum the plans' operation counters (engine/plans/usage.py)."""
+    _repeat(stop, _PLAN_SUM_SECONDS, "summing plan usage",
+            lambda: engine.plans.sum_all(time.time_ns() // 1_000_000))  # fmt: skip
+
+
+def _repeat(stop: threading.Event, seconds: float, what: str, action: Callable[[], Any]) -> None:
+    """`action` every `seconds` on a thread of its own, so that neither PostgreSQL's outages nor
+    a long run delays the ledger's flushes; outages back off and are logged once."""
+    outage = Outage(log, what)
+    while not stop.wait(seconds):
+        try:
+            action()
+            outage.ok()
+        except (RedisError, UnavailableError) as exc:
+            stop.wait(outage.failed(exc))
+        except Exception:
+            log.exception("%s failed, retrying", what)
+
+
+def _deliver_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
+    """Send events (workers.jobs.deliver_event) until the process stops; RQ quits on a Redis
+    error, so it is started again."""
+    outage = Outage(log, "sending events")
+    # A client of its own, left open: the thread dies with the process, blocked in a read that
+    # closing the engine's client under it would turn into errors.
+    connection = sync_client(engine.settings.redis_url, decode=False)
+    while not stop.is_set():
+        try:
+            worker = _ThreadWorker([EVENTS_QUEUE], connection=connection, serializer=JSONSerializer)
+            worker.work(logging_level="WARNING")
+            outage.ok()
+            wait = 1.0
+        except OUTAGES as exc:
+            wait = outage.failed(exc)
+        except Exception:
+            log.exception("sending events failed, retrying")
+            wait = 1.0
+        stop.wait(wait)
 
 
 def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
@@ -193,7 +272,7 @@ def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> Non
 def _drain(engine: Engine) -> int:
     """Persist everything in the outboxes, then exit; 1 if PostgreSQL will not take it."""
     redis, queue = engine.sync_redis, Jobs(engine.raw_redis)
-    sweep_expiries(redis, Scripts.register(redis), engine.settings.recent_entries)
+    sweep_expiries(redis, Scripts.register(redis), engine.settings.recent_entries, engine.watch_of)
     worker = SimpleWorker([queue.queue], connection=engine.raw_redis, serializer=JSONSerializer)
     stalls = 0
     depth = sum(outbox_depths(redis))

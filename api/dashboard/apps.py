@@ -4,8 +4,8 @@ from starlette.responses import RedirectResponse, Response
 
 from api.dashboard import charts
 from api.dashboard.access import PREFIX, Visit, change, page
-from engine.accounts.apps import NewKey
-from engine.errors import NotFoundError, TallyError
+from engine.accounts.apps import RATE_LIMIT_RULE, NewKey
+from engine.errors import InvalidRequestError, NotFoundError, TallyError
 
 DAYS = 30
 HOURS = 48
@@ -95,9 +95,24 @@ async def keys(visit: Visit) -> Response:
 @change
 async def create_key(visit: Visit) -> Response:
     app = await visit.app()
-    new_key = await visit.run(visit.engine.apps.create_key, app.app_id)
-    await visit.audit("key.created", app.app_id, key_id=new_key.key.key_id)
+    try:
+        rate_limit = _rate_limit(visit.form.get("rate_limit", ""))
+        new_key = await visit.run(visit.engine.apps.create_key, app.app_id, rate_limit)
+    except InvalidRequestError as exc:
+        return await _keys(visit, error=exc.message, status=400)
+    limit = {} if rate_limit is None else {"rate_limit": rate_limit}
+    await visit.audit("key.created", app.app_id, key_id=new_key.key.key_id, **limit)
     return await _keys(visit, new_key=new_key, status=201)
+
+
+def _rate_limit(text: str) -> int | None:
+    """The form's rate limit: empty for none."""
+    if not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidRequestError(RATE_LIMIT_RULE) from None
 
 
 @change
@@ -113,9 +128,18 @@ async def revoke_key(visit: Visit) -> Response:
     return RedirectResponse(f"{PREFIX}/apps/{app.app_id}/keys", status_code=303)
 
 
-async def _keys(visit: Visit, *, new_key: NewKey | None = None, status: int = 200) -> Response:
+async def _keys(
+    visit: Visit, *, new_key: NewKey | None = None, error: str | None = None, status: int = 200
+) -> Response:
     app = await visit.app()
     listed = await visit.run(visit.engine.apps.list_keys, app.app_id)
     return visit.render(
-        "keys.html", status, app=app, tab="keys", keys=listed[::-1], new_key=new_key
+        "keys.html",
+        status,
+        app=app,
+        tab="keys",
+        keys=listed[::-1],
+        new_key=new_key,
+        error=error,
+        rate_limit=visit.form.get("rate_limit", "") if error else "",
     )

@@ -4,7 +4,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.dashboard import apps, payments, settings, signin, system, users
+from api.dashboard import apps, endpoints, payments, settings, signin, system, users
 from api.dashboard.render import HERE
 
 # Scripts and styles from this origin's files only: an injected inline script never runs.
@@ -42,6 +42,7 @@ class _Guarded:
 
 def routes() -> list[BaseRoute]:
     app = "/apps/{app_id}"
+    endpoint = f"{app}/endpoints/{{endpoint_id}}"
     pages = [
         Route("/login", signin.login_page, methods=["GET"]),
         Route("/login", signin.login, methods=["POST"]),
@@ -61,6 +62,12 @@ def routes() -> list[BaseRoute]:
         Route(f"{app}/webhooks", payments.events, methods=["GET"]),
         Route(f"{app}/webhooks/{{event_pk:int}}/payload", payments.payload, methods=["GET"]),
         Route(f"{app}/webhooks/{{event_pk:int}}/retry", payments.retry, methods=["POST"]),
+        Route(f"{app}/endpoints", endpoints.endpoints, methods=["GET"]),
+        Route(f"{app}/endpoints", endpoints.create_endpoint, methods=["POST"]),
+        Route(endpoint, endpoints.deliveries, methods=["GET"]),
+        Route(f"{endpoint}/rotate", endpoints.rotate_secret, methods=["POST"]),
+        Route(f"{endpoint}/remove", endpoints.remove_endpoint, methods=["POST"]),
+        Route(f"{endpoint}/redeliver", endpoints.redeliver, methods=["POST"]),
         Route(f"{app}/health", system.health, methods=["GET"]),
         Route("/audit", system.audit, methods=["GET"]),
         Route("/operators", system.operators, methods=["GET"]),

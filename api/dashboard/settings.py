@@ -1,16 +1,20 @@
-"""An app's Settings: webhook URLs, write-only secrets, and the credits configuration, saved
-through the same engine call and rules as PATCH /credits/config and `tally apps update`."""
+"""An app's Settings: webhook URLs, write-only secrets, the credits configuration, the plan
+and low balance thresholds, saved through the same engine call and rules as PATCH
+/credits/config and `tally apps update`; and the plan's usage this month."""
 
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.responses import RedirectResponse, Response
 
 from api.dashboard.access import PREFIX, Visit, change, page
 from engine.accounts.apps import SETTING_RULES, setting_problem
-from engine.errors import SettingsError
+from engine.errors import SettingsError, TallyError
 from engine.models import App
 from engine.payments.providers import EVENTS, webhook_urls
+from engine.plans.usage import Usage
 
 # name, label, kind: the form, in the order the page shows it.
 FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -31,6 +35,14 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("credit_rate", "Credit rate (webhook payments)", "decimal"),
     ("cors_origins", "CORS origins", "origins"),
 )
+PLAN_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("low_balance_thresholds", "Low balance thresholds", "numbers"),
+    ("plan_max_users", "Max users (plan)", "limit"),
+    ("plan_monthly_operations", "Monthly operations (plan)", "limit"),
+)
+# The form's sections: a name, a heading and the fields.
+SECTIONS = (("credits", "Credits", FIELDS), ("plan", "Plan and low balance", PLAN_FIELDS))
+_ALL_FIELDS = FIELDS + PLAN_FIELDS
 SECRETS = {
     "stripe_webhook_secret": "Stripe webhook secret",
     "polar_webhook_secret": "Polar webhook secret",
@@ -44,7 +56,7 @@ PROVIDER_NAMES = {"stripe": "Stripe", "polar": "Polar", "lemonsqueezy": "Lemon S
 async def settings_page(visit: Visit) -> Response:
     app = await visit.app()
     saved = visit.request.query_params.get("saved") == "1"
-    return _page(visit, app, _values(app), {}, saved=saved)
+    return await _page(visit, app, _values(app), {}, saved=saved)
 
 
 @change
@@ -61,13 +73,13 @@ async def save_settings(visit: Visit) -> Response:
         elif visit.form.get(name, "").strip():
             changes[name] = visit.form[name].strip()
     if problems:
-        return _page(visit, app, visit.form, problems, status=400)
+        return await _page(visit, app, visit.form, problems, status=400)
     if not changes:
         return RedirectResponse(f"{PREFIX}/apps/{app.app_id}/settings?saved=1", status_code=303)
     try:
         await visit.run(visit.engine.apps.update, app.app_id, changes)
     except SettingsError as exc:
-        return _page(visit, app, visit.form, exc.problems, status=400)
+        return await _page(visit, app, visit.form, exc.problems, status=400)
     visit.engine.app_cache.forget(app.app_id)
     await visit.audit("settings.changed", app.app_id, **{
         name: ("removed" if value == "" else "set") if name in SECRETS else _shown(value)
@@ -81,7 +93,7 @@ def _parse(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     even parse, in the words PATCH /credits/config uses."""
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    for name, _, kind in FIELDS:
+    for name, _, kind in _ALL_FIELDS:
         text = form.get(name, "").strip()
         try:
             values[name] = _value(kind, text)
@@ -105,18 +117,25 @@ def _value(kind: str, text: str) -> Any:
         return text or None
     if kind == "origins":
         return [origin for origin in text.replace(",", " ").split() if origin]
+    if kind == "numbers":
+        # Highest first, each once, as the engine stores them: the same list is no change.
+        return sorted({int(part) for part in text.split(",") if part.strip()}, reverse=True)
+    if kind == "limit":
+        return int(text) if text else None
     return text
 
 
 def _values(app: App) -> dict[str, str]:
     """The form's fields filled in from the app."""
     values: dict[str, str] = {}
-    for name, _, kind in FIELDS:
+    for name, _, kind in _ALL_FIELDS:
         value = getattr(app, name)
         if kind == "bool":
             values[name] = "true" if value else "false"
         elif kind == "origins":
             values[name] = "\n".join(value)
+        elif kind == "numbers":
+            values[name] = ", ".join(str(number) for number in value)
         else:
             values[name] = "" if value is None else str(value)
     return values
@@ -126,7 +145,22 @@ def _shown(value: Any) -> Any:
     return str(value) if isinstance(value, Decimal) else value
 
 
-def _page(
+async def _usage(visit: Visit, app: App) -> Usage | None:
+    """This month's operations and users against the plan; None when Redis, which counts the
+    operations, does not answer (the settings themselves are in PostgreSQL)."""
+    try:
+        return await visit.run(
+            visit.engine.plans.usage,
+            app.app_id,
+            app.plan_monthly_operations,
+            app.plan_max_users,
+            time.time_ns() // 1_000_000,
+        )
+    except (RedisError, TallyError):
+        return None
+
+
+async def _page(
     visit: Visit,
     app: App,
     values: dict[str, str],
@@ -144,7 +178,8 @@ def _page(
         status,
         app=app,
         tab="settings",
-        fields=FIELDS,
+        sections=SECTIONS,
+        usage=await _usage(visit, app),
         values=values,
         problems=problems,
         saved=saved,

@@ -95,6 +95,24 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+MAX_RATE_LIMIT = 1_000_000
+RATE_LIMIT_RULE = (
+    f"rate_limit must be a whole number of requests per second from 1 to {MAX_RATE_LIMIT}"
+)
+
+
+def rate_limit_problem(value: Any) -> str | None:
+    """What is wrong with an API key's rate limit (None is no limit), or None."""
+    valid = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RATE_LIMIT
+    return None if value is None or valid else RATE_LIMIT_RULE
+
+
+def _check_rate_limit(value: Any) -> None:
+    problem = rate_limit_problem(value)
+    if problem:
+        raise InvalidRequestError(problem)
+
+
 def setting_problem(name: str, value: Any) -> str | None:
     """What is wrong with one setting's value, or None."""
     rule = SETTING_RULES.get(name)
@@ -171,7 +189,9 @@ class Apps:
             raise NotFoundError(f"no app {app_id}")
         return app
 
-    def create_key(self, app_id: str) -> NewKey:
+    def create_key(self, app_id: str, rate_limit: int | None = None) -> NewKey:
+        """A new key; `rate_limit`: requests per second it may make (bursts twice that)."""
+        _check_rate_limit(rate_limit)
         self.get(app_id)
         api_key = KEY_PREFIX + secrets.token_urlsafe(32)
         key = self._repository.create_key(
@@ -179,8 +199,17 @@ class Apps:
             app_id=app_id,
             key_hash=hash_key(api_key),
             key_prefix=api_key[:10],
+            rate_limit=rate_limit,
         )
         return NewKey(api_key=api_key, key=key)
+
+    def set_rate_limit(self, key_id: str, rate_limit: int | None) -> ApiKey:
+        """Change a key's rate limit (None: no limit); the API applies it within a second."""
+        _check_rate_limit(rate_limit)
+        key = self._repository.set_rate_limit(key_id, rate_limit)
+        if key is None:
+            raise NotFoundError(f"no key {key_id}")
+        return key
 
     def list_keys(self, app_id: str) -> list[ApiKey]:
         self.get(app_id)

@@ -114,14 +114,24 @@ class AppRepository:
             ).fetchone()
         return bool(row and row[0])
 
-    def create_key(self, key_id: str, app_id: str, key_hash: bytes, key_prefix: str) -> ApiKey:
+    def create_key(
+        self, key_id: str, app_id: str, key_hash: bytes, key_prefix: str, rate_limit: int | None
+    ) -> ApiKey:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:
             cur.execute(
-                "INSERT INTO api_keys (key_id, app_id, key_hash, key_prefix)"
-                f" VALUES (%s, %s, %s, %s) RETURNING {_KEY_COLUMNS}",
-                (key_id, app_id, key_hash, key_prefix),
+                "INSERT INTO api_keys (key_id, app_id, key_hash, key_prefix, rate_limit)"
+                f" VALUES (%s, %s, %s, %s, %s) RETURNING {_KEY_COLUMNS}",
+                (key_id, app_id, key_hash, key_prefix, rate_limit),
             )
             return one(cur.fetchone())
+
+    def set_rate_limit(self, key_id: str, rate_limit: int | None) -> ApiKey | None:
+        with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:
+            cur.execute(
+                f"UPDATE api_keys SET rate_limit = %s WHERE key_id = %s RETURNING {_KEY_COLUMNS}",
+                (rate_limit, key_id),
+            )
+            return cur.fetchone()
 
     def list_keys(self, app_id: str) -> list[ApiKey]:
         with connection(self._pool) as conn, conn.cursor(row_factory=class_row(ApiKey)) as cur:

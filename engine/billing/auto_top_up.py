@@ -24,6 +24,8 @@ from engine.billing.repository import AutoTopUp, BillingRepository
 from engine.billing.stripe import Card
 from engine.bridge import Bridge
 from engine.errors import ForbiddenError, InvalidRequestError, PaymentDeclinedError
+from engine.events.derive import event_id
+from engine.events.types import Event
 from engine.ledger.credits import Credits
 from engine.models import App
 from engine.payments.providers import credits_for
@@ -147,13 +149,15 @@ class AutoTopUps:
                 tomorrow = (now + timedelta(days=1)).replace(
                     hour=0, minute=0, second=0, microsecond=0
                 )
+                reason = f"daily auto top-up limit reached: {spent} of {limit} cents spent today"
+                trigger = self._trigger(app_id, user_id)
+                failed = _event(
+                    "auto_top_up.failed", app_id, user_id, top_up, now, trigger,
+                    f"capped {now.date()}",
+                    reason=reason, status="capped", next_retry_at=tomorrow,
+                )  # fmt: skip
                 self._billing.record_top_up(
-                    app_id,
-                    user_id,
-                    last_failure_reason=(
-                        f"daily auto top-up limit reached: {spent} of {limit} cents spent today"
-                    ),
-                    next_retry_at=tomorrow,
+                    app_id, user_id, failed, last_failure_reason=reason, next_retry_at=tomorrow
                 )
                 self._schedule(app_id, user_id, tomorrow)
                 return "capped"
@@ -178,8 +182,13 @@ class AutoTopUps:
             if result.status == "requires_action":
                 failures.append(f"{_describe(card)} needs its holder to authenticate")
                 continue
+            succeeded = _event(
+                "auto_top_up.succeeded", app.app_id, user_id, top_up, now, trigger, attempt,
+                purchase_id=result.purchase_id, credits=result.credits_purchased,
+                payment_intent_id=result.payment_intent_id,
+            )  # fmt: skip
             self._billing.record_top_up(
-                app.app_id, user_id, status="active", last_failure_reason=None,
+                app.app_id, user_id, succeeded, status="active", last_failure_reason=None,
                 retries_remaining=TOP_UP_ROUNDS, next_retry_at=None, last_top_up_at=now,
             )  # fmt: skip
             self._finish_armed(app, user_id, top_up)
@@ -187,15 +196,23 @@ class AutoTopUps:
         reason = "; ".join(failures) or "no payment method on file"
         remaining = top_up.retries_remaining - 1
         if remaining <= 0:
+            paused = _event(
+                "auto_top_up.failed", app.app_id, user_id, top_up, now, trigger, attempt,
+                reason=reason, status="paused", next_retry_at=None,
+            )  # fmt: skip
             self._billing.record_top_up(
-                app.app_id, user_id, status="paused", last_failure_reason=reason,
+                app.app_id, user_id, paused, status="paused", last_failure_reason=reason,
                 retries_remaining=0, next_retry_at=None,
             )  # fmt: skip
             self._finish(app.app_id, user_id, disarm=True)
             return "paused"
         retry_at = now + timedelta(seconds=self._retry_seconds * 2**attempt)
+        retrying = _event(
+            "auto_top_up.failed", app.app_id, user_id, top_up, now, trigger, attempt,
+            reason=reason, status="retrying", next_retry_at=retry_at,
+        )  # fmt: skip
         self._billing.record_top_up(
-            app.app_id, user_id, status="retrying", last_failure_reason=reason,
+            app.app_id, user_id, retrying, status="retrying", last_failure_reason=reason,
             retries_remaining=remaining, next_retry_at=retry_at,
         )  # fmt: skip
         self._schedule(app.app_id, user_id, retry_at)
@@ -231,6 +248,34 @@ class AutoTopUps:
             keys.top_up(), "pending", f"job-{uuid.uuid4()}"
         ):
             self._schedule(app.app_id, user_id, datetime.now(UTC))
+
+
+def _event(
+    kind: str,
+    app_id: str,
+    user_id: str,
+    top_up: AutoTopUp,
+    now: datetime,
+    trigger: str,
+    attempt: object,
+    **details: Any,
+) -> Event:
+    """An auto top-up's outcome as an event; the same round of the same trigger is one event."""
+    data = {
+        "app_id": app_id,
+        "user_id": user_id,
+        "amount_cents": top_up.purchase_amount_cents,
+        **{k: v.isoformat() if isinstance(v, datetime) else v for k, v in details.items()},
+    }
+    return Event(
+        event_id=event_id(kind, app_id, user_id, trigger, attempt),
+        app_id=app_id,
+        user_id=user_id,
+        type=kind,
+        sequence=None,
+        data=data,
+        created_at_ms=int(now.timestamp() * 1000),
+    )
 
 
 def _describe(card: Card) -> str:

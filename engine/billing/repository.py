@@ -9,6 +9,8 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
+from engine.events.repository import insert_events
+from engine.events.types import Event
 from engine.store.db import connection, one
 
 
@@ -231,9 +233,14 @@ class BillingRepository:
             )
             return one(cur.fetchone())
 
-    def record_top_up(self, app_id: str, user_id: str, **changes: Any) -> None:
+    def record_top_up(
+        self, app_id: str, user_id: str, event: Event | None = None, **changes: Any
+    ) -> None:
+        """Change a user's auto top-up; `event` (its outcome) is stored in the same transaction."""
         assignments = ", ".join(f"{column} = %s" for column in changes)
-        with connection(self._pool) as conn:
+        with connection(self._pool) as conn, conn.transaction():
+            if event is not None:
+                insert_events(conn, [event])
             conn.execute(
                 f"UPDATE auto_top_ups SET {assignments}, updated_at = now()"
                 " WHERE app_id = %s AND user_id = %s",

@@ -3,6 +3,7 @@
 one expire_due.lua call: however many workers sweep, each grant and hold expires once."""
 
 import time
+from collections.abc import Callable
 
 from redis import Redis
 from redis.commands.core import Script
@@ -15,9 +16,12 @@ from engine.store.scripts import Scripts
 _PER_SHARD = 100
 
 
-def sweep_expiries(redis: Redis, scripts: Scripts[Script], recent_entries: int) -> int:
+def sweep_expiries(
+    redis: Redis, scripts: Scripts[Script], recent_entries: int, watch_of: Callable[[str], str]
+) -> int:
     """Expire what is due in every shard: one round trip to find the accounts, one to expire
-    them. Returns the entries written."""
+    them. `watch_of(app_id)`: the app's thresholds to watch (engine.events.watch). Returns the
+    entries written."""
     now_ms = time.time_ns() // 1_000_000
     pipe = redis.pipeline(transaction=False)
     for shard in range(SHARDS):
@@ -34,6 +38,7 @@ def sweep_expiries(redis: Redis, scripts: Scripts[Script], recent_entries: int) 
             new_ledger_id(keys.shard),
             account_json(app_id, user_id),
             recent_entries,
+            watch_of(app_id),
         ]
         scripts.expire_due(keys=keys.script_keys(), args=args, client=pipe)
     return sum(int(written) for written in pipe.execute())

@@ -18,7 +18,9 @@ from engine.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
+    PlanLimitError,
 )
+from engine.events.watch import watch_arg
 from engine.holds.ids import new_hold_id, parse_hold_id
 from engine.ledger.checks import check_amount, check_text, metadata_json
 from engine.ledger.credits import Credits, entry_result
@@ -34,6 +36,7 @@ from engine.models import (
     HoldResult,
     LedgerEntry,
 )
+from engine.plans.month import month_of
 from engine.settings import Settings
 from engine.store.keys import AccountKeys, account_keys, new_ledger_id
 from engine.store.redis import outages
@@ -97,15 +100,26 @@ class Holds:
         mode, script_keys, fingerprint = _idempotency(
             keys, idempotency_key, identity, metadata_text
         )
+        allowed = ""
+        if app.key_id is not None:
+            # A hold is one of the app's operations, as a deduct is (engine.ledger.credits).
+            script_keys.append(keys.plan_usage(app.app_id, month_of(now_ms)))
+            mode += "l"
+            if app.plan_monthly_operations is not None:
+                allowed = str(app.plan_monthly_operations)
         args = (
             amount, -app.overdraft_limit, orjson.dumps(head)[:-1], fingerprint,
             self._idempotency_ttl, self._recent_entries, now_ms, ledger_id, mode, token,
-            expires_ms,
+            expires_ms, watch_arg(app), allowed,
         )  # fmt: skip
         reply = await self._credits.hydration.run(
-            app.app_id, user_id, keys, self._scripts.hold, (script_keys, args)
+            app, user_id, keys, self._scripts.hold, (script_keys, args)
         )
         status = reply[0]
+        if status == "plan_limit":
+            raise PlanLimitError(
+                "monthly_operations", int(reply[1]), app.plan_monthly_operations or 0
+            )
         if status == "insufficient":
             raise InsufficientCreditsError(int(reply[1]), -app.overdraft_limit, int(reply[2]))
         if status == "too_many_holds":
@@ -171,10 +185,10 @@ class Holds:
         args = (
             "" if amount is None else amount, token, orjson.dumps(head)[:-1], fingerprint,
             self._idempotency_ttl, self._recent_entries, now_ms, ledger_id, mode,
-            _END_KEPT_MS, member,
+            _END_KEPT_MS, member, watch_arg(app),
         )  # fmt: skip
         reply = await self._credits.hydration.run(
-            app.app_id, user_id, keys, self._scripts.settle_hold, (script_keys, args)
+            app, user_id, keys, self._scripts.settle_hold, (script_keys, args)
         )
         status = reply[0]
         if status in ("ok", "replay"):
@@ -215,7 +229,7 @@ class Holds:
             with outages():
                 due = await self._redis.hget(keys.account, "due")
         if due is not None and int(due) <= time.time_ns() // 1_000_000:
-            await self._credits.expire_due(app.app_id, user_id)
+            await self._credits.expire_due(app, user_id)
         return await self._read_active(keys)
 
     async def _read_active(self, keys: AccountKeys) -> list[Hold]:

@@ -17,9 +17,11 @@ from engine.errors import (
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
+    PlanLimitError,
     TallyError,
     UnavailableError,
 )
+from engine.events.watch import watch_arg
 from engine.holds.ids import parse_hold_id
 from engine.ledger.checks import check_amount, check_text, metadata_json
 from engine.ledger.defaults import HYDRATE_ATTEMPTS
@@ -42,6 +44,7 @@ from engine.models import (
     Operation,
     RefundResult,
 )
+from engine.plans.month import month_of
 from engine.settings import Settings
 from engine.store import scripts
 from engine.store.keys import (
@@ -57,6 +60,8 @@ from engine.store.scripts import Scripts
 BatchOutcome = EntryResult | TallyError
 # Entries that only move held credits, or expire them, are not refundable.
 REFUNDABLE = frozenset(("add", "deduct", "payment_refund"))
+# What counts towards a plan's monthly operations (with holds), when an API key makes it.
+OPERATIONS = frozenset(("add", "deduct"))
 MAX_GRANT_MS = 3_652 * 86_400_000  # 10 years
 MAX_GRANTS = 1000  # as lua/account.lua
 
@@ -115,6 +120,7 @@ class Credits:
         *,
         description: str | None = None,
         reference_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> EntryResult | None:
         """Take up to `amount` credits back (a refunded payment), never below the balance floor.
@@ -125,7 +131,8 @@ class Credits:
         try:
             call = self._prepare(
                 app, "payment_refund", user_id, -amount, description=description,
-                reference_id=reference_id, idempotency_key=idempotency_key, mode="cp",
+                reference_id=reference_id, metadata=metadata, idempotency_key=idempotency_key,
+                mode="cp",
             )  # fmt: skip
             return await self._apply(app, call)
         except InsufficientCreditsError:
@@ -156,11 +163,11 @@ class Credits:
         if refund_id is not None:
             with outages():
                 await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
-        mode, extra = refund_moves(original)
+        mode, grant, parts = refund_moves(original)
         call = self._prepare(
             app, "refund", original.user_id, -original.amount, description=description,
             idempotency_key=idempotency_key, refund_of=original.ledger_id, mode=mode,
-            extra=extra,
+            grant=grant, parts=parts,
         )  # fmt: skip
         result = await self._apply(app, call)
         return RefundResult(refund=result, refunded_ledger_id=original.ledger_id)
@@ -203,7 +210,7 @@ class Credits:
         """An account with grants or holds: what is due expires first, then one read of the
         account and its grants together. None when the account vanished meanwhile."""
         if due <= time.time_ns() // 1_000_000:
-            await self.expire_due(app.app_id, user_id)
+            await self.expire_due(app, user_id)
         with outages():
             pipe = self._redis.pipeline(transaction=True)
             pipe.hmget(keys.account, "balance", "updated_at", "held")
@@ -223,13 +230,13 @@ class Credits:
             tuple(grant for _, _, grant in sorted(active, key=lambda g: (g[0], g[1]))),
         )
 
-    async def expire_due(self, app_id: str, user_id: str) -> int:
+    async def expire_due(self, app: AppContext, user_id: str) -> int:
         """Expire the account's grants and holds whose time has come; returns the entries
         written (engine.holds.expiry does this for accounts nobody touches)."""
-        keys = account_keys(app_id, user_id)
+        keys = account_keys(app.app_id, user_id)
         now_ms = time.time_ns() // 1_000_000
-        who = account_json(app_id, user_id)
-        args = (now_ms, new_ledger_id(keys.shard), who, self._recent_entries)
+        who = account_json(app.app_id, user_id)
+        args = (now_ms, new_ledger_id(keys.shard), who, self._recent_entries, watch_arg(app))
         written: int = await scripts.run(
             self._redis, self._scripts.expire_due, keys.script_keys(), args
         )
@@ -377,7 +384,15 @@ class Credits:
             if missing:
                 accounts = {calls[i].user_id: calls[i].keys for i in missing}
                 try:
-                    await self.hydration.ensure(app.app_id, accounts, create=True)
+                    await self.hydration.ensure(
+                        app.app_id, accounts, create=True, max_users=app.plan_max_users
+                    )
+                except PlanLimitError as exc:
+                    # The users the plan has no room for are refused; the others were made.
+                    for index in missing:
+                        if calls[index].user_id in exc.refused:
+                            outcomes[index] = exc
+                    missing = [i for i in missing if calls[i].user_id not in exc.refused]
                 except UnavailableError as exc:
                     # Only these wait for PostgreSQL; the others are applied and say so.
                     for index in missing:
@@ -392,7 +407,7 @@ class Credits:
         script = self._scripts.apply_entry
         call_args = (call.script_keys, call.args)
         return call.result(
-            await self.hydration.run(app.app_id, call.user_id, call.keys, script, call_args)
+            await self.hydration.run(app, call.user_id, call.keys, script, call_args)
         )
 
     def _prepare(
@@ -409,10 +424,11 @@ class Credits:
         refund_of: str | None = None,
         expires_at_ms: int | None = None,
         mode: str = "",
-        extra: tuple[Any, ...] = (),
+        grant: Any = "",
+        parts: tuple[Any, ...] = (),
     ) -> "_Call":
-        """Validate an entry and build its apply_entry.lua call; `mode` and `extra` are the
-        script's own (ARGV[9] and ARGV[11..])."""
+        """Validate an entry and build its apply_entry.lua call; `mode`, `grant` and `parts`
+        are the script's own (ARGV[9], ARGV[11] and ARGV[14..])."""
         check_text("user_id", user_id, MAX_USER_ID, required=True)
         check_amount(abs(delta))
         check_text("description", description, MAX_DESCRIPTION)
@@ -439,7 +455,7 @@ class Credits:
                 raise InvalidRequestError("expires_at applies to adds only")
             check_expiry(expires_at_ms, now_ms)
             fields["expires_at"] = expires_at_ms
-            mode, extra = mode + "g", (expires_at_ms,)
+            mode, grant = mode + "g", expires_at_ms
         entry = orjson.dumps(fields)
         script_keys = keys.script_keys()
         fingerprint = ""
@@ -461,6 +477,13 @@ class Credits:
             script_keys += (keys.top_up(), keys.top_up_due())
             mode += "t"
             member = keys.top_up_member()
+        allowed = ""
+        if app.key_id is not None and kind in OPERATIONS:
+            # Counted for every app (GET /usage), refused only where a plan caps it.
+            script_keys.append(keys.plan_usage(app.app_id, month_of(now_ms)))
+            mode += "l"
+            if app.plan_monthly_operations is not None:
+                allowed = str(app.plan_monthly_operations)
         args = (
             delta,
             -app.overdraft_limit,
@@ -472,9 +495,15 @@ class Credits:
             ledger_id,
             mode,
             member,
-            *extra,
+            grant,
+            watch_arg(app),
+            allowed,
+            *parts,
         )
-        return _Call(user_id, keys, script_keys, args, -app.overdraft_limit, refund_of)
+        return _Call(
+            user_id, keys, script_keys, args, -app.overdraft_limit, refund_of,
+            app.plan_monthly_operations,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +516,7 @@ class _Call:
     args: tuple[Any, ...]
     floor: int
     refund_of: str | None
+    allowed: int | None
 
     def result(self, reply: list[Any]) -> EntryResult:
         status = reply[0]
@@ -512,20 +542,22 @@ class _Call:
             raise ConflictError(
                 f"the user has {MAX_GRANTS} active grants, the most one account may have"
             )
+        if status == "plan_limit":
+            raise PlanLimitError("monthly_operations", int(reply[1]), self.allowed or 0)
         raise RuntimeError(f"apply_entry.lua returned {reply!r}")
 
 
-def refund_moves(original: LedgerEntry) -> tuple[str, tuple[Any, ...]]:
-    """apply_entry.lua's mode and extra arguments for a refund of `original`: which credits it
-    moves. What is left of a refunded grant; grant credits back to the grants an entry took
-    them from; a refunded add's credits that never expire before any grant's (a refund never
-    makes expiring credits lasting)."""
+def refund_moves(original: LedgerEntry) -> tuple[str, str, tuple[Any, ...]]:
+    """apply_entry.lua's mode, refunded grant (ARGV[11]) and grant parts (ARGV[14..]) for a
+    refund of `original`: which credits it moves. What is left of a refunded grant; grant
+    credits back to the grants an entry took them from; a refunded add's credits that never
+    expire before any grant's (a refund never makes expiring credits lasting)."""
     if original.expires_at_ms is not None:
-        return "x", (original.ledger_id,)
+        return "x", original.ledger_id, ()
     if original.amount > 0:
-        return "p", ()
+        return "p", "", ()
     parts = [(part["grant_id"], -int(part["amount"])) for part in original.grants or ()]
-    return "", ("", *(value for part in parts for value in part)) if parts else ()
+    return "", "", tuple(value for part in parts for value in part)
 
 
 def entry_result(reply: list[Any]) -> EntryResult:

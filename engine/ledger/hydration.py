@@ -11,10 +11,11 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from engine.bridge import Bridge
-from engine.errors import UnavailableError
+from engine.errors import PlanLimitError, UnavailableError
 from engine.ledger.defaults import HYDRATE_ATTEMPTS
 from engine.ledger.expiring import Expiring, rebuild
 from engine.ledger.repository import LedgerRepository, Snapshot
+from engine.models import AppContext
 from engine.store import scripts
 from engine.store.keys import AccountKeys
 from engine.store.scripts import Scripts
@@ -57,49 +58,73 @@ class Hydration:
         self._scripts = scripts_
 
     async def run(
-        self, app_id: str, user_id: str, keys: AccountKeys, script: AsyncScript, call: scripts.Call
-    ) -> Any:
+        self, app: AppContext, user_id: str, keys: AccountKeys, script: AsyncScript,
+        call: scripts.Call,
+    ) -> Any:  # fmt: skip
         """One script call on an account, rebuilding the account when Redis lacks it."""
         for _ in range(HYDRATE_ATTEMPTS):
             reply = await scripts.run(self._redis, script, call[0], call[1])
             if reply[0] != "missing":
                 return reply
-            await self.ensure(app_id, {user_id: keys}, create=True)
+            accounts = {user_id: keys}
+            await self.ensure(app.app_id, accounts, create=True, max_users=app.plan_max_users)
         raise UnavailableError(GONE)
 
     async def ensure(
-        self, app_id: str, accounts: dict[str, AccountKeys], *, create: bool
+        self,
+        app_id: str,
+        accounts: dict[str, AccountKeys],
+        *,
+        create: bool,
+        max_users: int | None = None,
     ) -> set[str]:
         """Rebuild missing accounts from the ledger: one PostgreSQL query (two when some have
         grants or holds), one Redis round trip. Returns the users whose account now exists.
 
         With create=False an account the ledger has never seen is left absent (a balance read
-        of an unknown user must not allocate memory).
+        of an unknown user must not allocate memory). With `max_users`, new users beyond it are
+        not made: PlanLimitError names them, after the others are rebuilt.
 
         With PostgreSQL unreachable, Redis answers for the shards it holds completely
         (engine.ledger.completeness), so a brand-new user's first add still works. PostgreSQL
         stays the first judge: a mark can outlive a loss Redis cannot see (the last second of
         an AOF `everysec` crash), and PostgreSQL then still has the lost account.
         """
+        limit = max_users if create else None
         try:
-            snapshots, expiring = await self._bridge.call(self._snapshots, app_id, list(accounts))
+            snapshots, expiring, refused, users = await self._bridge.call(
+                self._snapshots, app_id, list(accounts), limit
+            )
         except UnavailableError:
+            # Without PostgreSQL the users cannot be counted: serving wins over the plan.
             return await self._vouch(accounts, create=create)
+        made = {
+            user
+            for user, snap in snapshots.items()
+            if (create and user not in refused) or snap.updated_at is not None
+        }
         calls = [
-            hydrate_call(accounts[user_id], snapshot, expiring.get((app_id, user_id)))
-            for user_id, snapshot in snapshots.items()
-            if create or snapshot.updated_at is not None
+            hydrate_call(accounts[user], snapshots[user], expiring.get((app_id, user)))
+            for user in made
         ]
         if calls:
             await scripts.run_many(self._redis, self._scripts.hydrate, calls)
-        return {user for user, snap in snapshots.items() if create or snap.updated_at is not None}
+        if refused:
+            raise PlanLimitError("max_users", users, limit or 0, frozenset(refused))
+        return made
 
     def _snapshots(
-        self, app_id: str, user_ids: list[str]
-    ) -> tuple[dict[str, Snapshot], dict[tuple[str, str], Expiring]]:
+        self, app_id: str, user_ids: list[str], max_users: int | None
+    ) -> tuple[dict[str, Snapshot], dict[tuple[str, str], Expiring], list[str], int]:
         snapshots = self._repository.account_snapshots(app_id, user_ids)
         accounts = [(app_id, user_id, snap) for user_id, snap in snapshots.items()]
-        return snapshots, expiring_of(self._repository, accounts)
+        refused: list[str] = []
+        users = 0
+        # In the caller's order: a batch's first new users are the ones let in.
+        new = [user for user in user_ids if snapshots[user].updated_at is None]
+        if max_users is not None and new:
+            refused, users = self._repository.admit_users(app_id, new, max_users)
+        return snapshots, expiring_of(self._repository, accounts), refused, users
 
     async def _vouch(self, accounts: dict[str, AccountKeys], *, create: bool) -> set[str]:
         """The accounts that exist (created at 0 where Redis vouches they are new); raises

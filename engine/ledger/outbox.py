@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from engine.events.derive import crossing_events, entry_events
+from engine.events.types import Event
 from engine.ledger.defaults import OUTBOX_GROUP
 from engine.ledger.repository import LedgerRepository
 from engine.models import LedgerEntry
@@ -62,12 +65,14 @@ class OutboxWriter:
             if not batches:
                 break
             entries: list[LedgerEntry] = []
+            events: list[Event] = []
             dead: list[tuple[int, str, str, str]] = []
             for shard, batch in batches.items():
-                shard_entries, shard_dead = _parse(shard, batch)
+                shard_entries, shard_events, shard_dead = _parse(shard, batch)
                 entries += shard_entries
+                events += shard_events
                 dead += shard_dead
-            inserted = self._repository.insert_entries(entries, dead)
+            inserted = self._repository.insert_entries(entries, dead, events)
             committed_ms = time.time_ns() // 1_000_000
             pipe = self._redis.pipeline(transaction=False)
             for shard, batch in batches.items():
@@ -141,21 +146,29 @@ def _messages(raw: list[Any]) -> list[_Message]:
 
 def _parse(
     shard: int, batch: list[_Message]
-) -> tuple[list[LedgerEntry], list[tuple[int, str, str, str]]]:
+) -> tuple[list[LedgerEntry], list[Event], list[tuple[int, str, str, str]]]:
+    """A shard's messages: entries ("e"), and the thresholds they crossed ("v", events only)."""
     entries: list[LedgerEntry] = []
+    events: list[Event] = []
     dead: list[tuple[int, str, str, str]] = []
     for message_id, fields in batch:
         if fields is None:
             continue  # deleted from the stream after its COMMIT; only the acknowledgement is left
-        payload = fields.get("e", "")
+        payload = fields.get("e")
         try:
-            entries.append(LedgerEntry.from_json(payload))
+            if payload is None and "v" in fields:
+                events += crossing_events(orjson.loads(fields["v"]))
+                continue
+            entry = LedgerEntry.from_json(payload or "")
+            entries.append(entry)
+            events += entry_events(entry)
         except (ValueError, TypeError, KeyError) as exc:
+            payload = payload or fields.get("v", "")
             log.error(
                 "outbox entry %s of shard %s does not parse; dead-lettered", message_id, shard
             )
             dead.append((shard, message_id, payload, f"unparseable: {exc}"))
-    return entries, dead
+    return entries, events, dead
 
 
 @dataclass(frozen=True, slots=True)

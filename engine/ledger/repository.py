@@ -2,7 +2,7 @@
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -12,8 +12,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from engine.events.repository import insert_events
+from engine.events.types import Event
 from engine.models import LedgerEntry
-from engine.store.db import connection
+from engine.store.db import connection, one
 from engine.store.keys import shard_of
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,31 @@ _EXPIRING = "l.expires_at IS NOT NULL OR l.hold_id IS NOT NULL OR l.grants IS NO
 class LedgerRepository:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
+
+    def users_of(self, app_id: str) -> int:
+        """The app's users: those with a persisted entry, and those a plan let in."""
+        with connection(self._pool) as conn:
+            row = conn.execute("SELECT count(*) FROM accounts WHERE app_id = %s", (app_id,))
+            return int(one(row.fetchone())[0])
+
+    def admit_users(self, app_id: str, user_ids: list[str], allowed: int) -> tuple[list[str], int]:
+        """Let in as many of these new users as `allowed` users leaves room for, in order, each
+        recorded as an account at once (so every API process counts it); returns the users
+        refused and the count before. One app's admissions are serialized."""
+        with connection(self._pool) as conn, conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 2))", (f"users:{app_id}",)
+            )
+            row = conn.execute("SELECT count(*) FROM accounts WHERE app_id = %s", (app_id,))
+            users = int(one(row.fetchone())[0])
+            room = max(0, allowed - users)
+            if room and user_ids[:room]:
+                conn.execute(
+                    "INSERT INTO accounts (app_id, user_id, balance, last_seq, last_activity_at)"
+                    " SELECT %s, unnest(%s::text[]), 0, 0, now() ON CONFLICT DO NOTHING",
+                    (app_id, user_ids[:room]),
+                )
+        return user_ids[room:], users
 
     def account_snapshots(self, app_id: str, user_ids: list[str]) -> dict[str, "Snapshot"]:
         """Accounts as their ledger holds them: balance, last seq, last change (None: never),
@@ -128,18 +155,23 @@ class LedgerRepository:
         return [_entry(row) for row in rows]
 
     def insert_entries(
-        self, entries: list[LedgerEntry], dead: list[tuple[int, str, str, str]]
+        self,
+        entries: list[LedgerEntry],
+        dead: list[tuple[int, str, str, str]],
+        events: Sequence[Event] = (),
     ) -> int:
-        """Insert entries not yet present and record dead letters, in one transaction.
+        """Insert entries not yet present, the events they caused, and dead letters, in one
+        transaction.
 
         Returns how many entries were new. An entry PostgreSQL refuses makes the whole batch
         go again one entry at a time, the refused ones into `outbox_dead_letters`
-        (shard, ref, payload, error) instead of blocking the stream.
+        (shard, ref, payload, error) instead of blocking the stream, without their events.
         """
         with connection(self._pool) as conn:
             try:
                 with conn.transaction():
                     inserted = _insert(conn, entries)
+                    insert_events(conn, list(events))
                     _insert_dead(conn, dead)
                     return inserted
             except (psycopg.DataError, psycopg.IntegrityError):
@@ -153,6 +185,13 @@ class LedgerRepository:
                     except (psycopg.DataError, psycopg.IntegrityError) as exc:
                         payload = json.dumps(asdict(entry))
                         dead.append((_shard(entry), entry.ledger_id, payload, str(exc)))
+                refused = {ref for _, ref, _, _ in dead}
+                try:
+                    with conn.transaction():
+                        insert_events(conn, [e for e in events if e.ledger_id not in refused])
+                except (psycopg.DataError, psycopg.IntegrityError):
+                    # The entries must not wait behind their events: these are lost, loudly.
+                    log.exception("events of a refused batch refused too; dropped")
                 _insert_dead(conn, dead)
             return inserted
 

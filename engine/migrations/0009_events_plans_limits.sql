@@ -51,8 +51,13 @@ CREATE TABLE event_deliveries (
     response_code   integer,
     last_error      text,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
-    -- A worker sending it: others leave it alone until then.
+    -- Queued for a worker, or being sent by one, until then: a claim whose job was lost or
+    -- whose sender died lapses, and the delivery is claimed again. Only the job carrying the
+    -- latest claim sends it.
     claimed_until   timestamptz,
+    claim           uuid,
+    -- Retried until then: a day after the event, or after a redelivery.
+    give_up_at      timestamptz NOT NULL DEFAULT now() + interval '24 hours',
     delivered_at    timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     UNIQUE (event_id, endpoint_id)
@@ -66,7 +71,5 @@ CREATE TABLE plan_usage (
     app_id     text NOT NULL REFERENCES apps (app_id),
     month      date NOT NULL,
     operations bigint NOT NULL,
-    -- The sum of Redis's counters that `operations` includes.
-    counted    bigint NOT NULL,
     PRIMARY KEY (app_id, month)
 );

@@ -177,6 +177,7 @@ class Webhooks:
                 wanted,
                 description=f"{event.provider} refund",
                 reference_id=event.payment_id,
+                metadata={"provider": event.provider},
                 idempotency_key=(
                     f"{event.provider}:{event.payment_id}:refunded:{data.refunded_minor}"
                 ),

@@ -70,6 +70,23 @@ def top_up_due_key(shard: int) -> str:
     return f"{_tag(shard)}:topup-due"
 
 
+def plan_usage_key(shard: int, app_id: str, month: str) -> str:
+    """Hash of an app's operations in one shard and calendar month (YYYY-MM, UTC): `n` counted
+    by the scripts; `base`, what `n` was at the worker's last sum, and `others`, every other
+    shard's operations then (engine/plans)."""
+    return f"{_tag(shard)}:plan:{app_id}:{month}"
+
+
+def plan_total_key(app_id: str, month: str) -> str:
+    """The app's operations in the month as of the worker's last sum."""
+    return f"{PREFIX}:plan-total:{app_id}:{month}"
+
+
+def plans_lock_key() -> str:
+    """Held by the one worker summing plan usage this second."""
+    return f"{PREFIX}:plans-lock"
+
+
 # Every account hash, for SCAN; parse_account_key reads a match back.
 ACCOUNT_PATTERN = f"{PREFIX}:{{s*}}:acct:*"
 
@@ -160,6 +177,9 @@ class AccountKeys:
     def hold_end(self, token: str) -> str:
         """How a settled hold ended ("captured <ledger_id>"), kept a while after it did."""
         return f"{self._tag}:hold-end:{self._scope}:{token}"
+
+    def plan_usage(self, app_id: str, month: str) -> str:
+        return plan_usage_key(self.shard, app_id, month)
 
     def complete(self) -> str:
         return complete_key(self.shard)

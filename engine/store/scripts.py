@@ -13,10 +13,11 @@ from typing import Any, Generic, TypeVar
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from engine.errors import UnavailableError
-from engine.store.redis import OUTAGES, as_unavailable, outages
+from engine.metrics.registry import SCRIPT_ERRORS
+from engine.store.redis import OUTAGES, as_unavailable
 
 S = TypeVar("S", Script, AsyncScript)
 
@@ -76,7 +77,11 @@ async def run(
             except NoScriptError:
                 await client.script_load(script.script)
     except OUTAGES as exc:
+        SCRIPT_ERRORS.labels(type(exc).__name__).inc()
         raise as_unavailable(exc) from exc
+    except RedisError as exc:  # the script itself failed
+        SCRIPT_ERRORS.labels(type(exc).__name__).inc()
+        raise
     raise UnavailableError(_FLUSHED)
 
 
@@ -91,7 +96,7 @@ async def run_many(
     applied operations as failed)."""
     replies: list[Any] = [None] * len(calls)
     pending = list(range(len(calls)))
-    with outages():
+    try:
         for _ in range(_LOADS):
             pipe = client.pipeline(transaction=False)
             for index in pending:
@@ -109,11 +114,16 @@ async def run_many(
             pending = lost
         else:
             raise UnavailableError(_FLUSHED)
+    except OUTAGES as exc:
+        SCRIPT_ERRORS.labels(type(exc).__name__).inc()
+        raise as_unavailable(exc) from exc
     for index, reply in enumerate(replies):
         if isinstance(reply, OUTAGES):
+            SCRIPT_ERRORS.labels(type(reply).__name__).inc()
             if not each:
                 raise as_unavailable(reply)
             replies[index] = as_unavailable(reply)
         elif isinstance(reply, Exception):
+            SCRIPT_ERRORS.labels(type(reply).__name__).inc()
             raise reply
     return replies

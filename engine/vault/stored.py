@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from engine.errors import SecretKeyError, UnavailableError
@@ -22,6 +23,7 @@ SEALED: dict[str, tuple[str, tuple[str, ...]]] = {
             "stripe_secret_key",
         ),
     ),
+    "webhook_endpoints": ("endpoint_id", ("secret", "previous_secret")),
 }
 PLAIN = "plain"  # census key of values stored before sealing existed
 
@@ -31,6 +33,8 @@ def census(pool: ConnectionPool) -> Counter[str]:
     counts: Counter[str] = Counter()
     with connection(pool) as conn:
         for table, (_, columns) in SEALED.items():
+            if not _exists(conn, table):
+                continue  # the schema of an older Tally, not migrated yet
             for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table}"):
                 counts.update(sealed_with(value) or PLAIN for value in row if value is not None)
     return counts
@@ -103,3 +107,8 @@ def check_keys(settings: Settings) -> None:
         pool.close()
     if counts[PLAIN]:
         raise SecretKeyError(_plain_waiting(counts[PLAIN]))
+
+
+def _exists(conn: psycopg.Connection, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])

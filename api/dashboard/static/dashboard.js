@@ -1,5 +1,6 @@
-// Copy buttons: <button data-copy="ID"> copies the text of element ID. Loaded from this
-// origin only; the pages carry no inline script (Content-Security-Policy forbids it).
+// Copy buttons: <button data-copy="ID"> copies the text of element ID; a form with
+// data-confirm asks first. Loaded from this origin only; the pages carry no inline script
+// (Content-Security-Policy forbids it).
 document.addEventListener("click", async (event) => {
   const button = event.target.closest("[data-copy]");
   if (!button) return;
@@ -17,4 +18,10 @@ document.addEventListener("click", async (event) => {
   }
   button.textContent = "Copied";
   setTimeout(() => { button.textContent = "Copy"; }, 1500);
+});
+
+// Only a safeguard against a slip of the mouse: without script the form is sent unasked.
+document.addEventListener("submit", (event) => {
+  const message = event.target.dataset.confirm;
+  if (message && !confirm(message)) event.preventDefault();
 });

@@ -4,7 +4,8 @@ export type TallyErrorCode =
   | 'network_error'
   | 'timeout'
   | 'aborted'
-  | 'invalid_response';
+  | 'invalid_response'
+  | 'invalid_webhook';
 
 /** Every failure the SDK reports (the API key is never part of it). */
 export declare class TallyError extends Error {
@@ -37,4 +38,17 @@ export declare class InsufficientBalanceError extends TallyError {
   /** With overdraft on, how far down the user may go. */
   readonly floor: number | undefined;
   constructor(init?: { requestId?: string | null; body?: unknown });
+}
+
+/**
+ * What verifyWebhook throws: a missing or malformed header, a timestamp outside the tolerance,
+ * no matching signature, a malformed secret, or a body that is not a Tally event. Answer the
+ * sender 400 and do not act on the body.
+ */
+export declare class WebhookVerificationError extends TallyError {
+  /** No call was made. */
+  readonly status: 0;
+  readonly requestId: null;
+  readonly code: 'invalid_webhook';
+  constructor(message: string);
 }

@@ -32,6 +32,17 @@ export class InsufficientBalanceError extends TallyError {
   }
 }
 
+/**
+ * A webhook that did not verify (verifyWebhook in the server entry): answer the sender 400 and
+ * do not act on the body. No call was made, so `status` is 0 and `requestId` null.
+ */
+export class WebhookVerificationError extends TallyError {
+  constructor(message) {
+    super({ error: message, message, code: 'invalid_webhook' });
+    this.name = 'WebhookVerificationError';
+  }
+}
+
 function describe(status, text, requestId) {
   const where = [status ? `HTTP ${status}` : null, requestId ? `request ${requestId}` : null];
   const context = where.filter(Boolean).join(', ');

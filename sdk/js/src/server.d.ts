@@ -1,6 +1,6 @@
 import type { AbortSignalLike, Metadata, TransactionsPage, TransportOptions } from './types.js';
 
-export { TallyError, InsufficientBalanceError } from './errors.js';
+export { TallyError, InsufficientBalanceError, WebhookVerificationError } from './errors.js';
 export type { TallyErrorCode } from './errors.js';
 export type { Transaction, TransactionsPage } from './types.js';
 
@@ -158,3 +158,49 @@ export interface ServerClient {
 }
 
 export declare function createServerClient(options: ServerClientOptions): ServerClient;
+
+/** The request body exactly as received: a Buffer is a Uint8Array. */
+export type WebhookPayload = string | Uint8Array | ArrayBuffer;
+
+/**
+ * Node's `req.headers`, any plain object (names in any case), or a fetch `Headers`: anything
+ * with a `get` is asked through it, and a Headers' `get` ignores case.
+ */
+export type WebhookHeaders =
+  | Record<string, string | string[] | undefined>
+  | { get(name: string): string | null | undefined };
+
+export interface VerifyWebhookOptions {
+  /** How many seconds `webhook-timestamp` may be from now, either way. Default 300. */
+  tolerance?: number;
+  /** The time to check against: a Date, or milliseconds as Date.now() gives. Default now. */
+  now?: Date | number;
+}
+
+/** A verified event: the body's `type`, `timestamp` and `data`, with the message id. */
+export interface WebhookEvent<Data = Record<string, any>> {
+  /** The `webhook-id` header: the same on every retry of one event, so deduplicate on it. */
+  id: string;
+  /** 'balance.low', 'payment.credited', … */
+  type: string;
+  /** When the event happened, ISO 8601 as sent. */
+  timestamp: string;
+  /** As sent: the API's snake_case field names. */
+  data: Data;
+  /** The whole body, parsed. */
+  raw: { type: string; timestamp: string; data: Data; [field: string]: unknown };
+}
+
+/**
+ * Checks that a webhook came from Tally and is recent, and returns its event. `payload` must be
+ * the raw body (`express.raw({ type: 'application/json' })`, `await request.text()`): JSON
+ * parsed and serialized again is not the same bytes and does not verify. Throws a
+ * WebhookVerificationError otherwise, and a TypeError for a payload that is not a string or
+ * bytes.
+ */
+export declare function verifyWebhook<Data = Record<string, any>>(
+  payload: WebhookPayload,
+  headers: WebhookHeaders,
+  secret: string,
+  options?: VerifyWebhookOptions,
+): WebhookEvent<Data>;

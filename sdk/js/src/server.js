@@ -17,6 +17,9 @@
  *   withHold(userId, amount, async (hold) => { …; await hold.capture(cost) }, { ttlSeconds, note })
  *
  * A 402 on hold throws an InsufficientBalanceError too.
+ *
+ * verifyWebhook(rawBody, headers, secret, { tolerance }) checks a webhook Tally sent (see
+ * webhooks.js); it needs node:crypto, which is why it lives here and not in the browser entry.
  */
 import { camelKeys, transactionsPage } from './case.js';
 import { InsufficientBalanceError } from './errors.js';
@@ -24,7 +27,8 @@ import { HoldHandle, checkHoldFunction, holdPath, isoMoment, runUnderHold } from
 import { isInsufficientCredits, keyedPost } from './tally.js';
 import { apiKeyTransport } from './transport.js';
 
-export { TallyError, InsufficientBalanceError } from './errors.js';
+export { TallyError, InsufficientBalanceError, WebhookVerificationError } from './errors.js';
+export { verifyWebhook } from './webhooks.js';
 
 export function createServerClient(options = {}) {
   const transport = apiKeyTransport('createServerClient', options);

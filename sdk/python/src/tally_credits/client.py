@@ -31,6 +31,7 @@ from .models import (
 )
 from .retry import RetryPolicy
 from .transport import AsyncTransport, Core, SyncTransport
+from .webhooks import verify_webhook
 
 Operations = Sequence[BatchOperation | Mapping[str, Any]]
 
@@ -280,6 +281,9 @@ class Tally:
         self.get_hold = self.credits.get_hold
         self.list_holds = self.credits.list_holds
 
+    # Needs no client: `Tally.verify_webhook(body, headers, secret)` works on the class too.
+    verify_webhook = staticmethod(verify_webhook)
+
     # reauth's credits API, by its names.
 
     def charge(
@@ -343,6 +347,9 @@ class AsyncTally:
         self.release_hold = self.credits.release_hold
         self.get_hold = self.credits.get_hold
         self.list_holds = self.credits.list_holds
+
+    # Not a coroutine: verifying does no I/O.
+    verify_webhook = staticmethod(verify_webhook)
 
     async def charge(
         self, user_id: str, *, amount: int, request_uuid: str | None = None, note: str | None = None

@@ -94,6 +94,16 @@ class ServiceUnavailable(TallyError):
     and it applies at most once."""
 
 
+class WebhookVerificationError(TallyError):
+    """A webhook that did not verify (`verify_webhook`): a missing or malformed header, a
+    timestamp outside the tolerance, no matching signature, a malformed secret or a body that
+    is not a Tally event. No call was made, so `status` and `request_id` are None; answer the
+    sender 400 and do not act on the body."""
+
+    def __str__(self) -> str:
+        return self.error
+
+
 _BY_STATUS: dict[int, type[TallyError]] = {
     401: AuthenticationError,
     402: InsufficientBalance,
