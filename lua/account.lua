@@ -477,18 +477,19 @@ end
 
 -- Plan limits (engine/plans): the app's usage hash in this shard for this month counts its
 -- operations here (`n`) and holds what the worker last summed of the other shards' (`others`).
--- Returns the operations used when `allowed` ("" for no cap) leaves no room for one more,
--- else nil.
-local function over_plan(allowed)
-  if allowed == '' then
+-- Returns the reply refusing an operation when `allowed` ("" for no cap) leaves no room for
+-- one more, else nil.
+local function plan_refusal(allowed)
+  if not A.plan or allowed == '' then
     return nil
   end
   local u = redis.call('HMGET', A.plan, 'n', 'others')
   local used = (tonumber(u[1]) or 0) + (tonumber(u[2]) or 0)
-  if used >= tonumber(allowed) then
-    return fmt(used)
+  if used < tonumber(allowed) then
+    return nil
   end
-  return nil
+  finish()
+  return {'plan_limit', fmt(used)}
 end
 
 local function count_operation()

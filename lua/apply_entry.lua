@@ -55,12 +55,9 @@ local st, reply = start(mode, ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[
 if not st then
   return reply
 end
-if A.plan then
-  local used = over_plan(ARGV[13])
-  if used then
-    finish()
-    return {'plan_limit', used}
-  end
+local refused = plan_refusal(ARGV[13])
+if refused then
+  return refused
 end
 if A.marker then
   local refund = redis.call('GET', A.marker)

@@ -36,7 +36,7 @@ from engine.models import (
     HoldResult,
     LedgerEntry,
 )
-from engine.plans.month import month_of
+from engine.plans.operations import counted
 from engine.settings import Settings
 from engine.store.keys import AccountKeys, account_keys, new_ledger_id
 from engine.store.redis import outages
@@ -100,13 +100,10 @@ class Holds:
         mode, script_keys, fingerprint = _idempotency(
             keys, idempotency_key, identity, metadata_text
         )
-        allowed = ""
-        if app.key_id is not None:
-            # A hold is one of the app's operations, as a deduct is (engine.ledger.credits).
-            script_keys.append(keys.plan_usage(app.app_id, month_of(now_ms)))
-            mode += "l"
-            if app.plan_monthly_operations is not None:
-                allowed = str(app.plan_monthly_operations)
+        # A hold is one of the app's operations, as a deduct is.
+        plan_keys, letter, allowed = counted(app, keys, now_ms)
+        script_keys += plan_keys
+        mode += letter
         args = (
             amount, -app.overdraft_limit, orjson.dumps(head)[:-1], fingerprint,
             self._idempotency_ttl, self._recent_entries, now_ms, ledger_id, mode, token,

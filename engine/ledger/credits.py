@@ -44,7 +44,7 @@ from engine.models import (
     Operation,
     RefundResult,
 )
-from engine.plans.month import month_of
+from engine.plans.operations import counted
 from engine.settings import Settings
 from engine.store import scripts
 from engine.store.keys import (
@@ -478,12 +478,10 @@ class Credits:
             mode += "t"
             member = keys.top_up_member()
         allowed = ""
-        if app.key_id is not None and kind in OPERATIONS:
-            # Counted for every app (GET /usage), refused only where a plan caps it.
-            script_keys.append(keys.plan_usage(app.app_id, month_of(now_ms)))
-            mode += "l"
-            if app.plan_monthly_operations is not None:
-                allowed = str(app.plan_monthly_operations)
+        if kind in OPERATIONS:
+            plan_keys, letter, allowed = counted(app, keys, now_ms)
+            script_keys += plan_keys
+            mode += letter
         args = (
             delta,
             -app.overdraft_limit,
