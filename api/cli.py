@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,6 +24,7 @@ from engine.container import Engine
 from engine.errors import InvalidRequestError, TallyError, UnavailableError
 from engine.events.types import EVENT_TYPES
 from engine.ledger.outbox import outbox_lag
+from engine.ledger.retention import archive_month, restore_month
 from engine.models import CREDITS_CONFIG, ApiKey, App
 from engine.operators.passwords import generate_password
 from engine.operators.repository import Operator
@@ -31,7 +33,7 @@ from engine.payments.providers import webhook_urls
 from engine.payments.repository import WebhookEvent
 from engine.settings import Settings
 from engine.store.db import migrate
-from engine.store.redis import OUTAGES, UNREACHABLE
+from engine.store.redis import OUTAGES, UNREACHABLE, node_states
 from engine.vault.keyring import generate_key
 from engine.vault.stored import PLAIN, census, check_keys, reseal
 from workers.queue import Jobs
@@ -113,6 +115,8 @@ def _unreachable(service: str | None, message: str, settings: Settings) -> NoRet
 
 
 def _without_password(url: str) -> str:
+    if "," in url:  # a cluster's seed nodes
+        return ",".join(map(_without_password, url.split(",")))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -162,6 +166,17 @@ def _parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="set drifted balances to the ledger's"
     )
     reconcile.add_argument("--json", action="store_true", help="print JSON")
+
+    ledger = commands.add_parser(
+        "ledger", help="the ledger's monthly partitions"
+    ).add_subparsers(required=True, metavar="ACTION")
+    for name, run, text in (
+        ("archive", _ledger_archive, "detach an old month, keeping what it summed to per account"),
+        ("restore", _ledger_restore, "attach an archived month's table again"),
+    ):
+        month = command(ledger, name, run, text)
+        month.add_argument("month", type=_month, metavar="YYYY-MM", help="the month, UTC")
+        month.add_argument("--json", action="store_true", help="print JSON")
 
     vault = commands.add_parser(
         "secrets", help="the key that encrypts stored secrets, and its rotation"
@@ -462,13 +477,18 @@ def _worker(args: argparse.Namespace, cx: Context) -> None:
 
 
 def _status(args: argparse.Namespace, cx: Context) -> None:
+    nodes = [asdict(node) for node in node_states(cx.engine.sync_redis)]
     lags = outbox_lag(cx.engine.sync_redis)
     depth, oldest = sum(lag.depth for lag in lags), max(lag.oldest_age_seconds for lag in lags)
     shards = [asdict(lag) for lag in lags if lag.depth or args.all]
-    text = f"outbox: {depth} entries, oldest {oldest:.1f} s"
+    columns = ("node", "role", "state", "used_memory", "maxmemory", "connected_replicas")
+    text = table(nodes, columns, "")
+    text += f"\noutbox: {depth} entries, oldest {oldest:.1f} s"
     if shards:
         text += "\n" + table(shards, ("shard", "depth", "oldest_age_seconds"), "")
-    view = {"outbox_depth": depth, "oldest_age_seconds": oldest, "shards": shards}
+    view = {
+        "redis_nodes": nodes, "outbox_depth": depth, "oldest_age_seconds": oldest, "shards": shards,
+    }  # fmt: skip
     _print(args, view, text)
     if args.max_lag is not None and oldest > args.max_lag:
         sys.exit(1)
@@ -483,6 +503,28 @@ def _reconcile(args: argparse.Namespace, cx: Context) -> None:
     _print(args, report, text)
     if report["drifted"] and not args.repair:
         sys.exit(3)
+
+
+def _month(text: str) -> date:
+    try:
+        return date.fromisoformat(f"{text}-01")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month (YYYY-MM)") from None
+
+
+def _ledger_archive(args: argparse.Namespace, cx: Context) -> None:
+    done = archive_month(cx.engine.pool, args.month)
+    text = (
+        f"detached {done.partition}: {done.entries} entries of {done.accounts} accounts;"
+        f" dump it (pg_dump -Fc -t {done.partition}), then drop it"
+    )
+    _print(args, asdict(done), text)
+
+
+def _ledger_restore(args: argparse.Namespace, cx: Context) -> None:
+    done = restore_month(cx.engine.pool, args.month)
+    text = f"attached {done.partition}: {done.entries} entries of {done.accounts} accounts"
+    _print(args, asdict(done), text)
 
 
 def _secrets_generate_key(args: argparse.Namespace, cx: Context) -> None:

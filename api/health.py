@@ -16,7 +16,7 @@ from engine.errors import UnavailableError
 from engine.ledger.outbox import outbox_lag
 from engine.store.db import connection
 from engine.store.readiness import load_scripts, missing_scripts
-from engine.store.redis import memory_state
+from engine.store.redis import node_states, redis_state_of
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,12 @@ async def healthz(request: Request) -> Response:
 
 async def report(engine: Engine) -> HealthView:
     """Redis, PostgreSQL and the outbox as /healthz and the dashboard's Health tab show them."""
-    redis_state, outbox = "unavailable", None
+    redis_state, outbox, nodes = "unavailable", None, []
     try:
-        lags = await engine.bridge.call(outbox_lag, engine.sync_redis)
+        nodes = await engine.bridge.call(node_states, engine.sync_redis)
         # Out of memory, Redis still answers reads but refuses every write.
-        redis_state = await engine.bridge.call(memory_state, engine.sync_redis)
+        redis_state = redis_state_of(nodes)
+        lags = await engine.bridge.call(outbox_lag, engine.sync_redis)
         outbox = OutboxView(
             depth=sum(lag.depth for lag in lags),
             oldest_age_seconds=max(lag.oldest_age_seconds for lag in lags),
@@ -60,6 +61,10 @@ async def report(engine: Engine) -> HealthView:
     }
     if outbox is not None:
         body["outbox"] = outbox
+    if len(nodes) > 1:  # a cluster: which node is what
+        body["redis_nodes"] = [
+            {"node": node.node, "role": node.role, "state": node.state} for node in nodes
+        ]
     return body
 
 

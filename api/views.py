@@ -276,11 +276,18 @@ class OutboxView(TypedDict):
     shards: list[OutboxShard]
 
 
+class RedisNodeView(TypedDict):
+    node: str  # host:port
+    role: str  # master, replica, unknown (it does not answer)
+    state: str  # ok, oom, unavailable
+
+
 class HealthView(TypedDict):
     status: Literal["ok", "unavailable"]
     redis: str
     postgres: NotRequired[Literal["ok", "unavailable"]]
     outbox: NotRequired[OutboxView]
+    redis_nodes: NotRequired[list[RedisNodeView]]  # on a Redis Cluster
 
 
 class ReadyView(TypedDict):

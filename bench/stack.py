@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from engine.settings import Settings
 from engine.store.db import migrate
 from engine.store.redis import sync_client
 from engine.vault.keyring import generate_key
-from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
+from tests.servers import PostgresServer, RedisCluster, RedisServer, free_port, wait_for_port
 
 USERS = 10_000
 FUNDS = 10**12  # per user: no run can drain it
@@ -24,7 +25,7 @@ FUNDS = 10**12  # per user: no run can drain it
 
 @dataclass
 class Stack:
-    redis: RedisServer
+    redis: RedisServer | RedisCluster
     postgres: PostgresServer
     settings: Settings
     app: AppContext
@@ -36,6 +37,9 @@ class Stack:
     def env(self) -> dict[str, str]:
         return os.environ | {
             "TALLY_REDIS_URL": self.settings.redis_url,
+            "TALLY_REDIS_CLUSTER": str(self.settings.redis_cluster).lower(),
+            "TALLY_QUEUE_REDIS_URL": self.settings.queue_url,
+            "TALLY_REDIS_WAIT_REPLICAS": str(self.settings.redis_wait_replicas),
             "TALLY_DATABASE_URL": self.settings.database_url,
             "TALLY_LOG_LEVEL": "warning",
             # The configured app's endpoint secret is stored encrypted.
@@ -47,12 +51,26 @@ class Stack:
 
 
 @contextmanager
-def stack() -> Iterator[Stack]:
-    redis_server = RedisServer(appendonly=True).start()
+def stack(*, cluster: bool = False, wait_replicas: int = 0) -> Iterator[Stack]:
+    """Redis (AOF on; a Redis Cluster of 3 masters and 3 replicas with `cluster`, or with
+    `wait_replicas` a replica of the one Redis that every write waits for) and PostgreSQL."""
+    redis_server: RedisServer | RedisCluster = (
+        RedisCluster(appendonly=True) if cluster else RedisServer(appendonly=True)
+    ).start()
+    queue = RedisServer().start() if cluster else None
+    replica = RedisServer(appendonly=True).start() if wait_replicas and not cluster else None
+    if replica:
+        link = sync_client(replica.url)
+        link.replicaof("127.0.0.1", redis_server.port)  # type: ignore[union-attr]
+        while link.info("replication")["master_link_status"] != "up":
+            time.sleep(0.05)
     postgres = PostgresServer().start()
     try:
         settings = Settings(
             redis_url=redis_server.url,
+            redis_cluster=cluster,
+            queue_redis_url=queue.url if queue else None,
+            redis_wait_replicas=wait_replicas,
             database_url=postgres.url,
             secret_key=SecretStr(generate_key()),
         )
@@ -69,6 +87,9 @@ def stack() -> Iterator[Stack]:
         yield Stack(redis_server, postgres, settings, context, key.api_key, configured_key)
     finally:
         redis_server.stop()
+        for extra in (queue, replica):
+            if extra:
+                extra.stop()
         postgres.stop()
 
 
@@ -97,7 +118,7 @@ def _fund_peers(settings: Settings) -> None:
         with conn.cursor().copy("COPY peer_accounts FROM STDIN") as copy:
             for user in users:
                 copy.write_row((user, FUNDS, "now"))
-    floor = sync_client(settings.redis_url)
+    floor = sync_client(settings.redis_url, cluster=settings.redis_cluster)
     pipe = floor.pipeline(transaction=False)
     for user in users:
         pipe.hset(f"floor:{{{user}}}", "balance", FUNDS)
@@ -105,7 +126,9 @@ def _fund_peers(settings: Settings) -> None:
 
 
 @contextmanager
-def server(kind: str, stack: Stack, workers: int) -> Iterator[str]:
+def server(
+    kind: str, stack: Stack, workers: int, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Serve `kind` (tally, floor or peer) with the same uvicorn settings; yield its URL."""
     port = free_port()
     if kind == "tally":
@@ -116,7 +139,7 @@ def server(kind: str, stack: Stack, workers: int) -> Iterator[str]:
             "--workers", str(workers), "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
     process = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)], env=stack.env()
+        [*command, "--host", "127.0.0.1", "--port", str(port)], env=stack.env() | (env or {})
     )
     try:
         wait_for_port(port)

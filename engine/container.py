@@ -55,7 +55,7 @@ class Engine:
     bridge: Bridge
     redis: AsyncRedis  # the hot path's, used on the bridge's loop
     sync_redis: Redis  # for blocking code: workers, health, billing
-    raw_redis: Redis  # bytes replies, for RQ
+    raw_redis: Redis  # bytes replies, for RQ: its queues' Redis (settings.queue_url)
     pool: ConnectionPool  # the hot path's: key lookups, ledger reads, hydration
     # Billing holds a payment's lock on one connection while its credit may hydrate the
     # account on another: separate pools, so billing cannot starve the hot path.
@@ -89,8 +89,9 @@ class Engine:
         """Build everything. `loop`: the event loop the process serves on, if it has one."""
         ring = keyring(settings)
         bridge = Bridge(loop)
-        redis = async_client(settings.redis_url, settings.redis_max_connections)
-        sync_redis = sync_client(settings.redis_url)
+        cluster = settings.redis_cluster
+        redis = async_client(settings.redis_url, settings.redis_max_connections, cluster=cluster)
+        sync_redis = sync_client(settings.redis_url, cluster=cluster)
         pool = open_pool(settings.database_url, settings.database_pool_size)
         billing_pool = open_pool(
             settings.database_url, max(settings.database_pool_size, _BILLING_CONNECTIONS)
@@ -110,14 +111,16 @@ class Engine:
             bridge=bridge,
             redis=redis,
             sync_redis=sync_redis,
-            raw_redis=sync_client(settings.redis_url, decode=False),
+            raw_redis=sync_client(settings.queue_url, decode=False),
             pool=pool,
             billing_pool=billing_pool,
             ledger=ledger,
             app_repository=app_repository,
             credits=credits,
             holds=Holds(redis, credits, ledger, bridge, settings),
-            outbox=OutboxWriter(sync_redis, ledger, consumer, settings.outbox_batch_size),
+            outbox=OutboxWriter(
+                sync_redis, ledger, consumer, settings.outbox_batch_size, credits.hydration.acks
+            ),
             apps=Apps(app_repository),
             keys=KeyCache(app_repository, bridge, settings.auth_cache_seconds),
             app_cache=AppCache(app_repository, bridge, settings.auth_cache_seconds),

@@ -1,4 +1,4 @@
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -7,13 +7,24 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TALLY_", frozen=True)
 
+    # One Redis, or with redis_cluster any node of a Redis Cluster (or several, comma-separated).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    # Where RQ keeps the workers' job queues. RQ's keys cannot live on a cluster: with one, a
+    # plain Redis of its own is required; without, the same Redis by default.
+    queue_redis_url: str | None = None
+    # Replicas that must have a write before it is acknowledged (WAIT, in the script call's
+    # round trip); none confirming within the timeout is a 503, outcome unknown.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=500, ge=1)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/tally"
     # Base URL printed in front of webhook paths; empty prints bare paths.
     public_url: str = ""
     # The IETF Idempotency-Key draft and Stripe both promise at least a day.
     idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
-    recent_entries: int = Field(default=200, ge=1, le=10_000)
+    # An account no request has written (or needed rebuilt) for this long leaves Redis; the
+    # ledger rebuilds it when it is next used (docs/operations.md#redis-memory). 0: never.
+    account_idle_seconds: int = Field(default=604_800, ge=0)
     # How stale an API key lookup may be: bounds how long a revoked key keeps working.
     auth_cache_seconds: float = Field(default=0.8, ge=0, le=1)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
@@ -54,3 +65,16 @@ class Settings(BaseSettings):
     outbox_reclaim_ms: int = Field(default=30_000, ge=100)
     outbox_sweep_ms: int = Field(default=50, ge=5)
     reconcile_interval_seconds: int = Field(default=3_600, ge=0)  # 0: never scheduled
+
+    @model_validator(mode="after")
+    def _queue_off_the_cluster(self) -> "Settings":
+        if self.redis_cluster and not self.queue_redis_url:
+            raise ValueError(
+                "TALLY_REDIS_CLUSTER needs TALLY_QUEUE_REDIS_URL: a plain Redis for the job"
+                " queues (RQ's keys cannot live on a cluster)"
+            )
+        return self
+
+    @property
+    def queue_url(self) -> str:
+        return self.queue_redis_url or self.redis_url

@@ -35,6 +35,10 @@ end
 local extra = 0
 
 -- Append one entry: balance, seq, outbox, unpersisted hash and recent list move together.
+-- The recent list names the account's entries not in PostgreSQL yet, newest first, by id (the
+-- entries are in the unpersisted hash): the worker takes an id out after its COMMIT
+-- (engine.ledger.outbox), and nothing else does, so an entry the list does not name is in the
+-- ledger (lua/evict_account.lua relies on it; history reads the rest from PostgreSQL).
 local function post(st, id, head, amount, tail)
   local after = redis.call('HINCRBY', A.account, 'balance', fmt(amount))
   local seq = redis.call('HINCRBY', A.account, 'seq', 1)
@@ -42,7 +46,7 @@ local function post(st, id, head, amount, tail)
     .. ',"seq":' .. fmt(seq) .. tail .. '}'
   redis.call('XADD', A.outbox, '*', 'e', entry)
   redis.call('HSET', A.unpersisted, id, entry)
-  redis.call('LPUSH', A.recent, entry)
+  redis.call('LPUSH', A.recent, id)
   st.balance = after
   A.posted, A.last_id, A.last_seq = true, id, seq
   return entry, seq
@@ -95,12 +99,11 @@ local function watch(st)
     .. ',"created_at":' .. A.now_text .. '}')
 end
 
--- Ends every script that posted: the account's clock and the recent list's length, and
--- whether the user's credits fell past a threshold.
+-- Ends every script that posted: the account's clock (also what tells an idle account,
+-- engine.ledger.eviction), and whether the user's credits fell past a threshold.
 local function finish()
   if A.posted then
     redis.call('HSET', A.account, 'updated_at', A.now_text)
-    redis.call('LTRIM', A.recent, 0, A.recent_length - 1)
     if A.watch and A.watch ~= '' then
       watch(A.st)
     end
@@ -123,7 +126,7 @@ end
 -- account without either never pays for making these functions.
 local function grants_and_holds()
   -- Entries a script adds of its own (expiries) take ids made from the call's ledger_id: the
-  -- version nibble 8 (the API's ids have 4) keeps them apart from every id the API makes, and the
+  -- version nibble 8 (the API's ids have 7) keeps them apart from every id the API makes, and the
   -- last six bits still name the shard.
   local function derived_id()
     extra = extra + 1
@@ -434,26 +437,51 @@ local function lib()
   return A.lib
 end
 
--- Idempotency: the stored first answer of a key, "conflict", or nil (a first use).
+-- Idempotency. A key's record is one string: "fingerprint balance_before ledger_id top_up
+-- available created_at amount [extra]", what the first reply said that the repeated request
+-- does not (each script names its `extra`); the entry itself goes on to PostgreSQL. A replay
+-- returns the record's fields after the fingerprint, in that order, behind "replay".
+local function replay_hash()
+  -- A hash is a record the previous version wrote, kept no longer than the idempotency TTL: it
+  -- holds the whole entry, and a fingerprint twice as long (the new one is its first half).
+  local s = redis.call('HMGET', A.idem, 'fingerprint', 'balance_before', 'entry', 'available')
+  if string.sub(s[1], 1, #A.fingerprint) ~= A.fingerprint then
+    return {'conflict'}
+  end
+  return {'replay_entry', s[2], s[3], 0, s[4] or false}
+end
+
+-- The stored first answer of a key, "conflict", or nil (a first use).
 local function replay()
   if not A.idem then
     return nil
   end
-  local stored = redis.call('HMGET', A.idem, 'fingerprint', 'balance_before', 'entry', 'available')
-  if stored[1] then
-    if stored[1] ~= A.fingerprint then
-      return {'conflict'}
-    end
-    return {'replay', stored[2], stored[3], 0, stored[4] or false}
+  local stored = redis.pcall('GET', A.idem)
+  if type(stored) == 'table' then
+    return replay_hash()
   end
-  return nil
+  if not stored then
+    return nil
+  end
+  local fingerprint, rest = string.match(stored, '^(%S+) (.*)$')
+  if fingerprint ~= A.fingerprint then
+    return {'conflict'}
+  end
+  local reply = {'replay'}
+  for field in string.gmatch(rest, '%S+') do
+    reply[#reply + 1] = field
+  end
+  return reply
 end
 
-local function remember(balance_before, entry, available)
+local function remember(balance_before, amount, available, top_up, extra)
   if A.idem then
-    redis.call('HSET', A.idem, 'fingerprint', A.fingerprint, 'balance_before', fmt(balance_before),
-      'entry', entry, 'available', fmt(available))
-    redis.call('EXPIRE', A.idem, A.idem_ttl)
+    local record = A.fingerprint .. ' ' .. fmt(balance_before) .. ' ' .. A.id .. ' ' .. fmt(top_up)
+      .. ' ' .. fmt(available) .. ' ' .. A.now_text .. ' ' .. fmt(amount)
+    if extra then
+      record = record .. ' ' .. extra
+    end
+    redis.call('SET', A.idem, record, 'EX', A.idem_ttl)
   end
 end
 
@@ -502,10 +530,10 @@ end
 -- Reads KEYS[1..7] (account, recent, outbox, unpersisted, grants, holds, due set), then the
 -- optional keys `mode` names, in this order: "i" idempotency, "r" refund marker, "t" top-up
 -- hash and top-up-due set, "e" a settled hold's end record, "l" the app's plan usage hash.
-local function open(mode, now, recent_length, head, id)
+local function open(mode, now, head, id)
   A.account, A.recent, A.outbox, A.unpersisted = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   A.grants, A.holds, A.due_set = KEYS[5], KEYS[6], KEYS[7]
-  A.now_text, A.now, A.recent_length = now, tonumber(now), tonumber(recent_length)
+  A.now_text, A.now = now, tonumber(now)
   A.head, A.id = head, id
   local k = 8
   if string.find(mode, 'i', 1, true) then
@@ -533,8 +561,8 @@ end
 -- idempotency key answered, the account found (else "missing": the caller rebuilds it from the
 -- ledger and calls again), and what is due expired. `watch`: see watch(). Returns the
 -- account's state, or the reply to give at once.
-local function start(mode, now, recent_length, head, id, fingerprint, idem_ttl, watch_arg)
-  open(mode, now, recent_length, head, id)
+local function start(mode, now, head, id, fingerprint, idem_ttl, watch_arg)
+  open(mode, now, head, id)
   A.fingerprint, A.idem_ttl = fingerprint, idem_ttl
   local stored = replay()
   if stored then

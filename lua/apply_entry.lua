@@ -3,9 +3,9 @@
 -- given back here; what is due to expire expires first (lua/account.lua).
 -- Called by engine.ledger.credits.Credits (one entry, or many pipelined for a batch).
 --
--- KEYS[1..7] account hash, recent-entries list, the shard's outbox stream, the shard's
+-- KEYS[1..7] account hash, recent list, the shard's outbox stream, the shard's
 --            unpersisted-entries hash, grants hash, holds hash, the shard's expiry-due set
--- next, as ARGV[9] names them: "i" idempotency hash, "r" refund marker of the refunded entry,
+-- next, as ARGV[8] names them: "i" idempotency record, "r" refund marker of the refunded entry,
 --       "t" the account's auto top-up hash and its shard's top-up-due set, "l" the app's plan
 --       usage hash for this shard and month
 --
@@ -16,27 +16,29 @@
 --         amount, balance_after, seq and the grants the entry drew from or gave back to
 -- ARGV[4] request fingerprint (compared on a repeated idempotency key)
 -- ARGV[5] idempotency TTL in seconds
--- ARGV[6] length of the recent-entries list
--- ARGV[7] now, epoch milliseconds
--- ARGV[8] ledger_id of the entry (the grant_id of a grant)
--- ARGV[9] mode, any of: "i", "r", "t" (keys above); "c" take only what the floor allows when a
---         negative delta would cross it; "g" the entry is a grant expiring at ARGV[11];
---         "x" a refund of the grant ARGV[11]: it takes what is left of it, whatever the delta;
+-- ARGV[6] now, epoch milliseconds
+-- ARGV[7] ledger_id of the entry (the grant_id of a grant)
+-- ARGV[8] mode, any of: "i", "r", "t" (keys above); "c" take only what the floor allows when a
+--         negative delta would cross it; "g" the entry is a grant expiring at ARGV[10];
+--         "x" a refund of the grant ARGV[10]: it takes what is left of it, whatever the delta;
 --         "p" a negative delta takes credits that never expire first (a refunded purchase),
 --         else grant credits go first (soonest expiry first); "l" the entry is one of the
---         app's operations, counted against its plan's ARGV[13] a month
--- ARGV[10] the account's member in the top-up-due set, when ARGV[9] has "t"
--- ARGV[11] see "g" and "x"
--- ARGV[12] thresholds to watch (lua/account.lua watch()), "" for none
--- ARGV[13] see "l"
--- ARGV[14..] a refund of an entry that drew from grants: grant_id, credits, ... to give back
+--         app's operations, counted against its plan's ARGV[12] a month
+-- ARGV[9] the account's member in the top-up-due set, when ARGV[8] has "t"
+-- ARGV[10] see "g" and "x"
+-- ARGV[11] thresholds to watch (lua/account.lua watch()), "" for none
+-- ARGV[12] see "l"
+-- ARGV[13..] a refund of an entry that drew from grants: grant_id, credits, ... to give back
 --
 -- A positive delta may not take the balance above 2^53-1 (exact in doubles and JavaScript).
 --
 -- Returns one of:
 --   {"ok", balance_before, entry_json, top_up, available}  top_up is 1 when this entry started
 --                                            an auto top-up (at most one pending per account)
---   {"replay", balance_before, entry_json, 0, available}  the first result of this key
+--   {"replay", balance_before, ledger_id, top_up, available, created_at, amount}  the first
+--                                            result of this key (lua/account.lua replay())
+--   {"replay_entry", balance_before, entry_json, 0, available}  the same, from a record the
+--                                            previous version stored
 --   {"conflict"}                             the key was used with a different request
 --   {"refunded", ledger_id}                  the refunded entry already has this refund
 --   {"missing"}                              no account in Redis: hydrate it, then call again
@@ -50,12 +52,12 @@
 -- Every check comes before the first write: Redis never rolls a script back. Numbers are turned
 -- into text with %d only, because Lua's tostring rounds past 14 digits.
 
-local mode = ARGV[9]
-local st, reply = start(mode, ARGV[7], ARGV[6], ARGV[3], ARGV[8], ARGV[4], ARGV[5], ARGV[12])
+local mode = ARGV[8]
+local st, reply = start(mode, ARGV[6], ARGV[3], ARGV[7], ARGV[4], ARGV[5], ARGV[11])
 if not st then
   return reply
 end
-local refused = plan_refusal(ARGV[13])
+local refused = plan_refusal(ARGV[12])
 if refused then
   return refused
 end
@@ -71,12 +73,12 @@ local delta = tonumber(ARGV[1])
 local floor = tonumber(ARGV[2])
 local refunded_grant
 if string.find(mode, 'x', 1, true) then
-  local value = redis.call('HGET', A.grants, ARGV[11])
+  local value = redis.call('HGET', A.grants, ARGV[10])
   if not value then
     finish()
     return {'grant_gone'}
   end
-  refunded_grant = lib().parse_grant(ARGV[11], value)
+  refunded_grant = lib().parse_grant(ARGV[10], value)
   if refunded_grant.left == 0 then
     finish()
     return {'grant_spent'}
@@ -98,7 +100,7 @@ if delta > 0 and before + delta > CEILING then
 end
 local grant_expires
 if string.find(mode, 'g', 1, true) then
-  grant_expires = tonumber(ARGV[11])
+  grant_expires = tonumber(ARGV[10])
   if redis.call('HLEN', A.grants) >= MAX_GRANTS then
     finish()
     return {'too_many_grants'}
@@ -118,9 +120,9 @@ elseif delta < 0 and st.granted > 0 and string.find(mode, 'p', 1, true) then
   parts = lib().burn(st, -delta - math.min(-delta, lasting))
 elseif delta < 0 and st.granted > 0 then
   parts = lib().burn(st, -delta)
-elseif ARGV[14] then
+elseif ARGV[13] then
   local taken = {}
-  for i = 14, #ARGV, 2 do
+  for i = 13, #ARGV, 2 do
     taken[#taken + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
   end
   -- Credits that pay back an overdraft stay spent: the refund lists what went back.
@@ -133,14 +135,14 @@ local repaid = 0
 if grant_expires then
   repaid = lib().overdraft_share(st, before + delta, delta)
   if repaid > 0 then
-    parts = {{ARGV[8], repaid}}
+    parts = {{ARGV[7], repaid}}
   end
 end
-local entry, seq = post(st, ARGV[8], ARGV[3], delta, grants_json(parts, sign))
+local entry, seq = post(st, ARGV[7], ARGV[3], delta, grants_json(parts, sign))
 if grant_expires then
   local left = delta - repaid
   local G = lib()
-  redis.call('HSET', A.grants, ARGV[8],
+  redis.call('HSET', A.grants, ARGV[7],
     G.grant_value({expires = grant_expires, seq = seq, left = left}))
   G.set_granted(st, st.granted + left)
   G.sooner(st, grant_expires)
@@ -150,9 +152,10 @@ if #dead > 0 then
 end
 finish()
 count_operation()
-remember(before, entry, st.balance - st.held)
 if A.marker then
-  redis.call('SET', A.marker, ARGV[8])
+  redis.call('SET', A.marker, ARGV[7])
 end
-local started = start_top_up(threshold, st.balance, ARGV[8], ARGV[10])
-return {'ok', fmt(before), entry, started, fmt(st.balance - st.held)}
+local started = start_top_up(threshold, st.balance, ARGV[7], ARGV[9])
+available = st.balance - st.held
+remember(before, delta, available, started)
+return {'ok', fmt(before), entry, started, fmt(available)}

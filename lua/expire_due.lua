@@ -6,20 +6,29 @@
 -- ARGV[1] now, epoch milliseconds
 -- ARGV[2] a fresh ledger_id of the account's shard: the entries made here derive theirs from it
 -- ARGV[3] `"app_id":...,"user_id":...` of the account, as JSON
--- ARGV[4] length of the recent-entries list
--- ARGV[5] thresholds to watch, as apply_entry.lua ("" for none)
+-- ARGV[4] thresholds to watch, as apply_entry.lua ("" for none)
+-- ARGV[5] "1": an account missing from Redis leaves the due set (the ledger has nothing to
+--         rebuild it from); else it stays
 --
--- Returns how many entries it wrote; an account gone from Redis leaves the due set (its
--- rebuild puts it back).
+-- Returns how many entries it wrote, or -1 for an account missing from Redis (evicted,
+-- engine.ledger.eviction, or lost): the caller rebuilds it from the ledger, and it expires
+-- what is due at the next sweep.
 
-open('', ARGV[1], ARGV[4], '', ARGV[2])
+open('', ARGV[1], '', ARGV[2])
 A.who = ARGV[3]
 local st = state()
-if not st or not st.due then
+if not st then
+  if ARGV[5] == '1' then
+    redis.call('ZREM', A.due_set, member())
+    return 0
+  end
+  return -1
+end
+if not st.due then
   redis.call('ZREM', A.due_set, member())
   return 0
 end
-A.st, A.before, A.watch = st, st.balance - st.held, ARGV[5]
+A.st, A.before, A.watch = st, st.balance - st.held, ARGV[4]
 lib().expire_due(st)
 finish()
 return extra

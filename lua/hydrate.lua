@@ -29,6 +29,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[1], 'balance', ARGV[1], 'seq', ARGV[2], 'updated_at', ARGV[3])
+if ARGV[4] == '' and ARGV[2] ~= '0' then
+  -- A request needed an account that has a ledger (evicted, or lost): that is a use, or the
+  -- next eviction pass would take it again under the requests that follow (engine.ledger
+  -- .eviction reads updated_at and this).
+  local t = redis.call('TIME')
+  local now = string.format('%d', t[1] * 1000 + math.floor(t[2] / 1000))
+  redis.call('HSET', KEYS[1], 'hydrated_at', now)
+end
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'held', ARGV[5], 'granted', ARGV[6], 'reserved', ARGV[7], 'due',
     ARGV[8])

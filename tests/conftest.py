@@ -11,17 +11,20 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 
 from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from engine.store.db import migrate, open_pool
+from engine.store.redis import sync_client
 from engine.vault.keyring import generate_key, keyring
 from tests.servers import (
     CREATED,
     LocalStripe,
     PostgresServer,
+    RedisCluster,
     RedisServer,
     free_port,
     wait_for_port,
@@ -46,11 +49,32 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# TALLY_TEST_REDIS=cluster runs the suite's Redis as a Redis Cluster (3 masters, 3 replicas),
+# with a plain Redis beside it for the job queues: tests/run's second pass.
+ON_CLUSTER = os.environ.get("TALLY_TEST_REDIS") == "cluster"
+
+
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def redis_server() -> Iterator[RedisServer | RedisCluster]:
+    server = RedisCluster().start() if ON_CLUSTER else RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def queue_redis() -> Iterator[RedisServer | None]:
+    """The job queues' own Redis, on a cluster only (RQ's keys cannot live on one)."""
+    if not ON_CLUSTER:
+        yield None
+        return
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+def redis_of(settings: Settings, *, decode: bool = False) -> redis.Redis:
+    """A client of the suite's Redis, made as Tally makes its own: a cluster client on one."""
+    return sync_client(settings.redis_url, decode=decode, cluster=settings.redis_cluster)
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +93,15 @@ def localstripe() -> Iterator[LocalStripe]:
 
 @pytest.fixture(scope="session")
 def settings(
-    redis_server: RedisServer, postgres_server: PostgresServer, localstripe: LocalStripe
+    redis_server: RedisServer | RedisCluster,
+    queue_redis: RedisServer | None,
+    postgres_server: PostgresServer,
+    localstripe: LocalStripe,
 ) -> Settings:
     settings = Settings(
         redis_url=redis_server.url,
+        redis_cluster=ON_CLUSTER,
+        queue_redis_url=queue_redis.url if queue_redis else None,
         database_url=postgres_server.url,
         stripe_api_base=localstripe.url,
         auto_top_up_retry_seconds=RETRY_SECONDS,
@@ -105,6 +134,10 @@ def tally_env(settings: Settings) -> dict[str, str]:
         **os.environ,
         **({"TALLY_SECRET_KEY": key.get_secret_value()} if key else {}),
         "TALLY_REDIS_URL": settings.redis_url,
+        "TALLY_REDIS_CLUSTER": str(settings.redis_cluster).lower(),
+        "TALLY_REDIS_WAIT_REPLICAS": str(settings.redis_wait_replicas),
+        "TALLY_REDIS_WAIT_TIMEOUT_MS": str(settings.redis_wait_timeout_ms),
+        **({"TALLY_QUEUE_REDIS_URL": settings.queue_redis_url} if settings.queue_redis_url else {}),
         "TALLY_DATABASE_URL": settings.database_url,
         "TALLY_LOG_LEVEL": "warning",
         # Workers in tests take over a killed writer's entries quickly and sweep often.

@@ -47,10 +47,13 @@ def _temporary(prefix: str) -> Path:
 
 
 class RedisServer:
-    def __init__(self, root: Path | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, root: Path | None = None, *, appendonly: bool = False, cluster: bool = False
+    ) -> None:
         self.root = Path(root) if root else _temporary("tally-redis-")
         self.port = free_port()
         self.appendonly = appendonly
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +73,7 @@ class RedisServer:
                 "--appendfsync", "everysec",
                 "--maxmemory-policy", "noeviction",
                 "--logfile", str(self.root / "redis.log"),
+                *self._cluster_options(),
             ],
         )  # fmt: skip
         client = redis.Redis(port=self.port)
@@ -85,6 +89,18 @@ class RedisServer:
         client.close()
         return self
 
+    def _cluster_options(self) -> list[str]:
+        if not self.cluster:
+            return []
+        # A node is declared failed after 1 s: failovers in tests take seconds, not minutes.
+        return [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(self.root / "nodes.conf"),
+            # The bus port is the client port + 10000 unless given, past 65535 for high ports.
+            "--cluster-port", str(free_port()),
+            "--cluster-node-timeout", "1000",
+        ]  # fmt: skip
+
     def kill(self) -> None:
         """Stop abruptly, like a crash: no final save."""
         if self.process and self.process.poll() is None:
@@ -93,6 +109,89 @@ class RedisServer:
 
     def stop(self) -> None:
         self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` masters with one replica each, every node its own
+    redis-server on loopback, made by `redis-cli --cluster create`. `url` names every node
+    (Tally's TALLY_REDIS_URL takes a comma-separated list of seeds)."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, *, appendonly: bool = False) -> None:
+        self.root = _temporary("tally-redis-cluster-")
+        self.nodes = [
+            RedisServer(self.root / str(index), cluster=True, appendonly=appendonly)
+            for index in range(masters * (1 + replicas))
+        ]
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url.removesuffix("/0") for node in self.nodes)
+
+    def start(self) -> "RedisCluster":
+        for node in self.nodes:
+            node.root.mkdir()
+            node.start()
+        binary = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        subprocess.run(
+            [
+                binary, "--cluster", "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas", str(self.replicas), "--cluster-yes",
+            ],
+            check=True, stdout=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        self.wait_until_ok()
+        return self
+
+    def wait_until_ok(self, timeout: float = 60.0, *, replicated: bool = True) -> None:
+        """Until every live node says the cluster is ok and, if `replicated`, every master
+        has its replicas (a master promoted by a failover has none)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [node for node in self.nodes if node.process and node.process.poll() is None]
+            if all(self._ok(node, replicated) for node in live):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not become ok")
+            time.sleep(0.1)
+
+    def _ok(self, node: RedisServer, replicated: bool) -> bool:
+        client = redis.Redis(port=node.port, decode_responses=True)
+        try:
+            info = client.cluster("INFO")
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state != "ok":
+                return False
+            if not replicated:
+                return True
+            role = client.info("replication")
+            if role["role"] == "master":
+                return int(role["connected_slaves"]) >= self.replicas
+            return role.get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def masters(self) -> list[RedisServer]:
+        """The live nodes that are masters now (a failover changes which)."""
+        found = []
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            client = redis.Redis(port=node.port, decode_responses=True)
+            try:
+                if client.info("replication")["role"] == "master":
+                    found.append(node)
+            finally:
+                client.close()
+        return found
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from engine.vault.keyring import generate_key
-from tests.servers import PostgresServer, RedisServer, free_port, wait_for_port
+from tests.servers import PostgresServer, RedisCluster, RedisServer, free_port, wait_for_port
 
 ENV_FILE = Path(".tally-dev") / "env"
 OPERATOR = "admin@tally.localhost"
@@ -37,17 +37,29 @@ def main() -> None:
         signal.signal(signum, _stop)
     parser = argparse.ArgumentParser(prog="./tally-dev up", description=__doc__)
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    parser.add_argument(
+        "--cluster", action="store_true",
+        help="a Redis Cluster (3 masters, a replica each) and a Redis for the job queues",
+    )  # fmt: skip
     args = parser.parse_args()
-    redis = RedisServer(appendonly=True)
+    redis: RedisServer | RedisCluster = (
+        RedisCluster(appendonly=True) if args.cluster else RedisServer(appendonly=True)
+    )
+    queue = RedisServer(appendonly=True) if args.cluster else None
     postgres = PostgresServer()
     processes: list[subprocess.Popen[bytes]] = []
     try:
         redis.start()
+        if queue:
+            queue.start()
         postgres.start()
         port = args.port if _port_free(args.port) else free_port()
         url = f"http://127.0.0.1:{port}"
         variables = {
             "TALLY_REDIS_URL": redis.url,
+            **(
+                {"TALLY_REDIS_CLUSTER": "true", "TALLY_QUEUE_REDIS_URL": queue.url} if queue else {}
+            ),
             "TALLY_DATABASE_URL": postgres.url,
             "TALLY_PUBLIC_URL": url,
             # Encrypts the secrets apps store (Stripe keys, webhook secrets); thrown away with
@@ -84,7 +96,7 @@ def main() -> None:
         ENV_FILE.unlink(missing_ok=True)
         ENV_FILE.touch(mode=0o600)  # it holds the secret key
         ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in variables.items()))
-        print(_banner(url, created, operator, redis, postgres), flush=True)
+        print(_banner(url, created, operator, redis, queue, postgres), flush=True)
         signal.pause()
         while True:  # a signal other than the three above woke us: keep waiting
             signal.pause()
@@ -102,15 +114,22 @@ def main() -> None:
                 process.kill()
                 process.wait()
         redis.stop()
+        if queue:
+            queue.stop()
         postgres.stop()
         ENV_FILE.unlink(missing_ok=True)
+
+
+def _queue_line(queue: RedisServer | None) -> str:
+    return f"\n  job queues   {queue.url}  (data in {queue.root})" if queue else ""
 
 
 def _banner(
     url: str,
     created: dict[str, str],
     operator: dict[str, str],
-    redis: RedisServer,
+    redis: RedisServer | RedisCluster,
+    queue: RedisServer | None,
     postgres: PostgresServer,
 ) -> str:
     key = created["api_key"]
@@ -122,7 +141,7 @@ Tally is running.
   dashboard    {url}/dashboard/
     email      {operator["email"]}
     password   {operator["password"]}
-  Redis        {redis.url}  (data in {redis.root})
+  Redis        {redis.url}  (data in {redis.root}){_queue_line(queue)}
   PostgreSQL   {postgres.url}  (data in {postgres.root})
   secret key   TALLY_SECRET_KEY in {ENV_FILE.resolve()}  (encrypts stored secrets)
 

@@ -7,13 +7,20 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from redis import Redis
 
 from engine.accounts.repository import AppRepository
 from engine.settings import Settings
 from engine.store.keys import account_keys
 from tests.browser import CHARGE_DECLINED, VISA, Browser, enable_purchases
-from tests.conftest import RETRY_SECONDS, ApiServer, AppUnderTest, WorkerProcess, fire, tally_env
+from tests.conftest import (
+    RETRY_SECONDS,
+    ApiServer,
+    AppUnderTest,
+    WorkerProcess,
+    fire,
+    redis_of,
+    tally_env,
+)
 from tests.servers import LocalStripe
 from tests.test_events import stored_events
 
@@ -221,7 +228,7 @@ def test_thresholds_lost_by_redis_come_back_from_postgresql(
     client.post("/credits/add", json={"user_id": "alice", "amount": 600})
     browser.save_card(VISA)
     browser.put("/client/auto-top-up", json=TOP_UP)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_of(settings, decode=True)
     top_up_key = account_keys(test_app.app_id, "alice").top_up()
     assert redis.hget(top_up_key, "threshold") == "500"
     redis.delete(top_up_key)  # as a Redis restart without persistence would

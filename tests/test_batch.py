@@ -3,9 +3,9 @@
 from typing import Any
 
 import httpx
-import redis
 
 from engine.settings import Settings
+from tests.conftest import redis_of
 
 
 def batch(client: httpx.Client, *operations: dict[str, Any]) -> httpx.Response:
@@ -70,7 +70,7 @@ def test_a_malformed_batch_is_refused_whole_naming_the_operation(client: httpx.C
 def test_a_thousand_operations_over_many_new_users(
     client: httpx.Client, settings: Settings
 ) -> None:
-    redis.Redis.from_url(settings.redis_url).script_flush()  # NOSCRIPT is handled too
+    redis_of(settings).script_flush()  # NOSCRIPT is handled too
     ops = [{"type": "add", "user_id": f"user-{i % 250}", "amount": 1} for i in range(1000)]
     results = batch(client, *ops).json()["results"]
     assert all(r["success"] for r in results)

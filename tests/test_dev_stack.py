@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.servers import free_port
 
@@ -27,10 +28,13 @@ def _running(marker: str) -> list[str]:
     return found
 
 
-def test_tally_dev_up_serves_and_a_closed_terminal_leaves_nothing_behind() -> None:
+@pytest.mark.parametrize("options", [[], ["--cluster"]], ids=["redis", "cluster"])
+def test_tally_dev_up_serves_and_a_closed_terminal_leaves_nothing_behind(
+    options: list[str],
+) -> None:
     port = free_port()
     process = subprocess.Popen(
-        ["./tally-dev", "up", "--port", str(port)],
+        ["./tally-dev", "up", "--port", str(port), *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -47,12 +51,13 @@ def test_tally_dev_up_serves_and_a_closed_terminal_leaves_nothing_behind() -> No
         key = re.search(r"API key\s+(\S+)", output)
         dirs = [Path(d) for d in re.findall(r"data in (\S+)\)", output)]
         env_file = re.search(r"source (\S+)", output)
-        assert key and len(dirs) == 2 and env_file, output
+        assert key and len(dirs) == (3 if options else 2) and env_file, output
         assert all(d.exists() for d in dirs)
         variables = Path(env_file[1]).read_text()
         assert f"TALLY_PUBLIC_URL=http://127.0.0.1:{port}" in variables
         assert "TALLY_REDIS_URL=" in variables and "TALLY_DATABASE_URL=" in variables
         assert "TALLY_SECRET_KEY=" in variables, variables
+        assert ("TALLY_REDIS_CLUSTER=true" in variables) == bool(options), variables
         assert Path(env_file[1]).stat().st_mode & 0o077 == 0, "the env file holds the secret key"
         added = httpx.post(
             f"http://127.0.0.1:{port}/credits/add",

@@ -6,10 +6,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import redis
 
 from engine.settings import Settings
-from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, drain, fire, tally, tally_env
+from tests.conftest import (
+    ApiServer,
+    AppUnderTest,
+    WorkerProcess,
+    drain,
+    fire,
+    redis_of,
+    tally,
+    tally_env,
+)
 from tests.test_faults import Stack, stack  # noqa: F401  (the fixture)
 from tests.test_ledger import ledger, wait_until
 
@@ -382,7 +390,7 @@ def test_rebuild_after_flushall_restores_balance_grants_and_holds(
     drain(settings)
     before = account(client, "u")
     holds_before = client.get("/credits/holds", params={"user_id": "u"}).json()
-    redis.Redis.from_url(settings.redis_url).flushall()
+    redis_of(settings).flushall()
     assert account(client, "u") == before
     assert client.get("/credits/holds", params={"user_id": "u"}).json() == holds_before
     assert time.monotonic() - started < 4.5, "too slow to test a flush before the expiries"
@@ -417,7 +425,7 @@ def test_reconcile_checks_grants_and_holds(
     drain(settings)
     clean = json.loads(tally(settings, "reconcile", "--json", check=False).stdout)
     assert not [d for d in clean["drift"] if d["app_id"] == test_app.app_id]
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis_of(settings, decode=True)
     [key] = r.scan_iter(match=f"*:grants:{test_app.app_id}:u")
     [(grant_id, value)] = r.hgetall(key).items()
     expires, seq, left = value.split()

@@ -8,6 +8,8 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 
+from engine.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,3 +65,18 @@ def test_docker_compose_makes_the_secret_key_and_hands_it_to_every_tally_process
     assert services["migrate"]["depends_on"]["secret-key"] == {
         "condition": "service_completed_successfully"
     }
+
+
+def test_docker_compose_cluster_profile_runs_tally_on_six_nodes() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nodes = [name for name in services if name.startswith("redis-node-")]
+    assert len(nodes) == 6 and all(services[n]["profiles"] == ["cluster"] for n in nodes)
+    assert all("--cluster-enabled" in services[n]["command"] for n in nodes)
+    assert "--cluster-replicas 1" in services["redis-cluster-init"]["command"][0]
+    for name in ("api-cluster", "worker-cluster"):
+        env = services[name]["environment"]
+        settings = Settings(**{k.removeprefix("TALLY_").lower(): v for k, v in env.items()})
+        assert settings.redis_cluster and settings.queue_url == "redis://redis:6379/0", name
+        assert services[name]["depends_on"]["redis-cluster-init"] == {
+            "condition": "service_completed_successfully"
+        }

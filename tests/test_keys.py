@@ -23,6 +23,8 @@ def test_all_keys_of_one_call_share_one_cluster_slot() -> None:
             keys.unpersisted,
             keys.idempotency("k{1}"),
             keys.refund_marker("8d7f0f0e-0000-4000-8000-000000000000"),
+            keys.tombstone(),
+            keys.top_up(),
             flush_key(keys.shard),
         ]
         assert len({key_slot(name.encode()) for name in names}) == 1, names
@@ -49,9 +51,9 @@ def test_distinct_apps_get_distinct_accounts() -> None:
     assert account_keys("app_1", "u").account != account_keys("app_2", "u").account
 
 
-def test_ledger_ids_are_uuid4_carrying_their_shard() -> None:
+def test_ledger_ids_are_uuid7_carrying_their_shard() -> None:
     for shard in range(SHARDS):
         ledger_id = uuid.UUID(new_ledger_id(shard))
-        assert ledger_id.version == 4
+        assert ledger_id.version == 7
         assert shard_of_ledger_id(ledger_id) == shard
     assert len({new_ledger_id(3) for _ in range(1000)}) == 1000

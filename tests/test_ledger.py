@@ -9,11 +9,19 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import redis
 from psycopg.rows import dict_row
 
 from engine.settings import Settings
-from tests.conftest import ApiServer, AppUnderTest, WorkerProcess, drain, fire, tally, tally_env
+from tests.conftest import (
+    ApiServer,
+    AppUnderTest,
+    WorkerProcess,
+    drain,
+    fire,
+    redis_of,
+    tally,
+    tally_env,
+)
 
 
 def ledger(settings: Settings, app_id: str) -> list[dict[str, Any]]:
@@ -62,7 +70,7 @@ def test_burst_worker_persists_every_entry_with_all_fields(
     assert str(rows[1]["ledger_id"]) == deducted["ledger_id"]
     assert rows[1]["created_at"].tzinfo is not None
     # Nothing is left behind in Redis once persisted.
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_of(settings)
     assert sum(r.xlen(f"tally:{{s{s}}}:outbox") for s in range(64)) == 0
     assert sum(r.hlen(f"tally:{{s{s}}}:unpersisted") for s in range(64)) == 0
 
@@ -296,7 +304,7 @@ def test_refund_of_an_old_entry_after_redis_lost_it(
             "UPDATE ledger_entries SET created_at = created_at - interval '120 days'"
             " WHERE app_id = %s", (test_app.app_id,)
         )  # fmt: skip
-    redis.Redis.from_url(settings.redis_url).flushall()
+    redis_of(settings).flushall()
     again = refund(client, spent["ledger_id"])
     assert again.status_code == 409
     assert again.json()["refund_ledger_id"] == first.json()["ledger_id"]
@@ -309,7 +317,7 @@ def test_refund_of_an_old_unrefunded_entry_works_from_postgresql(
     client.post("/credits/add", json={"user_id": "u", "amount": 100})
     spent = client.post("/credits/deduct", json={"user_id": "u", "amount": 40}).json()
     drain(settings)
-    redis.Redis.from_url(settings.redis_url).flushall()
+    redis_of(settings).flushall()
     assert refund(client, spent["ledger_id"]).json()["balance_after"] == 100
     assert refund(client, spent["ledger_id"]).status_code == 409
 
@@ -362,7 +370,7 @@ def test_flushall_loses_nothing_persisted_and_everything_recovers(
         client.post("/credits/deduct", json={"user_id": user, "amount": 7})
     drain(settings)
     before = {user: balance(client, user) for user in ("a", "b", "c")}
-    redis.Redis.from_url(settings.redis_url).flushall()
+    redis_of(settings).flushall()
     assert {user: balance(client, user) for user in ("a", "b", "c")} == before
     # Keys still authenticate, deducts continue from the restored balance...
     assert (
@@ -385,7 +393,7 @@ def test_reconcile_reports_and_repairs_drift(
     client.post("/credits/add", json={"user_id": "honest", "amount": 50})
     client.post("/credits/add", json={"user_id": "drifted", "amount": 50})
     drain(settings)
-    r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    r = redis_of(settings, decode=True)
     [key] = [k for k in r.scan_iter(match=f"*:acct:{test_app.app_id}:drifted")]
     r.hincrby(key, "balance", 13)  # credits out of nowhere
 
@@ -423,7 +431,7 @@ def test_reconcile_skips_accounts_whose_entries_are_still_in_the_outbox(
 def test_scheduled_reconciliation_job_runs_in_the_worker(settings: Settings) -> None:
     with psycopg.connect(settings.database_url) as conn:
         before = conn.execute("SELECT count(*) FROM reconciliation_reports").fetchone()
-    redis.Redis.from_url(settings.redis_url).delete("tally:reconcile:scheduled")
+    redis_of(settings).delete("tally:reconcile:scheduled")
     worker = WorkerProcess(tally_env(settings) | {"TALLY_RECONCILE_INTERVAL_SECONDS": "2"})
     try:
 

@@ -35,7 +35,7 @@ async def _apply(
     if allowed is not None:
         keys, mode = [*keys, PLAN], "l"
     head = _head("add" if delta > 0 else "deduct", ledger_id)
-    args = [delta, floor, head, "", 60, 50, NOW, ledger_id, mode, "", "", watch, allowed or ""]
+    args = [delta, floor, head, "", 60, NOW, ledger_id, mode, "", "", watch, allowed or ""]
     reply: list[Any] = await Scripts.register_async(redis).apply_entry(keys=keys, args=args)
     return reply
 
@@ -43,7 +43,7 @@ async def _apply(
 async def _hold(redis: Redis, amount: int, watch: str = WATCH) -> list[Any]:  # noqa: F811
     ledger_id = new_ledger_id(KEYS.shard)
     head = _head("hold", ledger_id, hold_id="hold_x", expires_at=NOW + 60_000)
-    args = [amount, 0, head, "", 60, 50, NOW, ledger_id, "", "t1", NOW + 60_000, watch, ""]
+    args = [amount, 0, head, "", 60, NOW, ledger_id, "", "t1", NOW + 60_000, watch, ""]
     reply: list[Any] = await Scripts.register_async(redis).hold(keys=KEYS.script_keys(), args=args)
     return reply
 

@@ -50,9 +50,9 @@ async def _entry(
     head = _head(kind, ledger_id, **({"expires_at": expires} if expires else {}))
     if expires:
         mode, extra = mode + "g", (expires,)
-    # ARGV[11] (a grant's expiry or refunded grant), no thresholds, no plan, ARGV[14..] parts.
+    # ARGV[10] (a grant's expiry or refunded grant), no thresholds, no plan, ARGV[13..] parts.
     grant, *parts = extra or ("",)
-    args = [delta, floor, head, "", 60, 50, now, ledger_id, mode, "", grant, "", "", *parts]
+    args = [delta, floor, head, "", 60, now, ledger_id, mode, "", grant, "", "", *parts]
     reply: list[Any] = await Scripts.register_async(redis).apply_entry(
         keys=KEYS.script_keys(), args=args
     )
@@ -68,7 +68,7 @@ async def _hold(
 ) -> list[Any]:
     ledger_id = new_ledger_id(KEYS.shard)
     head = _head("hold", ledger_id, hold_id=f"hold_{token}_dXNlcl8x", expires_at=expires)
-    args = [amount, floor, head, "", 60, 50, NOW, ledger_id, "", token, expires]
+    args = [amount, floor, head, "", 60, NOW, ledger_id, "", token, expires]
     reply: list[Any] = await Scripts.register_async(redis).hold(keys=KEYS.script_keys(), args=args)
     return reply
 
@@ -93,9 +93,15 @@ async def _settle(
         keys += [KEYS.top_up(), KEYS.top_up_due()]
         mode, member = mode + "t", KEYS.top_up_member()
     keys.append(KEYS.hold_end(token))
-    args = [amount, token, head, "fp", 60, 50, now, ledger_id, mode + "e", 60_000, member]
+    args = [amount, token, head, "fp", 60, now, ledger_id, mode + "e", 60_000, member]
     reply: list[Any] = await Scripts.register_async(redis).settle_hold(keys=keys, args=args)
     return reply
+
+
+async def _listed(redis: Redis, last: int) -> list[Any]:  # noqa: F811
+    """The newest entries, as the recent list names them (0..last, -1 for all)."""
+    ids = await redis.lrange(KEYS.recent, 0, last)
+    return [json.loads(await redis.hget(KEYS.unpersisted, i)) for i in ids]
 
 
 def _grants(reply: list[Any]) -> Any:
@@ -119,7 +125,7 @@ async def test_grants_burn_soonest_first_and_expire_once(redis: Redis) -> None: 
     assert await redis.hget(KEYS.account, "granted") == "0"
     assert await redis.hget(KEYS.account, "due") is None
     assert await redis.zscore(KEYS.expiry_due, "app_lua:user_1") is None
-    kinds = [json.loads(e)["kind"] for e in await redis.lrange(KEYS.recent, 0, -1)]
+    kinds = [e["kind"] for e in await _listed(redis, -1)]
     assert kinds == ["add", "expire", "deduct", "add", "add"]
     # Nothing is due any more: nothing expires twice.
     await _entry(redis, 1, now=NOW + 3_000)
@@ -156,12 +162,12 @@ async def test_an_expired_hold_is_gone_and_its_expired_grant_credits_leave(
     # The grant expires with its 5 unreserved credits; the hold keeps its 25 until it ends.
     swept = await Scripts.register_async(redis).expire_due(
         keys=KEYS.script_keys(),
-        args=[NOW + 1_000, new_ledger_id(KEYS.shard), '"app_id":"app_lua","user_id":"user_1"', 50],
+        args=[NOW + 1_000, new_ledger_id(KEYS.shard), '"app_id":"app_lua","user_id":"user_1"', ""],
     )
     assert swept == 1
     assert (await redis.hmget(KEYS.account, "balance", "held")) == ["25", "25"]
     assert await _settle(redis, "b" * 24, "", now=NOW + 2_000) == ["gone"]
-    newest = [json.loads(e) for e in await redis.lrange(KEYS.recent, 0, 1)]
+    newest = await _listed(redis, 1)
     assert [(e["kind"], e["amount"]) for e in newest] == [("expire", -25), ("hold_expire", 0)]
     assert await redis.hmget(KEYS.account, "balance", "held", "due") == ["0", "0", None]
 
@@ -187,7 +193,7 @@ async def test_due_expiries_run_in_time_order(redis: Redis) -> None:  # noqa: F8
     # Both came due before anything touched the account: the hold, due first, gives its 5 back
     # to the grant, which then leaves whole, in one entry.
     await _entry(redis, 1, now=NOW + 3_000)
-    newest = [json.loads(e) for e in await redis.lrange(KEYS.recent, 0, 2)]
+    newest = await _listed(redis, 2)
     assert [(e["kind"], e["amount"]) for e in newest] == [
         ("add", 1), ("expire", -60), ("hold_expire", 0),
     ]  # fmt: skip
@@ -203,7 +209,9 @@ async def test_settle_keys_in_order_with_idempotency_and_top_up(redis: Redis) ->
     assert await redis.zscore(KEYS.top_up_due(), KEYS.top_up_member()) == NOW
     assert (await redis.get(KEYS.hold_end("d" * 24))).startswith("captured ")
     replayed = await _settle(redis, "d" * 24, "25", idempotency_key="k1", top_up=True)
-    assert replayed[0] == "replay" and replayed[2] == captured[2]
+    # The first reply's fields, and the hold's amount (what the capture released is not known
+    # from the request): before, ledger_id, top_up, available, created_at, amount, held.
+    assert replayed == ["replay", "100", _id(captured), "1", "75", str(NOW), "-25", "30"]
     again = await _settle(redis, "d" * 24, "25", idempotency_key="k2", top_up=True)
     assert again[0] == "ended"
 

@@ -45,7 +45,7 @@ class Account:
                     **fields: Any) -> list[Any]:  # fmt: skip
         ledger_id = new_ledger_id(KEYS.shard)
         grant, *parts = extra or ("",)
-        args = [delta, self.floor, self._head(kind, ledger_id, **fields), "", 60, 1000, self.now,
+        args = [delta, self.floor, self._head(kind, ledger_id, **fields), "", 60, self.now,
                 ledger_id, mode, "", grant, "", "", *parts]  # fmt: skip
         reply: list[Any] = await self.scripts.apply_entry(keys=KEYS.script_keys(), args=args)
         return reply
@@ -58,7 +58,7 @@ class Account:
         ledger_id, token = new_ledger_id(KEYS.shard), f"{random.getrandbits(96):024x}"
         hold_id, expires = f"hold_{token}_dXNlcl8x", self.now + seconds * 1000
         head = self._head("hold", ledger_id, hold_id=hold_id, expires_at=expires)
-        args = [amount, self.floor, head, "", 60, 1000, self.now, ledger_id, "", token, expires]
+        args = [amount, self.floor, head, "", 60, self.now, ledger_id, "", token, expires]
         reply: list[Any] = await self.scripts.hold(keys=KEYS.script_keys(), args=args)
         if reply[0] == "ok":
             self.holds.append((hold_id, token, amount))
@@ -69,7 +69,7 @@ class Account:
         ledger_id = new_ledger_id(KEYS.shard)
         head = self._head("release" if amount == "0" else "deduct", ledger_id)
         keys = [*KEYS.script_keys(), KEYS.hold_end(token)]
-        args = [amount, token, head, "", 60, 1000, self.now, ledger_id, "e", 60_000, ""]
+        args = [amount, token, head, "", 60, self.now, ledger_id, "e", 60_000, ""]
         reply: list[Any] = await self.scripts.settle_hold(keys=keys, args=args)
         return reply
 
@@ -81,7 +81,7 @@ class Account:
         )
 
     async def expire(self) -> None:
-        args = [self.now, new_ledger_id(KEYS.shard), WHO, 1000]
+        args = [self.now, new_ledger_id(KEYS.shard), WHO, ""]
         await self.scripts.expire_due(keys=KEYS.script_keys(), args=args)
 
     async def entries(self) -> list[LedgerEntry]:

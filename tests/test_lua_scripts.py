@@ -44,7 +44,6 @@ async def apply_entry(
     floor: int = 0,
     fingerprint: str = "fp",
     ledger_id: str = "L1",
-    recent: int = 5,
     top_up: bool = False,
 ) -> list[Any]:
     keys = KEYS.script_keys()
@@ -53,11 +52,11 @@ async def apply_entry(
     if refund_of:
         keys.append(KEYS.refund_marker(refund_of))
     mode = ("i" if idempotency_key else "") + ("r" if refund_of else "") + ("c" if clamp else "")
-    args = [delta, floor, _entry(ledger_id), fingerprint, 86_400, recent, 1234, ledger_id, mode, ""]
+    args = [delta, floor, _entry(ledger_id), fingerprint, 86_400, 1234, ledger_id, mode, ""]
     if top_up:
         keys += [KEYS.top_up(), KEYS.top_up_due()]
-        args[8] += "t"
-        args[9] = KEYS.top_up_member()
+        args[7] += "t"
+        args[8] = KEYS.top_up_member()
     reply: list[Any] = await Scripts.register_async(redis).apply_entry(keys=keys, args=args)
     return reply
 
@@ -88,10 +87,12 @@ async def test_apply_changes_balance_and_appends_entry_everywhere(redis: "Redis"
     assert orjson.loads(entry)["amount"] == -30
     assert orjson.loads(entry)["balance_after"] == 70
     assert orjson.loads(entry)["seq"] == 42
-    assert await redis.hgetall(KEYS.account) == {"balance": "70", "seq": "42", "updated_at": "1234"}
+    state = await redis.hgetall(KEYS.account)
+    assert state.pop("hydrated_at")  # rebuilt for a request: it counts as used
+    assert state == {"balance": "70", "seq": "42", "updated_at": "1234"}
     outbox = await redis.xrange(KEYS.outbox)
     assert [fields["e"] for _, fields in outbox] == [entry]
-    assert await redis.lrange(KEYS.recent, 0, -1) == [entry]
+    assert await redis.lrange(KEYS.recent, 0, -1) == ["L1"]  # the entry is in the hash
     assert await redis.hgetall(KEYS.unpersisted) == {"L1": entry}
 
 
@@ -137,11 +138,37 @@ async def test_idempotency_replays_the_first_result_once(redis: "Redis") -> None
     await hydrate(redis, 100)
     first = await apply_entry(redis, -10, idempotency_key="k", ledger_id="L1")
     again = await apply_entry(redis, -10, idempotency_key="k", ledger_id="L2")
-    assert first[0] == "ok" and again[0] == "replay"
-    assert (again[1], again[2]) == (first[1], first[2])
+    assert first == ["ok", "100", first[2], 0, "90"]
+    # balance_before, ledger_id, top_up, available, created_at, amount: the first reply.
+    assert again == ["replay", "100", "L1", "0", "90", "1234", "-10"]
     assert await redis.hget(KEYS.account, "balance") == "90"
     assert await redis.xlen(KEYS.outbox) == 1
     assert 86_000 < await redis.ttl(KEYS.idempotency("k")) <= 86_400
+    # One short string, not a copy of the entry.
+    assert await redis.get(KEYS.idempotency("k")) == "fp 100 L1 0 90 1234 -10"
+
+
+async def test_a_replay_needs_nothing_but_its_record(redis: "Redis") -> None:
+    await hydrate(redis, 100)
+    await apply_entry(redis, -10, idempotency_key="k", ledger_id="L1")
+    # The entry persisted and the account gone from Redis (evicted): the key still answers.
+    await redis.delete(KEYS.account, KEYS.outbox, KEYS.unpersisted, KEYS.recent)
+    again = await apply_entry(redis, -10, idempotency_key="k", ledger_id="L2")
+    assert again == ["replay", "100", "L1", "0", "90", "1234", "-10"]
+    assert await apply_entry(redis, -10, idempotency_key="k", fingerprint="b") == ["conflict"]
+
+
+async def test_a_record_the_previous_version_stored_still_replays(redis: "Redis") -> None:
+    await hydrate(redis, 90)
+    entry = orjson.dumps({"ledger_id": "L1", "amount": -10, "balance_after": 90}).decode()
+    record = KEYS.idempotency("k")
+    old = {"fingerprint": "ab" * 32, "balance_before": "100", "entry": entry, "available": "90"}
+    await redis.hset(record, mapping=old)
+    fingerprint = "ab" * 16  # the new fingerprint is the first half of the old one
+    again = await apply_entry(redis, -10, idempotency_key="k", fingerprint=fingerprint)
+    assert again == ["replay_entry", "100", entry, 0, "90"]
+    assert await apply_entry(redis, -10, idempotency_key="k", fingerprint="cd" * 16) == ["conflict"]
+    assert await redis.hget(KEYS.account, "balance") == "90"
 
 
 async def test_idempotency_key_with_another_request_conflicts(redis: "Redis") -> None:
@@ -158,13 +185,14 @@ async def test_refused_request_leaves_its_idempotency_key_free(redis: "Redis") -
     assert (await apply_entry(redis, -10, idempotency_key="k"))[0] == "ok"
 
 
-async def test_recent_list_is_capped_newest_first(redis: "Redis") -> None:
-    await hydrate(redis, 100)
-    for i in range(8):
-        await apply_entry(redis, -1, ledger_id=f"L{i}", recent=5)
-    recent = [orjson.loads(e)["ledger_id"] for e in await redis.lrange(KEYS.recent, 0, -1)]
-    assert recent == ["L7", "L6", "L5", "L4", "L3"]
-    assert await redis.xlen(KEYS.outbox) == 8  # the outbox is never trimmed
+async def test_recent_list_names_every_unpersisted_entry_newest_first(redis: "Redis") -> None:
+    await hydrate(redis, 1_000)
+    for i in range(300):
+        await apply_entry(redis, -1, ledger_id=f"L{i}")
+    # No cap: only the worker takes ids out, once PostgreSQL has their entries.
+    recent = await redis.lrange(KEYS.recent, 0, -1)
+    assert recent == [f"L{i}" for i in range(299, -1, -1)]
+    assert await redis.hlen(KEYS.unpersisted) == await redis.xlen(KEYS.outbox) == 300
 
 
 async def test_scripts_survive_script_flush(redis: "Redis") -> None:
@@ -188,7 +216,7 @@ async def test_refund_replay_beats_the_refund_marker(redis: "Redis") -> None:
     await apply_entry(redis, -10, ledger_id="D1")
     first = await apply_entry(redis, 10, refund_of="D1", idempotency_key="r", ledger_id="R1")
     again = await apply_entry(redis, 10, refund_of="D1", idempotency_key="r", ledger_id="R2")
-    assert (first[0], again[0], again[2]) == ("ok", "replay", first[2])
+    assert (first[0], again[0], again[2]) == ("ok", "replay", "R1")
 
 
 async def test_refused_refund_leaves_no_marker(redis: "Redis") -> None:

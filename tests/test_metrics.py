@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.metrics import registry
 from engine.settings import Settings
 from engine.store.scripts import Scripts
-from tests.conftest import ApiServer, AppUnderTest, TallyProcess, WorkerProcess, tally_env
+from tests.conftest import ApiServer, AppUnderTest, TallyProcess, WorkerProcess, redis_of, tally_env
 from tests.servers import free_port, wait_for_port
 from tests.test_ledger import wait_until
 
@@ -215,7 +214,7 @@ def test_the_worker_serves_its_metrics_on_its_own_port(
 def test_ready_when_redis_answers_and_holds_every_script(
     api_server: ApiServer, settings: Settings
 ) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_of(settings)
     try:
         client.script_flush()
         answer = httpx.get(f"{api_server.url}/readyz")

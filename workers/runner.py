@@ -14,6 +14,7 @@ from contextlib import suppress
 from typing import Any
 
 from redis import Redis
+from redis.commands.core import Script
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
@@ -25,7 +26,10 @@ from engine.errors import UnavailableError
 from engine.holds.expiry import sweep_expiries
 from engine.ledger.completeness import complete_shards
 from engine.ledger.defaults import FLUSH_LOCK_MS
+from engine.ledger.eviction import Eviction, interval_seconds
+from engine.ledger.hydration import rebuild_accounts
 from engine.ledger.outbox import outbox_depths
+from engine.ledger.partitions import ensure_partitions
 from engine.logs import Outage
 from engine.settings import Settings
 from engine.store.keys import SHARDS, flush_key, reconcile_schedule_key
@@ -50,6 +54,8 @@ _COMPLETENESS_SECONDS = 5.0
 # Outgoing webhooks due are claimed this often; plan usage is summed every second.
 _DELIVERY_SWEEP_SECONDS = 0.2
 _PLAN_SUM_SECONDS = 1.0
+# The ledger's coming months are made this often (and at start), months before they are needed.
+_PARTITIONS_SECONDS = 3600.0
 # An RQ worker that ran this long before quitting was healthy: its quitting is a new failure.
 _HEALTHY_SECONDS = 30.0
 
@@ -96,6 +102,7 @@ def _serve(engine: Engine) -> None:
     threads = (
         (_sweep_forever, "sweeper"), (_complete_forever, "completeness"),
         (_claim_deliveries_forever, "deliveries"), (_sum_plans_forever, "plans"),
+        (_make_partitions_forever, "partitions"), (_evict_forever, "eviction"),
     )  # fmt: skip
     for target, name in threads:
         threading.Thread(target=target, args=(engine, queue, stop), name=name, daemon=True).start()
@@ -181,7 +188,7 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
                     queue.auto_top_up(app_id, user_id)
             if time.monotonic() >= next_expiry_sweep:
                 next_expiry_sweep = time.monotonic() + _EXPIRY_SWEEP_SECONDS
-                sweep_expiries(redis, scripts, settings.recent_entries, engine.watch_of)
+                _sweep_expiries(engine, scripts)
             if time.monotonic() >= next_rearm:
                 next_rearm = time.monotonic() + _REARM_SECONDS
                 engine.top_ups.rearm_all()
@@ -192,6 +199,22 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
             # The sweeper must outlive any surprise: without it nothing gets persisted.
             log.exception("sweep failed, retrying")
             stop.wait(1)
+
+
+def _sweep_expiries(engine: Engine, scripts: Scripts[Script]) -> None:
+    redis = engine.sync_redis
+    sweep_expiries(
+        redis, scripts, engine.watch_of,
+        lambda accounts: rebuild_accounts(redis, scripts, engine.ledger, accounts),
+    )  # fmt: skip
+
+
+def _evict_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
+    """Take idle accounts out of Redis (engine/ledger/eviction.py), unless they never idle."""
+    idle = engine.settings.account_idle_seconds
+    if idle:
+        eviction = Eviction(engine.sync_redis, Scripts.register(engine.sync_redis), idle)
+        _repeat(stop, interval_seconds(idle), "evicting idle accounts", eviction.run)
 
 
 def _claim_deliveries_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
@@ -211,11 +234,28 @@ def _sum_plans_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> No
             lambda: engine.plans.sum_all(time.time_ns() // 1_000_000))  # fmt: skip
 
 
-def _repeat(stop: threading.Event, seconds: float, what: str, action: Callable[[], Any]) -> None:
-    """`action` every `seconds` on a thread of its own, so that neither PostgreSQL's outages nor
-    a long run delays the ledger's flushes; outages back off and are logged once."""
+def _make_partitions_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
+    """Make the ledger's coming months (engine/ledger/partitions.py), on the pool the hot path
+    does not use."""
+    _repeat(stop, _PARTITIONS_SECONDS, "making ledger partitions",
+            lambda: ensure_partitions(engine.billing_pool), at_start=True)  # fmt: skip
+
+
+def _repeat(
+    stop: threading.Event,
+    seconds: float,
+    what: str,
+    action: Callable[[], Any],
+    *,
+    at_start: bool = False,
+) -> None:
+    """`action` every `seconds` (first at once if `at_start`) on a thread of its own, so that
+    neither PostgreSQL's outages nor a long run delays the ledger's flushes; outages back off
+    and are logged once."""
     outage = Outage(log, what)
-    while not stop.wait(seconds):
+    wait = 0.0 if at_start else seconds
+    while not stop.wait(wait):
+        wait = seconds
         try:
             action()
             outage.ok()
@@ -231,7 +271,7 @@ def _deliver_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None
     outage = Outage(log, "sending events")
     # A client of its own, left open: the thread dies with the process, blocked in a read that
     # closing the engine's client under it would turn into errors.
-    connection = sync_client(engine.settings.redis_url, decode=False)
+    connection = sync_client(engine.settings.queue_url, decode=False)
     while not stop.is_set():
         try:
             worker = _ThreadWorker([EVENTS_QUEUE], connection=connection, serializer=JSONSerializer)
@@ -272,7 +312,7 @@ def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> Non
 def _drain(engine: Engine) -> int:
     """Persist everything in the outboxes, then exit; 1 if PostgreSQL will not take it."""
     redis, queue = engine.sync_redis, Jobs(engine.raw_redis)
-    sweep_expiries(redis, Scripts.register(redis), engine.settings.recent_entries, engine.watch_of)
+    _sweep_expiries(engine, Scripts.register(redis))
     worker = SimpleWorker([queue.queue], connection=engine.raw_redis, serializer=JSONSerializer)
     stalls = 0
     depth = sum(outbox_depths(redis))

@@ -31,7 +31,7 @@ from engine.models import App
 from engine.payments.providers import credits_for
 from engine.settings import Settings
 from engine.store.keys import SHARDS, account_keys, parse_member, top_up_due_key
-from engine.store.scripts import Scripts
+from engine.store.scripts import Call, Scripts, run_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +94,12 @@ class AutoTopUps:
     def claim_due(self, limit: int = 100) -> list[tuple[str, str]]:
         """Lease every shard's due top-ups, one round trip: (app_id, user_id) per account."""
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-        pipe = self._redis.pipeline(transaction=False)
-        for shard in range(SHARDS):
-            self._claim(
-                keys=[top_up_due_key(shard)], args=[now_ms, TOP_UP_LEASE_MS, limit], client=pipe
-            )
-        return [parse_member(m) for members in pipe.execute() for m in members]
+        calls: list[Call] = [
+            ([top_up_due_key(shard)], [now_ms, TOP_UP_LEASE_MS, limit]) for shard in range(SHARDS)
+        ]
+        return [
+            parse_member(m) for members in run_all(self._redis, self._claim, calls) for m in members
+        ]
 
     def rearm_all(self) -> int:
         """Put every enabled threshold (and due retry) back in Redis, e.g. after Redis lost data."""

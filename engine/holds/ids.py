@@ -13,8 +13,12 @@ _PREFIX = "hold_"
 def new_hold_id(user_id: str) -> tuple[str, str]:
     """(hold_id, token): the token is the hold's field in its account's holds hash."""
     token = secrets.token_hex(12)
+    return hold_id_of(token, user_id), token
+
+
+def hold_id_of(token: str, user_id: str) -> str:
     user = base64.urlsafe_b64encode(user_id.encode()).rstrip(b"=").decode()
-    return f"{_PREFIX}{token}_{user}", token
+    return f"{_PREFIX}{token}_{user}"
 
 
 def parse_hold_id(hold_id: str) -> tuple[str, str]:

@@ -2,7 +2,6 @@
 cost (the rest is released) or release it all. Each is one script call (lua/hold.lua,
 lua/settle_hold.lua); an unsettled hold expires by itself (lua/account.lua)."""
 
-import hashlib
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,11 +18,15 @@ from engine.errors import (
     InvalidRequestError,
     NotFoundError,
     PlanLimitError,
+    UnavailableError,
 )
 from engine.events.watch import watch_arg
-from engine.holds.ids import new_hold_id, parse_hold_id
+from engine.holds.ids import hold_id_of, new_hold_id, parse_hold_id
 from engine.ledger.checks import check_amount, check_text, metadata_json
 from engine.ledger.credits import Credits, entry_result
+from engine.ledger.defaults import HYDRATE_ATTEMPTS
+from engine.ledger.hydration import GONE
+from engine.ledger.idempotency import Replay, fingerprint
 from engine.ledger.repository import LedgerRepository
 from engine.models import (
     MAX_DESCRIPTION,
@@ -66,7 +69,6 @@ class Holds:
         self._repository = repository
         self._bridge = bridge
         self._idempotency_ttl = settings.idempotency_ttl_seconds
-        self._recent_entries = settings.recent_entries
 
     async def create(
         self,
@@ -92,21 +94,19 @@ class Holds:
         hold_id, token = new_hold_id(user_id)
         now_ms = time.time_ns() // 1_000_000
         expires_ms = now_ms + ttl_seconds * 1000
-        ledger_id = new_ledger_id(keys.shard)
+        ledger_id = new_ledger_id(keys.shard, now_ms)
         head = _head(ledger_id, app, user_id, "hold", now_ms, description, idempotency_key)
         head |= {"reference_id": reference_id, "metadata": orjson.Fragment(metadata_text)}
         head |= {"hold_id": hold_id, "expires_at": expires_ms}
         identity = ["hold", user_id, amount, ttl_seconds, description, reference_id]
-        mode, script_keys, fingerprint = _idempotency(
-            keys, idempotency_key, identity, metadata_text
-        )
+        mode, script_keys, request = _idempotency(keys, idempotency_key, identity, metadata_text)
         # A hold is one of the app's operations, as a deduct is.
         plan_keys, letter, allowed = counted(app, keys, now_ms)
         script_keys += plan_keys
         mode += letter
         args = (
-            amount, -app.overdraft_limit, orjson.dumps(head)[:-1], fingerprint,
-            self._idempotency_ttl, self._recent_entries, now_ms, ledger_id, mode, token,
+            amount, -app.overdraft_limit, orjson.dumps(head)[:-1], request,
+            self._idempotency_ttl, now_ms, ledger_id, mode, token,
             expires_ms, watch_arg(app), allowed,
         )  # fmt: skip
         reply = await self._credits.hydration.run(
@@ -123,9 +123,18 @@ class Holds:
             raise ConflictError(f"the user has {MAX_HOLDS} active holds, the most one may have")
         if status == "conflict":
             raise IdempotencyConflictError()
+        if status == "replay":
+            replay = Replay.of(reply)
+            made = Hold(
+                hold_id=hold_id_of(replay.extra or "", user_id), user_id=user_id, amount=amount,
+                status="active", expires_at_ms=replay.created_at_ms + ttl_seconds * 1000,
+                created_at_ms=replay.created_at_ms, description=description,
+                reference_id=reference_id, metadata=metadata, ledger_id=replay.ledger_id,
+            )  # fmt: skip
+            return HoldResult(made, replay.balance_before, replay.available, True)
         entry = LedgerEntry.from_json(reply[2])
         available = int(reply[4]) if reply[4] is not None else int(reply[1])
-        return HoldResult(_hold(entry, "active"), int(reply[1]), available, status == "replay")
+        return HoldResult(_hold(entry, "active"), int(reply[1]), available, status != "ok")
 
     async def capture(
         self,
@@ -166,11 +175,11 @@ class Holds:
         keys = account_keys(app.app_id, user_id)
         kind = "release" if amount == 0 else "deduct"
         now_ms = time.time_ns() // 1_000_000
-        ledger_id = new_ledger_id(keys.shard)
+        ledger_id = new_ledger_id(keys.shard, now_ms)
         # The script appends the hold_id (and what the hold held) to the settling entry.
         head = _head(ledger_id, app, user_id, kind, now_ms, description, idempotency_key)
         identity = [kind, hold_id, amount, description]
-        mode, script_keys, fingerprint = _idempotency(keys, idempotency_key, identity)
+        mode, script_keys, request = _idempotency(keys, idempotency_key, identity)
         member = ""
         if kind == "deduct" and app.auto_top_up:
             script_keys += (keys.top_up(), keys.top_up_due())
@@ -180,16 +189,20 @@ class Holds:
         script_keys.append(keys.hold_end(token))
         mode += "e"
         args = (
-            "" if amount is None else amount, token, orjson.dumps(head)[:-1], fingerprint,
-            self._idempotency_ttl, self._recent_entries, now_ms, ledger_id, mode,
+            "" if amount is None else amount, token, orjson.dumps(head)[:-1], request,
+            self._idempotency_ttl, now_ms, ledger_id, mode,
             _END_KEPT_MS, member, watch_arg(app),
         )  # fmt: skip
         reply = await self._credits.hydration.run(
             app, user_id, keys, self._scripts.settle_hold, (script_keys, args)
         )
         status = reply[0]
-        if status in ("ok", "replay"):
+        if status in ("ok", "replay_entry"):
             return entry_result(reply)
+        if status == "replay":
+            replay = Replay.of(reply)
+            held = -int(replay.extra or 0)
+            return replay.entry_result(user_id, kind, hold_id=hold_id, held=held)
         if status == "conflict":
             raise IdempotencyConflictError()
         if status == "too_much":
@@ -218,20 +231,31 @@ class Holds:
         """The user's active holds, soonest expiry first; what is due expires first."""
         check_text("user_id", user_id, MAX_USER_ID, required=True)
         keys = account_keys(app.app_id, user_id)
-        with outages():
-            exists, due = await self._redis.hmget(keys.account, "balance", "due")
-        if exists is None:
-            if not await self._credits.hydration.ensure(app.app_id, {user_id: keys}, create=False):
-                return []
+        for _ in range(HYDRATE_ATTEMPTS):
             with outages():
-                due = await self._redis.hget(keys.account, "due")
-        if due is not None and int(due) <= time.time_ns() // 1_000_000:
-            await self._credits.expire_due(app, user_id)
-        return await self._read_active(keys)
+                exists, due = await self._redis.hmget(keys.account, "balance", "due")
+            if exists is None:
+                hydration = self._credits.hydration
+                if not await hydration.ensure(app.app_id, {user_id: keys}, create=False):
+                    return []
+                continue
+            if due is not None and int(due) <= time.time_ns() // 1_000_000:
+                await self._credits.expire_due(app, user_id)
+            holds = await self._read_active(keys)
+            if holds is not None:
+                return holds
+        raise UnavailableError(GONE)
 
-    async def _read_active(self, keys: AccountKeys) -> list[Hold]:
+    async def _read_active(self, keys: AccountKeys) -> list[Hold] | None:
+        """None when the account left Redis since it was read (engine.ledger.eviction): its
+        holds went with it."""
         with outages():
-            raw = await self._redis.hvals(keys.holds)
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.exists(keys.account)
+            pipe.hvals(keys.holds)
+            exists, raw = await pipe.execute()
+        if not exists:
+            return None
         holds = [
             _hold(LedgerEntry.from_json(str(value).split(" ", 3)[3]), "active") for value in raw
         ]
@@ -290,8 +314,7 @@ def _idempotency(
     if idempotency_key is None:
         return "", script_keys, ""
     script_keys.append(keys.idempotency(idempotency_key))
-    fingerprint = hashlib.sha256(orjson.dumps(identity) + metadata_text.encode()).hexdigest()
-    return "i", script_keys, fingerprint
+    return "i", script_keys, fingerprint(identity, metadata_text)
 
 
 def _hold(entry: LedgerEntry, status: str) -> Hold:

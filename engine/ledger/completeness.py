@@ -1,9 +1,11 @@
 """Which shards Redis holds completely, so that it alone can tell a new user from a lost one.
 
-An account missing from Redis is either new (no entries anywhere) or lost (Redis lost data;
-its entries are in PostgreSQL). Only PostgreSQL can tell, unless the shard is marked complete:
-every account of the shard that has ledger entries is in Redis. Accounts never leave Redis on
-their own, so the mark stays true until Redis loses data, and it is lost with that data.
+An account missing from Redis is either new (no entries anywhere), evicted (idle, its entries
+in PostgreSQL, engine.ledger.eviction) or lost (Redis lost data; its entries are in PostgreSQL).
+Only PostgreSQL can tell, unless the shard is marked complete: every account of the shard that
+has ledger entries is in Redis or has a tombstone (eviction leaves one in the same script that
+deletes the account). So the mark stays true until Redis loses data, and it is lost with that
+data (tombstones with it: a pass puts evicted accounts back too, and they idle out again).
 
 The worker marks shards: for the shards without a mark, one pass over the ledger puts every
 account back (accounts already there are left alone), then marks them, unless Redis lost data
@@ -28,7 +30,7 @@ from engine.store.keys import (
     completing_key,
     shard_of,
 )
-from engine.store.scripts import Scripts
+from engine.store.scripts import Call, Scripts, run_all
 
 # A pass over a large ledger takes a while: another worker may start one after this long.
 _PASS_LEASE_MS = 3_600_000
@@ -67,11 +69,11 @@ def complete_shards(
                 batch = []
         if not _hydrate(redis, scripts, repository, batch, token):
             return []
-        pipe = redis.pipeline(transaction=False)
-        for shard in missing:
-            keys = [completing_key(shard), complete_key(shard)]
-            scripts.mark_complete(keys=keys, args=[token], client=pipe)
-        return [shard for shard, marked in zip(missing, pipe.execute(), strict=True) if marked]
+        calls: list[Call] = [
+            ([completing_key(shard), complete_key(shard)], [token]) for shard in missing
+        ]
+        marks = run_all(redis, scripts.mark_complete, calls)
+        return [shard for shard, marked in zip(missing, marks, strict=True) if marked]
     finally:
         if redis.get(completeness_lock_key()) == token:
             redis.delete(completeness_lock_key())
@@ -89,10 +91,10 @@ def _hydrate(
     if not batch:
         return True
     expiring = expiring_of(repository, batch)
-    pipe = redis.pipeline(transaction=False)
-    for app_id, user_id, snapshot in batch:
-        keys, args = hydrate_call(
+    calls = [
+        hydrate_call(
             account_keys(app_id, user_id), snapshot, expiring.get((app_id, user_id)), token
         )
-        scripts.hydrate(keys=keys, args=args, client=pipe)
-    return -1 not in pipe.execute()
+        for app_id, user_id, snapshot in batch
+    ]
+    return -1 not in run_all(redis, scripts.hydrate, calls)

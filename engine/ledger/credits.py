@@ -1,6 +1,5 @@
 """Credits operations on the hot path: one Lua script call per add or deduct."""
 
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ from engine.errors import (
 from engine.events.watch import watch_arg
 from engine.holds.ids import parse_hold_id
 from engine.ledger.checks import check_amount, check_text, metadata_json
-from engine.ledger.defaults import HYDRATE_ATTEMPTS
+from engine.ledger.defaults import HYDRATE_ATTEMPTS, REFUND_MARKER_KEPT_SECONDS
 from engine.ledger.expiring import account_json
 from engine.ledger.hydration import GONE, Hydration
+from engine.ledger.idempotency import Replay, fingerprint
 from engine.ledger.repository import LedgerRepository
 from engine.ledger.summaries import Refusals
 from engine.models import (
@@ -83,9 +83,9 @@ class Credits:
         self._scripts = Scripts.register_async(redis)
         self._repository = repository
         self._bridge = bridge
-        self.hydration = Hydration(redis, repository, bridge, self._scripts)
+        acks = scripts.Acks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+        self.hydration = Hydration(redis, repository, bridge, self._scripts, acks)
         self._idempotency_ttl = settings.idempotency_ttl_seconds
-        self._recent_entries = settings.recent_entries
         # Refused deducts write no entry: counted here for the dashboard (engine.ledger.summaries).
         self.refusals = Refusals()
 
@@ -162,7 +162,10 @@ class Credits:
         refund_id = await self._bridge.call(self._repository.refund_of, refunded_id)
         if refund_id is not None:
             with outages():
-                await self._redis.set(keys.refund_marker(original.ledger_id), refund_id, nx=True)
+                await self._redis.set(
+                    keys.refund_marker(original.ledger_id), refund_id, nx=True,
+                    ex=REFUND_MARKER_KEPT_SECONDS,
+                )  # fmt: skip
         mode, grant, parts = refund_moves(original)
         call = self._prepare(
             app, "refund", original.user_id, -original.amount, description=description,
@@ -236,9 +239,10 @@ class Credits:
         keys = account_keys(app.app_id, user_id)
         now_ms = time.time_ns() // 1_000_000
         who = account_json(app.app_id, user_id)
-        args = (now_ms, new_ledger_id(keys.shard), who, self._recent_entries, watch_arg(app))
+        ledger_id = new_ledger_id(keys.shard, now_ms)
+        args = (now_ms, ledger_id, who, watch_arg(app))
         written: int = await scripts.run(
-            self._redis, self._scripts.expire_due, keys.script_keys(), args
+            self._redis, self._scripts.expire_due, keys.script_keys(), args, self.hydration.acks
         )
         return written
 
@@ -246,8 +250,9 @@ class Credits:
         """Newest first, every acknowledged entry once, however far behind the worker is.
 
         An account's entries are numbered 1..seq without gaps, so a page is a range of seqs:
-        the recent list in Redis holds the newest, PostgreSQL what the worker persisted, and
-        the shard's unpersisted hash whatever is neither (a large backlog).
+        Redis has those the worker has not persisted (the recent list names them, newest
+        first), PostgreSQL the others. Redis is read first: an entry persisted meanwhile left
+        Redis only after its COMMIT, so PostgreSQL, read next, has it.
         """
         check_text("user_id", user_id, MAX_USER_ID, required=True)
         keys = account_keys(app.app_id, user_id)
@@ -257,7 +262,7 @@ class Credits:
                 pipe = self._redis.pipeline(transaction=True)
                 pipe.hget(keys.account, "seq")
                 pipe.lrange(keys.recent, offset, offset + limit - 1)
-                seq, recent = await pipe.execute()
+                seq, listed = await pipe.execute()
             if seq is not None:
                 break
             if not await self.hydration.ensure(app.app_id, {user_id: keys}, create=False):
@@ -266,7 +271,7 @@ class Credits:
             raise UnavailableError(GONE)
         top = int(seq) - offset
         bottom = max(1, top - limit + 1)
-        page = {entry.seq: entry for entry in map(LedgerEntry.from_json, recent)}
+        page = await self._listed(keys.unpersisted, listed)
         wanted = {s for s in range(bottom, top + 1) if s not in page}
         outage = None
         if wanted:
@@ -292,6 +297,16 @@ class Credits:
             has_more=bottom > 1,
         )
 
+    async def _listed(self, unpersisted: str, listed: list[str]) -> dict[int, LedgerEntry]:
+        """The entries a recent list names that are still unpersisted (by seq): the list holds
+        ids, or whole entries in a list the previous version wrote."""
+        raw: list[str | bytes] = [item for item in listed if item.startswith("{")]
+        ids = [item for item in listed if not item.startswith("{")]
+        if ids:
+            with outages():
+                raw += [entry for entry in await self._redis.hmget(unpersisted, ids) if entry]
+        return {entry.seq: entry for entry in map(LedgerEntry.from_json, raw)}
+
     async def _persisted(self, app_id: str, user_id: str, seqs: set[int]) -> dict[int, LedgerEntry]:
         entries = await self._bridge.call(
             self._repository.entries_between, app_id, user_id, min(seqs), max(seqs)
@@ -302,7 +317,7 @@ class Credits:
         self, app_id: str, user_id: str, unpersisted: str, seqs: set[int]
     ) -> list[LedgerEntry]:
         """Entries of the account with these seqs, from its shard's unpersisted hash: what a
-        backlog holds beyond the recent list."""
+        recent list of the previous version, which kept 200 entries, left out of a backlog."""
         found = await self._scan_unpersisted(
             unpersisted, f'"app_id":{orjson.dumps(app_id).decode()}'
         )
@@ -366,6 +381,7 @@ class Credits:
                 self._scripts.apply_entry,
                 [(calls[i].script_keys, calls[i].args) for i in pending],
                 each=True,
+                acks=self.hydration.acks,
             )
             missing = []
             for index, reply in zip(pending, replies, strict=True):
@@ -428,7 +444,7 @@ class Credits:
         parts: tuple[Any, ...] = (),
     ) -> "_Call":
         """Validate an entry and build its apply_entry.lua call; `mode`, `grant` and `parts`
-        are the script's own (ARGV[9], ARGV[11] and ARGV[14..])."""
+        are the script's own (ARGV[8], ARGV[10] and ARGV[13..])."""
         check_text("user_id", user_id, MAX_USER_ID, required=True)
         check_amount(abs(delta))
         check_text("description", description, MAX_DESCRIPTION)
@@ -437,7 +453,7 @@ class Credits:
         metadata_text = metadata_json(metadata)
         keys = account_keys(app.app_id, user_id)
         now_ms = time.time_ns() // 1_000_000
-        ledger_id = new_ledger_id(keys.shard)
+        ledger_id = new_ledger_id(keys.shard, now_ms)
         fields = {
             "ledger_id": ledger_id,
             "app_id": app.app_id,
@@ -458,16 +474,14 @@ class Credits:
             mode, grant = mode + "g", expires_at_ms
         entry = orjson.dumps(fields)
         script_keys = keys.script_keys()
-        fingerprint = ""
+        request = ""
         if idempotency_key is not None:
             script_keys.append(keys.idempotency(idempotency_key))
             mode += "i"
             identity = [kind, user_id, delta, description, reference_id, refund_of]
             if expires_at_ms is not None:
                 identity.append(expires_at_ms)
-            fingerprint = hashlib.sha256(
-                orjson.dumps(identity) + metadata_text.encode()
-            ).hexdigest()
+            request = fingerprint(identity, metadata_text)
         if refund_of is not None:
             script_keys.append(keys.refund_marker(refund_of))
             mode += "r"
@@ -486,9 +500,8 @@ class Credits:
             delta,
             -app.overdraft_limit,
             entry[:-1],
-            fingerprint,
+            request,
             self._idempotency_ttl,
-            self._recent_entries,
             now_ms,
             ledger_id,
             mode,
@@ -499,8 +512,8 @@ class Credits:
             *parts,
         )
         return _Call(
-            user_id, keys, script_keys, args, -app.overdraft_limit, refund_of,
-            app.plan_monthly_operations,
+            user_id, kind, keys, script_keys, args, -app.overdraft_limit, refund_of,
+            app.plan_monthly_operations, expires_at_ms,
         )  # fmt: skip
 
 
@@ -509,17 +522,22 @@ class _Call:
     """One prepared apply_entry.lua call, and how to read its reply."""
 
     user_id: str
+    kind: str
     keys: AccountKeys
     script_keys: list[str]
     args: tuple[Any, ...]
     floor: int
     refund_of: str | None
     allowed: int | None
+    expires_at_ms: int | None
 
     def result(self, reply: list[Any]) -> EntryResult:
         status = reply[0]
-        if status == "ok" or status == "replay":
+        if status == "ok" or status == "replay_entry":
             return entry_result(reply)
+        if status == "replay":
+            replay = Replay.of(reply)
+            return replay.entry_result(self.user_id, self.kind, expires_at_ms=self.expires_at_ms)
         if status == "insufficient":
             balance, available = int(reply[1]), int(reply[2])
             shown = available if available != balance else None
@@ -546,7 +564,7 @@ class _Call:
 
 
 def refund_moves(original: LedgerEntry) -> tuple[str, str, tuple[Any, ...]]:
-    """apply_entry.lua's mode, refunded grant (ARGV[11]) and grant parts (ARGV[14..]) for a
+    """apply_entry.lua's mode, refunded grant (ARGV[10]) and grant parts (ARGV[13..]) for a
     refund of `original`: which credits it moves. What is left of a refunded grant; grant
     credits back to the grants an entry took them from; a refunded add's credits that never
     expire before any grant's (a refund never makes expiring credits lasting)."""
@@ -559,7 +577,7 @@ def refund_moves(original: LedgerEntry) -> tuple[str, str, tuple[Any, ...]]:
 
 
 def entry_result(reply: list[Any]) -> EntryResult:
-    """An "ok" or "replay" reply of the scripts that post entries (lua/account.lua)."""
+    """An "ok" or "replay_entry" reply of the scripts that post entries (lua/account.lua)."""
     stored = orjson.loads(reply[2])
     return EntryResult(
         ledger_id=stored["ledger_id"],
@@ -569,7 +587,7 @@ def entry_result(reply: list[Any]) -> EntryResult:
         balance_before=int(reply[1]),
         balance_after=stored["balance_after"],
         created_at_ms=stored["created_at"],
-        replayed=reply[0] == "replay",
+        replayed=reply[0] != "ok",
         top_up_started=reply[3] == 1,
         available=int(reply[4]) if len(reply) > 4 and reply[4] is not None else None,
         expires_at_ms=stored.get("expires_at"),

@@ -13,3 +13,6 @@ FLUSH_LOCK_MS = 30_000
 # With PostgreSQL down, a shard is tried again this often instead of on every sweep.
 UNAVAILABLE_BACKOFF_MS = 1_000
 RECONCILE_SCAN_BATCH = 1_000
+# A refund marker (AccountKeys.refund_marker) stays this long once PostgreSQL has its refund:
+# Credits.refund asks PostgreSQL first, so only a request already past that question needs it.
+REFUND_MARKER_KEPT_SECONDS = 86_400

@@ -1,14 +1,17 @@
 """Rebuilding accounts Redis lacks from the PostgreSQL ledger: balance, seq, grants and holds.
 
 A missing account is never read as 0 (invariant 5): every script that needs an account answers
-"missing", and the caller hydrates it and calls again.
+"missing", and the caller hydrates it and calls again. Accounts go missing when Redis loses
+data, and when they idle (engine.ledger.eviction).
 """
 
 import time
+from collections import defaultdict
 from typing import Any
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 
 from engine.bridge import Bridge
 from engine.errors import PlanLimitError, UnavailableError
@@ -17,8 +20,8 @@ from engine.ledger.expiring import Expiring, rebuild
 from engine.ledger.repository import LedgerRepository, Snapshot
 from engine.models import AppContext
 from engine.store import scripts
-from engine.store.keys import AccountKeys
-from engine.store.scripts import Scripts
+from engine.store.keys import AccountKeys, account_keys
+from engine.store.scripts import Scripts, run_all
 
 GONE = "account keeps disappearing from Redis; retry shortly"
 
@@ -48,14 +51,49 @@ def expiring_of(
     return {account: rebuild(entries, now_ms) for account, entries in found.items()}
 
 
+def rebuild_accounts(
+    redis: SyncRedis,
+    scripts_: Scripts[Script],
+    repository: LedgerRepository,
+    accounts: list[tuple[str, str]],
+) -> set[tuple[str, str]]:
+    """Hydration for blocking code (the worker's sweeps): put back the accounts the ledger has
+    entries of; returns those. Accounts already in Redis are left alone."""
+    users: dict[str, list[str]] = defaultdict(list)
+    for app_id, user_id in accounts:
+        users[app_id].append(user_id)
+    found = [
+        (app_id, user_id, snapshot)
+        for app_id, user_ids in users.items()
+        for user_id, snapshot in repository.account_snapshots(app_id, user_ids).items()
+        if snapshot.updated_at is not None
+    ]
+    expiring = expiring_of(repository, found)
+    calls = [
+        hydrate_call(account_keys(app_id, user_id), snapshot, expiring.get((app_id, user_id)))
+        for app_id, user_id, snapshot in found
+    ]
+    if calls:
+        run_all(redis, scripts_.hydrate, calls)
+    return {(app_id, user_id) for app_id, user_id, _ in found}
+
+
 class Hydration:
     def __init__(
-        self, redis: Redis, repository: LedgerRepository, bridge: Bridge, scripts_: Scripts[Any]
+        self,
+        redis: Redis,
+        repository: LedgerRepository,
+        bridge: Bridge,
+        scripts_: Scripts[Any],
+        acks: scripts.Acks = scripts.NO_ACKS,
     ) -> None:
         self._redis = redis
         self._repository = repository
         self._bridge = bridge
         self._scripts = scripts_
+        # The replicas every call acknowledged to a caller waits for (a rebuild needs none:
+        # the call after it waits for everything written before).
+        self.acks = acks
 
     async def run(
         self, app: AppContext, user_id: str, keys: AccountKeys, script: AsyncScript,
@@ -63,7 +101,7 @@ class Hydration:
     ) -> Any:  # fmt: skip
         """One script call on an account, rebuilding the account when Redis lacks it."""
         for _ in range(HYDRATE_ATTEMPTS):
-            reply = await scripts.run(self._redis, script, call[0], call[1])
+            reply = await scripts.run(self._redis, script, call[0], call[1], self.acks)
             if reply[0] != "missing":
                 return reply
             accounts = {user_id: keys}
@@ -130,7 +168,10 @@ class Hydration:
         """The accounts that exist (created at 0 where Redis vouches they are new); raises
         UnavailableError when Redis cannot vouch for one of them."""
         flag = "1" if create else "0"
-        calls = [([keys.account, keys.complete()], (flag,)) for keys in accounts.values()]
+        calls = [
+            ([keys.account, keys.complete(), keys.tombstone()], (flag, keys.tombstone_member()))
+            for keys in accounts.values()
+        ]
         replies = await scripts.run_many(self._redis, self._scripts.vouch_account, calls)
         if -1 in replies:
             raise UnavailableError("PostgreSQL is unavailable; retry shortly", "postgresql")

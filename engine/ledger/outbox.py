@@ -18,10 +18,19 @@ from redis.exceptions import ResponseError
 
 from engine.events.derive import crossing_events, entry_events
 from engine.events.types import Event
-from engine.ledger.defaults import OUTBOX_GROUP
+from engine.ledger.defaults import OUTBOX_GROUP, REFUND_MARKER_KEPT_SECONDS
 from engine.ledger.repository import LedgerRepository
 from engine.models import LedgerEntry
-from engine.store.keys import SHARDS, outbox_key, outbox_keys, shard_of, unpersisted_key
+from engine.store.keys import (
+    SHARDS,
+    account_keys,
+    outbox_key,
+    outbox_keys,
+    shard_of,
+    unpersisted_key,
+)
+from engine.store.redis import is_cluster
+from engine.store.scripts import NO_ACKS, Acks
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +47,15 @@ class FlushResult:
 
 class OutboxWriter:
     def __init__(
-        self, redis: "Redis", repository: LedgerRepository, consumer: str, batch_size: int
+        self,
+        redis: "Redis",
+        repository: LedgerRepository,
+        consumer: str,
+        batch_size: int,
+        acks: Acks = NO_ACKS,
     ) -> None:
         self._redis = redis
+        self._acks = acks
         self._repository = repository
         self._consumer = consumer
         self._batch_size = batch_size
@@ -85,6 +100,13 @@ class OutboxWriter:
                 persisted_ids.setdefault(shard, []).append(entry.ledger_id)
             for shard, ledger_ids in persisted_ids.items():
                 pipe.hdel(unpersisted_key(shard), *ledger_ids)
+            # The recent lists name only what is not persisted yet: history reads the rest
+            # from PostgreSQL, and an empty list lets an idle account go (engine.ledger.eviction).
+            for entry in entries:
+                keys = account_keys(entry.app_id, entry.user_id)
+                pipe.lrem(keys.recent, -1, entry.ledger_id)
+                if entry.refund_of is not None:
+                    pipe.expire(keys.refund_marker(entry.refund_of), REFUND_MARKER_KEPT_SECONDS)
             pipe.execute()
             persisted += inserted
             duplicates += len(entries) - inserted
@@ -114,21 +136,43 @@ class OutboxWriter:
         return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
 
     def _each(self, counts: dict[int, int], command: Any) -> dict[int, Any]:
-        """One command per shard, given its count, in one round trip; a shard without its
-        consumer group (a new stream, or Redis lost its data) gets the group and answers
-        nothing this time."""
+        """One command per shard, given its count, in one round trip (one per node of a
+        cluster); a shard without its consumer group (a new stream, or Redis lost its data)
+        gets the group and answers nothing this time.
+
+        With acks, a WAIT follows each node's reads on the same connection, and the shards of
+        a node whose replicas do not confirm answer nothing: an entry reaches PostgreSQL only
+        once a replica has it, so a failover can never leave the ledger holding an entry that
+        Redis (its idempotency record, its balance) has lost."""
         shards = list(counts)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe: Any = self._redis.pipeline(transaction=False)
+        nodes: dict[str, tuple[Any, list[int]]] = {}
+        cluster: Any = self._redis if is_cluster(self._redis) else None
         for shard in shards:
-            command(pipe, outbox_key(shard), counts[shard])
+            node = cluster.get_node_from_key(outbox_key(shard)) if cluster else None
+            nodes.setdefault(node.name if node else "", (node, []))[1].append(shard)
+        for node, node_shards in nodes.values():
+            target = {"target_nodes": node} if node else {}
+            for shard in node_shards:  # routed by key, to the node the WAIT goes to
+                command(pipe, outbox_key(shard), counts[shard])
+            if self._acks.replicas:
+                pipe.execute_command("WAIT", self._acks.replicas, self._acks.timeout_ms, **target)
+        raw = iter(pipe.execute(raise_on_error=False))
         replies = {}
-        for shard, reply in zip(shards, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
-                ensure_group(self._redis, outbox_key(shard))
-            elif isinstance(reply, Exception):
-                raise reply
-            else:
-                replies[shard] = reply
+        for _, node_shards in nodes.values():
+            read = {shard: next(raw) for shard in node_shards}
+            if self._acks.replicas:
+                confirmed = next(raw)
+                if isinstance(confirmed, Exception) or int(confirmed) < self._acks.replicas:
+                    log.warning("replicas have not confirmed the outbox read; retrying")
+                    continue
+            for shard, reply in read.items():
+                if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                    ensure_group(self._redis, outbox_key(shard))
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    replies[shard] = reply
         return replies
 
 

@@ -4,7 +4,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +16,7 @@ from engine.events.repository import insert_events
 from engine.events.types import Event
 from engine.models import LedgerEntry
 from engine.store.db import connection, one
-from engine.store.keys import shard_of
+from engine.store.keys import ledger_id_ms, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,16 @@ class Snapshot:
 
 # The entries engine.ledger.expiring rebuilds grants and holds from.
 _EXPIRING = "l.expires_at IS NOT NULL OR l.hold_id IS NOT NULL OR l.grants IS NOT NULL"
+# What the archived months of an account held (engine/ledger/retention.py), as one row.
+_ARCHIVED = (
+    "SELECT sum(a.entries) AS entries, sum(a.amount) AS amount, max(a.last_seq) AS seq,"
+    " max(a.last_created_at) AS at FROM ledger_archived a"
+)
+# A new ledger id carries its entry's created_at (engine.store.keys.new_ledger_id): a lookup by
+# id reads only the months within this of it, which prunes to one partition (two at a month's
+# edge). Generous on purpose: a miss costs a second lookup in every month.
+_ID_CLOCK_SKEW = timedelta(days=1)
+_LAST_MS = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 class LedgerRepository:
@@ -63,16 +73,19 @@ class LedgerRepository:
         return user_ids[room:], users
 
     def account_snapshots(self, app_id: str, user_ids: list[str]) -> dict[str, "Snapshot"]:
-        """Accounts as their ledger holds them: balance, last seq, last change (None: never),
-        and whether any entry made or settled a grant or hold."""
+        """Accounts as their ledger holds them, archived months included: balance, last seq,
+        last change (None: never), and whether any entry made or settled a grant or hold."""
         with connection(self._pool) as conn:
             rows = conn.execute(
-                "SELECT t.user_id, coalesce(sum(l.amount), 0), coalesce(max(l.seq), 0),"
-                f" max(l.created_at), coalesce(bool_or({_EXPIRING}), false)"
+                "SELECT t.user_id, coalesce(l.amount, 0) + coalesce(a.amount, 0),"
+                " greatest(l.seq, a.seq, 0), greatest(l.at, a.at), coalesce(l.expiring, false)"
                 " FROM unnest(%s::text[]) AS t(user_id)"
-                " LEFT JOIN ledger_entries l ON l.app_id = %s AND l.user_id = t.user_id"
-                " GROUP BY t.user_id",
-                (user_ids, app_id),
+                " CROSS JOIN LATERAL (SELECT sum(l.amount) AS amount, max(l.seq) AS seq,"
+                f"  max(l.created_at) AS at, bool_or({_EXPIRING}) AS expiring"
+                "  FROM ledger_entries l WHERE l.app_id = %s AND l.user_id = t.user_id) l"
+                f" CROSS JOIN LATERAL ({_ARCHIVED}"
+                "  WHERE a.app_id = %s AND a.user_id = t.user_id) a",
+                (user_ids, app_id, app_id),
             ).fetchall()
         return {row[0]: Snapshot(int(row[1]), int(row[2]), row[3], row[4]) for row in rows}
 
@@ -85,8 +98,11 @@ class LedgerRepository:
         ):
             cursor.itersize = 10_000
             cursor.execute(
-                "SELECT app_id, user_id, sum(amount), max(seq), max(created_at),"
-                f" bool_or({_EXPIRING}) FROM ledger_entries l GROUP BY app_id, user_id"
+                "SELECT app_id, user_id, sum(amount), max(seq), max(created_at), bool_or(expiring)"
+                " FROM (SELECT app_id, user_id, amount, seq, created_at,"
+                f"  {_EXPIRING} AS expiring FROM ledger_entries l"
+                "  UNION ALL SELECT app_id, user_id, amount, last_seq, last_created_at, false"
+                "  FROM ledger_archived) l GROUP BY app_id, user_id"
             )
             for app_id, user_id, balance, seq, updated_at, expiring in cursor:
                 yield app_id, user_id, Snapshot(int(balance), int(seq), updated_at, expiring)
@@ -121,17 +137,24 @@ class LedgerRepository:
         return [_entry(row) for row in rows]
 
     def find_entry(self, ledger_id: UUID) -> LedgerEntry | None:
+        """The persisted entry: looked for in the month its id's time names, then in every month
+        (an id without a time, a created_at changed since it was written, or no such entry)."""
+        query = f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries l WHERE ledger_id = %s"
+        window = _id_window(ledger_id)
         with connection(self._pool) as conn:
-            row = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries l WHERE ledger_id = %s", (ledger_id,)
-            ).fetchone()
+            if window is not None:
+                bounded = query + " AND created_at BETWEEN %s AND %s"
+                row = conn.execute(bounded, (ledger_id, *window)).fetchone()
+                if row:
+                    return _entry(row)
+            row = conn.execute(query, (ledger_id,)).fetchone()
         return _entry(row) if row else None
 
     def refund_of(self, ledger_id: UUID) -> str | None:
         """The ledger id of the persisted refund of `ledger_id`, if there is one."""
         with connection(self._pool) as conn:
             row = conn.execute(
-                "SELECT ledger_id::text FROM ledger_entries WHERE refund_of = %s", (ledger_id,)
+                "SELECT ledger_id::text FROM ledger_refunds WHERE refund_of = %s", (ledger_id,)
             ).fetchone()
         return row[0] if row else None
 
@@ -139,7 +162,7 @@ class LedgerRepository:
         """Which of these entries have a persisted refund."""
         with connection(self._pool) as conn:
             rows = conn.execute(
-                "SELECT refund_of::text FROM ledger_entries WHERE refund_of = ANY(%s::uuid[])",
+                "SELECT refund_of::text FROM ledger_refunds WHERE refund_of = ANY(%s::uuid[])",
                 (ledger_ids,),
             ).fetchall()
         return {row[0] for row in rows}
@@ -198,14 +221,18 @@ class LedgerRepository:
     def ledger_totals(
         self, accounts: list[tuple[str, str, int]]
     ) -> dict[tuple[str, str], tuple[int, int]]:
-        """For (app_id, user_id, seq) triples: (entries with seq <= it, their sum) per account."""
+        """For (app_id, user_id, seq) triples: (entries with seq <= it, their sum) per account,
+        archived months included."""
         with connection(self._pool) as conn:
             rows = conn.execute(
-                "SELECT t.app_id, t.user_id, count(l.ledger_id), coalesce(sum(l.amount), 0)"
+                "SELECT t.app_id, t.user_id, l.entries + coalesce(a.entries, 0),"
+                " coalesce(l.amount, 0) + coalesce(a.amount, 0)"
                 " FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(app_id, user_id, seq)"
-                " LEFT JOIN ledger_entries l ON l.app_id = t.app_id AND l.user_id = t.user_id"
-                "  AND l.seq <= t.seq"
-                " GROUP BY t.app_id, t.user_id",
+                " CROSS JOIN LATERAL (SELECT count(*) AS entries, sum(l.amount) AS amount"
+                "  FROM ledger_entries l WHERE l.app_id = t.app_id AND l.user_id = t.user_id"
+                "  AND l.seq <= t.seq) l"
+                f" CROSS JOIN LATERAL ({_ARCHIVED}"
+                "  WHERE a.app_id = t.app_id AND a.user_id = t.user_id AND a.last_seq <= t.seq) a",
                 ([a[0] for a in accounts], [a[1] for a in accounts], [a[2] for a in accounts]),
             ).fetchall()
         return {(row[0], row[1]): (int(row[2]), int(row[3])) for row in rows}
@@ -248,6 +275,16 @@ _ENTRY_COLUMNS = (
     " (extract(epoch FROM l.created_at) * 1000)::bigint, l.hold_id, l.held,"
     " (extract(epoch FROM l.expires_at) * 1000)::bigint, l.grants"
 )
+
+
+def _id_window(ledger_id: UUID) -> tuple[datetime, datetime] | None:
+    """The created_at range a ledger id's time names; None when it names none (a version 8 id
+    derived from a random one can carry any 48 bits, past what datetime holds)."""
+    stamped = ledger_id_ms(ledger_id)
+    if stamped is None or stamped >= _LAST_MS:
+        return None
+    at = datetime.fromtimestamp(stamped / 1000, UTC)
+    return at - _ID_CLOCK_SKEW, at + _ID_CLOCK_SKEW
 
 
 def _entry(row: Any) -> LedgerEntry:

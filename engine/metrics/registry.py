@@ -54,6 +54,11 @@ EVENT_DELIVERIES = Counter(
     ["result"],
 )
 
+ACCOUNTS_EVICTED = Counter(
+    "tally_accounts_evicted_total",
+    "Idle accounts the worker took out of Redis (the ledger rebuilds them when next used)",
+)
+
 AUTO_TOP_UPS = Counter(
     "tally_auto_top_ups_total",
     "Auto top-up rounds by outcome (succeeded, retrying, paused, capped, not_needed, ...)",

@@ -8,6 +8,7 @@ which is why it comes before any caller-supplied text.
 
 import hashlib
 import os
+import time
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -44,9 +45,28 @@ def flush_key(shard: int) -> str:
 
 
 def complete_key(shard: int) -> str:
-    """Set while every account of the shard that has ledger entries is in Redis, so that a
-    missing account is a new one (engine.ledger.completeness). Lost with the data."""
+    """Set while every account of the shard that has ledger entries is in Redis or has a
+    tombstone (tombstone_key), so that a missing account without one is a new one
+    (engine.ledger.completeness). Lost with the data."""
     return f"{_tag(shard)}:complete"
+
+
+# Tombstone sets per shard: each stays an intset (8 bytes a member) up to Redis's
+# set-max-intset-entries, 512 by default: 8 million evicted accounts in all.
+TOMBSTONE_BUCKETS = 256
+
+
+def tombstone_key(shard: int, bucket: int) -> str:
+    """Set of some of the shard's evicted accounts (lua/evict_account.lua), each as
+    AccountKeys.tombstone_member(). A key per account would cost a hundred bytes and more
+    each, a set of names per shard about seventy: this, about ten
+    (docs/operations.md#redis-memory)."""
+    return f"{_tag(shard)}:gone:{bucket}"
+
+
+def eviction_lock_key() -> str:
+    """Held by the one worker looking for idle accounts (engine.ledger.eviction)."""
+    return f"{PREFIX}:eviction-lock"
 
 
 def completing_key(shard: int) -> str:
@@ -114,27 +134,41 @@ def purchase_lock_key(app_id: str, user_id: str, idempotency_key: str) -> str:
     return f"{PREFIX}:purchase-lock:{digest}"
 
 
-# Version 4 in bits 76-79, RFC 4122 variant in bits 62-63, the shard in bits 0-5.
-_UUID4_KEEP = ~((0xF << 76) | (0x3 << 62) | 0x3F) & ((1 << 128) - 1)
-_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+# A UUIDv7 layout: unix milliseconds in bits 80-127, version 7 in bits 76-79, the RFC 4122
+# variant in bits 62-63, random bits elsewhere, and the shard in bits 0-5.
+_RANDOM_KEEP = ((1 << 80) - 1) & ~((0xF << 76) | (0x3 << 62) | 0x3F)
+_V7_SET = (0x7 << 76) | (0x2 << 62)
 
 
-def new_ledger_id(shard: int) -> str:
-    """A random UUID (version 4) whose last six bits name the shard of its account.
+def new_ledger_id(shard: int, now_ms: int | None = None) -> str:
+    """A time-ordered UUID (version 7) stamped with `now_ms`, whose last six bits name the
+    shard of its account.
 
     A refund names only the ledger id; the shard tells where to look for an entry that has not
-    reached PostgreSQL yet, without an index outside the shard's slot.
+    reached PostgreSQL yet, without an index outside the shard's slot. The time is the entry's
+    `created_at` (callers pass the same `now_ms`), so a lookup by id in the month-partitioned
+    ledger reads one partition (ledger_id_ms).
     """
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
     # Integer arithmetic on the random bits: several times cheaper than uuid.UUID, and this
     # runs on every write.
-    n = int.from_bytes(os.urandom(16))
-    n = (n & _UUID4_KEEP) | _UUID4_SET | shard
+    n = (now_ms << 80) | (int.from_bytes(os.urandom(10)) & _RANDOM_KEEP) | _V7_SET | shard
     h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def shard_of_ledger_id(ledger_id: uuid.UUID) -> int:
     return ledger_id.bytes[15] & 0x3F
+
+
+def ledger_id_ms(ledger_id: uuid.UUID) -> int | None:
+    """The unix milliseconds a ledger id was stamped with, or None for an id that carries no
+    time: version 7 (new_ledger_id), version 8 (the scripts' derived ids, which keep the
+    stamp of the id they derive from, or random bits if that was a legacy version 4)."""
+    if ledger_id.version not in (7, 8):
+        return None
+    return ledger_id.int >> 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +222,23 @@ class AccountKeys:
         return completing_key(self.shard)
 
     def refund_marker(self, refunded_ledger_id: str) -> str:
-        """Holds the ledger id of the refund of `refunded_ledger_id`; it never expires."""
+        """Holds the ledger id of the refund of `refunded_ledger_id`, until a day after the
+        refund is persisted (engine.ledger.outbox): PostgreSQL refuses a second one then."""
         return f"{self._tag}:refunded:{refunded_ledger_id}"
+
+    def tombstone(self) -> str:
+        """The tombstone set of the account (tombstone_key); built only off the hot path."""
+        # Above the six bits that chose the shard, so that buckets fill evenly.
+        bucket = (zlib.crc32(self._scope.encode()) >> 6) % TOMBSTONE_BUCKETS
+        return tombstone_key(self.shard, bucket)
+
+    def tombstone_member(self) -> str:
+        """The account in its tombstone set: 63 bits of its name's SHA-256, an integer, which
+        Redis stores in 8 bytes. Two accounts sharing one can only make Redis decline to
+        vouch for a new user (lua/vouch_account.lua), never the reverse: tombstones are never
+        taken out."""
+        digest = hashlib.sha256(self._scope.encode()).digest()
+        return str(int.from_bytes(digest[:8]) >> 1)
 
 
 def account_keys(app_id: str, user_id: str) -> AccountKeys:

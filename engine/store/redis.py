@@ -5,17 +5,32 @@ running it again would apply a write twice. The caller gets 503 and retries with
 Idempotency-Key, which is exactly-once.
 """
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import hiredis
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder  # type: ignore[attr-defined]
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
@@ -62,8 +77,47 @@ def _options(url: str, connection_class: type) -> dict[str, Any]:
     return options
 
 
-def async_client(url: str, max_connections: int) -> AsyncRedis:
+def seed_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, port) of each node TALLY_REDIS_URL names: one URL, or several comma-separated."""
+    nodes = []
+    for part in url.split(","):
+        parsed = urlparse(part.strip())
+        if parsed.scheme != "redis" or not parsed.hostname:
+            raise ValueError(f"not a redis:// URL of a cluster node: {part.strip()!r}")
+        nodes.append((parsed.hostname, parsed.port or 6379))
+    return nodes
+
+
+def _cluster_options(url: str) -> dict[str, Any]:
+    # The cluster clients follow MOVED, ASK and TRYAGAIN themselves (the command did not run),
+    # and with no retries a lost connection is raised instead of resent: a failover is a 503
+    # until the client's next call reads the new topology.
+    return {
+        **_credentials(url),
+        "socket_connect_timeout": _CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": _READ_TIMEOUT_SECONDS,
+        "retry": Retry(NoBackoff(), 0),
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+
+
+def _credentials(url: str) -> dict[str, Any]:
+    """The user and password of the first seed node's URL: every node of a cluster shares them."""
+    parsed = urlparse(url.split(",")[0].strip())
+    return {"username": parsed.username, "password": parsed.password}
+
+
+def async_client(url: str, max_connections: int, *, cluster: bool = False) -> AsyncRedis:
     """The hot path's client (text replies), used on one event loop."""
+    if cluster:
+        nodes = [AsyncClusterNode(host, port) for host, port in seed_nodes(url)]
+        # Typed as the plain client: every command Tally sends has the same call on both.
+        return AsyncRedisCluster(  # type: ignore[return-value]
+            startup_nodes=nodes,
+            decode_responses=True,
+            max_connections=max_connections,
+            **_cluster_options(url),
+        )
     return AsyncRedis.from_url(
         url,
         decode_responses=True,
@@ -72,15 +126,67 @@ def async_client(url: str, max_connections: int) -> AsyncRedis:
     )
 
 
-def sync_client(url: str, *, decode: bool = True) -> redis.Redis:
+def sync_client(url: str, *, decode: bool = True, cluster: bool = False) -> redis.Redis:
     """A blocking client: text replies, or bytes (`decode=False`) for RQ."""
+    if cluster:
+        seeds, options = seed_nodes(url), _cluster_options(url)
+
+        def connect() -> RedisCluster:
+            nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
+            return RedisCluster(startup_nodes=nodes, decode_responses=decode, **options)
+
+        return _LazyCluster(connect, decode)  # type: ignore[return-value]
     return redis.Redis.from_url(url, decode_responses=decode, **_options(url, _PackingConnection))
+
+
+class _LazyCluster:
+    """A blocking cluster client made at its first command: RedisCluster reads the topology in
+    its constructor, and a process must start (and a command fail as an outage, 503 or the
+    CLI's one line) while the cluster is down."""
+
+    def __init__(self, connect: Callable[[], RedisCluster], decode: bool) -> None:
+        self._connect = connect
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+        self._encoder = Encoder("utf-8", "strict", decode)  # type: ignore[no-untyped-call]
+
+    # What registering a script needs, without a connection (engine/store/scripts.py).
+    def register_script(self, script: str) -> Script:
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def get_encoder(self) -> Encoder:
+        return self._encoder
+
+    def __getattr__(self, name: str) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = self._connect()
+                    except RedisClusterException as exc:
+                        raise RedisConnectionError(str(exc)) from exc
+                client = self._client
+        return getattr(client, name)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, (RedisCluster, AsyncRedisCluster, _LazyCluster))
 
 
 UNREACHABLE = "Redis is unavailable; retry shortly"
 OUT_OF_MEMORY = "Redis is out of memory and refuses writes (nothing was applied); retry shortly"
-# The Redis failures that are outages (503, retry), not bugs.
-OUTAGES = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError)
+# The Redis failures that are outages (503, retry), not bugs; the cluster's own during a
+# failover or a resharding the client could not ride out. RedisClusterException is also what
+# the async cluster client raises when no node answers at all.
+OUTAGES = (
+    RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ClusterDownError,
+    SlotNotCoveredError, MasterDownError, TryAgainError, RedisClusterException,
+)  # fmt: skip
 
 
 def as_unavailable(exc: Exception) -> UnavailableError:
@@ -98,9 +204,58 @@ def outages() -> Iterator[None]:
         raise as_unavailable(exc) from exc
 
 
-def memory_state(client: redis.Redis) -> str:
-    """ "oom" when Redis refuses writes for want of memory, else "ok"."""
-    info = client.info("memory")
+def redis_state_of(nodes: "list[NodeState]") -> str:
+    """What the masters say: one unreachable or out of memory is the whole of Redis's state, as
+    the users of its slots see it. Replicas do not decide it."""
+    masters = [node for node in nodes if node.role != "replica"]
+    for state in ("unavailable", "oom"):
+        if any(node.state == state for node in masters):
+            return state
+    return "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    node: str  # host:port
+    role: str  # master, replica, or "unknown" when it does not answer
+    state: str  # ok, oom, unavailable
+    used_memory: int
+    maxmemory: int
+    connected_replicas: int
+
+
+def node_states(client: redis.Redis) -> list[NodeState]:
+    """Every node of a cluster as its topology lists them, or the one Redis: GET /healthz and
+    `tally status` show them."""
+    if not is_cluster(client):
+        host = client.connection_pool.connection_kwargs.get("host", "?")
+        port = client.connection_pool.connection_kwargs.get("port", "?")
+        return [_node_state(f"{host}:{port}", client)]
+    cluster: Any = client
+    states = []
+    # CLUSTER NODES lists the replicas too, and the nodes the cluster has marked failed.
+    credentials = client.get_connection_kwargs()
+    for name in sorted(cluster.cluster_nodes()):
+        host, _, port = name.rpartition(":")
+        node = redis.Redis(
+            host=host, port=int(port), socket_connect_timeout=1, socket_timeout=1,
+            username=credentials.get("username"), password=credentials.get("password"),
+        )  # fmt: skip
+        try:
+            states.append(_node_state(name, node))
+        finally:
+            node.close()
+    return states
+
+
+def _node_state(name: str, client: redis.Redis) -> NodeState:
+    try:
+        info = client.info()
+    except OUTAGES:
+        return NodeState(name, "unknown", "unavailable", 0, 0, 0)
     limit = int(info.get("maxmemory", 0))
     used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
-    return "oom" if limit and used >= limit else "ok"
+    role = "master" if info.get("role") == "master" else "replica"
+    state = "oom" if limit and used >= limit else "ok"
+    replicas = int(info.get("connected_slaves", 0))
+    return NodeState(name, role, state, int(info.get("used_memory", 0)), limit, replicas)
