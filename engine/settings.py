@@ -16,7 +16,8 @@ class Settings(BaseSettings):
     # Replicas that must have a write before it is acknowledged (WAIT, in the script call's
     # round trip); none confirming within the timeout is a 503, outcome unknown.
     redis_wait_replicas: int = Field(default=0, ge=0)
-    redis_wait_timeout_ms: int = Field(default=500, ge=1)
+    # Below the clients' 5 s read timeout, which would end the wait as a lost connection.
+    redis_wait_timeout_ms: int = Field(default=500, ge=1, le=4_000)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/tally"
     # Base URL printed in front of webhook paths; empty prints bare paths.
     public_url: str = ""

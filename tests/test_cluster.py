@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import redis
 
 from engine.accounts.apps import Apps
 from engine.accounts.repository import AppRepository
 from engine.settings import Settings
-from engine.store.db import open_pool
+from engine.store.db import migrate, open_pool
 from engine.store.keys import SHARDS, account_keys, outbox_key, shard_of
 from engine.store.redis import sync_client
 from engine.vault.keyring import keyring
@@ -54,6 +55,19 @@ class ClusterStack:
         return next(n for n in self.cluster.nodes if n.port == info["slave0"]["port"])
 
 
+def _own_database(settings: Settings) -> str:
+    """A database of its own on the suite's PostgreSQL: what a stack's Redis loses here (the
+    failover tests lose entries on purpose) must not show in the suite's reconciliations."""
+    name = f"cluster_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = settings.database_url.rsplit("/", 1)[0] + "/" + name
+    pool = open_pool(url, 1, wait=True)
+    migrate(pool)
+    pool.close()
+    return url
+
+
 def _stack(settings: Settings, **changes: Any) -> Iterator[ClusterStack]:
     cluster = RedisCluster().start()
     queue = RedisServer().start()
@@ -64,10 +78,11 @@ def _stack(settings: Settings, **changes: Any) -> Iterator[ClusterStack]:
                 "redis_url": cluster.url,
                 "redis_cluster": True,
                 "queue_redis_url": queue.url,
+                "database_url": _own_database(settings),
                 **changes,
             }
         )
-        pool = open_pool(settings.database_url, 1, wait=True)
+        pool = open_pool(cluster_settings.database_url, 1, wait=True)
         app, new_key = Apps(AppRepository(pool, keyring(settings))).create("cluster")
         pool.close()
         api = ApiServer(tally_env(cluster_settings))
@@ -271,6 +286,10 @@ def _failover_under_load(stack: ClusterStack) -> tuple[_Load, float]:
         replica.process.send_signal(signal.SIGCONT)
         wait_until(lambda: _role(replica) == "master", 30, "the replica's promotion")
         stack.cluster.wait_until_ok(replicated=False)
+        # Every slot is served again: healthy, the dead master listed as such.
+        wait_until(lambda: _healthz(stack)["status"] == "ok", 10, "/healthz after the failover")
+        states = {node["node"]: node["state"] for node in _healthz(stack)["redis_nodes"]}
+        assert states[f"127.0.0.1:{victim.port}"] == "unavailable", states
         # Its supervisor restarts the dead master: it rejoins as the new master's replica (with
         # WAIT 1, the new master takes writes again once it has one).
         victim.start()
@@ -283,6 +302,11 @@ def _failover_under_load(stack: ClusterStack) -> tuple[_Load, float]:
     window = max(load.unavailable) - min(load.unavailable) if load.unavailable else 0.0
     _drain(stack)
     return load, window
+
+
+def _healthz(stack: ClusterStack) -> dict[str, Any]:
+    health: dict[str, Any] = httpx.get(stack.api.url + "/healthz").json()
+    return health
 
 
 def _role(node: RedisServer) -> str:
@@ -339,9 +363,10 @@ def test_wait_on_a_single_redis_with_a_replica(settings: Settings) -> None:
                 "redis_url": primary.url,
                 "redis_wait_replicas": 1,
                 "redis_wait_timeout_ms": 300,
+                "database_url": _own_database(settings),
             }
         )
-        pool = open_pool(settings.database_url, 1, wait=True)
+        pool = open_pool(own.database_url, 1, wait=True)
         _, new_key = Apps(AppRepository(pool, keyring(settings))).create("wait")
         pool.close()
         api = ApiServer(tally_env(own))

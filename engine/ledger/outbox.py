@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 from redis import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 
 from engine.events.derive import crossing_events, entry_events
 from engine.events.types import Event
@@ -29,7 +29,7 @@ from engine.store.keys import (
     shard_of,
     unpersisted_key,
 )
-from engine.store.redis import is_cluster
+from engine.store.redis import OUTAGES, is_cluster
 from engine.store.scripts import NO_ACKS, Acks
 
 log = logging.getLogger(__name__)
@@ -136,44 +136,59 @@ class OutboxWriter:
         return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
 
     def _each(self, counts: dict[int, int], command: Any) -> dict[int, Any]:
-        """One command per shard, given its count, in one round trip (one per node of a
-        cluster); a shard without its consumer group (a new stream, or Redis lost its data)
-        gets the group and answers nothing this time.
+        """One command per shard, given its count, in one round trip per node (one Redis, or
+        each master of a cluster); a shard without its consumer group (a new stream, or Redis
+        lost its data) gets the group and answers nothing this time.
 
         With acks, a WAIT follows each node's reads on the same connection, and the shards of
         a node whose replicas do not confirm answer nothing: an entry reaches PostgreSQL only
         once a replica has it, so a failover can never leave the ledger holding an entry that
         Redis (its idempotency record, its balance) has lost."""
-        shards = list(counts)
-        pipe: Any = self._redis.pipeline(transaction=False)
-        nodes: dict[str, tuple[Any, list[int]]] = {}
-        cluster: Any = self._redis if is_cluster(self._redis) else None
-        for shard in shards:
-            node = cluster.get_node_from_key(outbox_key(shard)) if cluster else None
-            nodes.setdefault(node.name if node else "", (node, []))[1].append(shard)
-        for node, node_shards in nodes.values():
-            target = {"target_nodes": node} if node else {}
-            for shard in node_shards:  # routed by key, to the node the WAIT goes to
+        replies = {}
+        for client, shards in self._by_node(list(counts)):
+            pipe = client.pipeline(transaction=False)
+            for shard in shards:
                 command(pipe, outbox_key(shard), counts[shard])
             if self._acks.replicas:
-                pipe.execute_command("WAIT", self._acks.replicas, self._acks.timeout_ms, **target)
-        raw = iter(pipe.execute(raise_on_error=False))
-        replies = {}
-        for _, node_shards in nodes.values():
-            read = {shard: next(raw) for shard in node_shards}
+                pipe.wait(self._acks.replicas, self._acks.timeout_ms)
+            try:
+                raw = pipe.execute(raise_on_error=False)
+            except OUTAGES:
+                if not is_cluster(self._redis):
+                    raise
+                # The other masters' shards carry on; this one's wait for its failover.
+                log.warning("a Redis Cluster node does not answer; its shards wait")
+                self._redis.nodes_manager.initialize()  # type: ignore[attr-defined]
+                continue
             if self._acks.replicas:
-                confirmed = next(raw)
+                confirmed = raw.pop()
                 if isinstance(confirmed, Exception) or int(confirmed) < self._acks.replicas:
                     log.warning("replicas have not confirmed the outbox read; retrying")
                     continue
-            for shard, reply in read.items():
+            for shard, reply in zip(shards, raw, strict=True):
                 if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
                     ensure_group(self._redis, outbox_key(shard))
+                elif isinstance(reply, (MovedError, AskError, TryAgainError)):
+                    # A resharding moved the shard: read it from its new node next round.
+                    self._redis.nodes_manager.initialize()  # type: ignore[attr-defined]
                 elif isinstance(reply, Exception):
                     raise reply
                 else:
                     replies[shard] = reply
         return replies
+
+    def _by_node(self, shards: list[int]) -> list[tuple["Redis", list[int]]]:
+        """The shards grouped by the node that holds them, each with a plain client of the
+        node: its commands are neither redirected nor resent, and none asks the cluster where
+        XREADGROUP's keys are (COMMAND GETKEYS, a round trip each)."""
+        if not is_cluster(self._redis):
+            return [(self._redis, shards)]
+        cluster: Any = self._redis
+        nodes: dict[str, tuple[Redis, list[int]]] = {}
+        for shard in shards:
+            node = cluster.get_node_from_key(outbox_key(shard))
+            nodes.setdefault(node.name, (node.redis_connection, []))[1].append(shard)
+        return list(nodes.values())
 
 
 def ensure_group(redis: "Redis", key: str) -> None:

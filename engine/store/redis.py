@@ -8,7 +8,7 @@ Idempotency-Key, which is exactly-once.
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,8 +24,10 @@ from redis.commands.core import Script
 from redis.connection import Encoder  # type: ignore[attr-defined]
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     OutOfMemoryError,
+    ReadOnlyError,
     RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
@@ -112,7 +114,7 @@ def async_client(url: str, max_connections: int, *, cluster: bool = False) -> As
     if cluster:
         nodes = [AsyncClusterNode(host, port) for host, port in seed_nodes(url)]
         # Typed as the plain client: every command Tally sends has the same call on both.
-        return AsyncRedisCluster(  # type: ignore[return-value]
+        return _AsyncCluster(  # type: ignore[return-value]
             startup_nodes=nodes,
             decode_responses=True,
             max_connections=max_connections,
@@ -137,6 +139,19 @@ def sync_client(url: str, *, decode: bool = True, cluster: bool = False) -> redi
 
         return _LazyCluster(connect, decode)  # type: ignore[return-value]
     return redis.Redis.from_url(url, decode_responses=decode, **_options(url, _PackingConnection))
+
+
+class _AsyncCluster(AsyncRedisCluster):
+    async def initialize(self, *args: Any, **kwargs: Any) -> "_AsyncCluster":
+        """No node answering is an outage (ConnectionError, a 503), not the generic
+        RedisClusterException redis-py raises, which also means a bug (keys across slots)."""
+        try:
+            await super().initialize(*args, **kwargs)
+        except SlotNotCoveredError:
+            raise
+        except RedisClusterException as exc:
+            raise RedisConnectionError(str(exc)) from exc
+        return self
 
 
 class _LazyCluster:
@@ -181,11 +196,11 @@ def is_cluster(client: object) -> bool:
 UNREACHABLE = "Redis is unavailable; retry shortly"
 OUT_OF_MEMORY = "Redis is out of memory and refuses writes (nothing was applied); retry shortly"
 # The Redis failures that are outages (503, retry), not bugs; the cluster's own during a
-# failover or a resharding the client could not ride out. RedisClusterException is also what
-# the async cluster client raises when no node answers at all.
+# failover or a resharding the client could not ride out (ClusterError: redirected too often;
+# ReadOnlyError: a write refused by a master that has just become a replica).
 OUTAGES = (
     RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ClusterDownError,
-    SlotNotCoveredError, MasterDownError, TryAgainError, RedisClusterException,
+    SlotNotCoveredError, MasterDownError, TryAgainError, ClusterError, ReadOnlyError,
 )  # fmt: skip
 
 
@@ -205,11 +220,14 @@ def outages() -> Iterator[None]:
 
 
 def redis_state_of(nodes: "list[NodeState]") -> str:
-    """What the masters say: one unreachable or out of memory is the whole of Redis's state, as
-    the users of its slots see it. Replicas do not decide it."""
-    masters = [node for node in nodes if node.role != "replica"]
-    for state in ("unavailable", "oom"):
-        if any(node.state == state for node in masters):
+    """What the nodes that serve data say, as their users see it: one unreachable, out of
+    memory or read-only is the state of Redis. Replicas, and a failed master whose slots a
+    promoted replica took over, do not decide it."""
+    serving = [node for node in nodes if node.serving]
+    if not serving:
+        return "unavailable"
+    for state in ("unavailable", "oom", "readonly"):
+        if any(node.state == state for node in serving):
             return state
     return "ok"
 
@@ -217,45 +235,56 @@ def redis_state_of(nodes: "list[NodeState]") -> str:
 @dataclass(frozen=True, slots=True)
 class NodeState:
     node: str  # host:port
-    role: str  # master, replica, or "unknown" when it does not answer
-    state: str  # ok, oom, unavailable
+    role: str  # master or replica
+    state: str  # ok, oom, readonly, unavailable
     used_memory: int
     maxmemory: int
     connected_replicas: int
+    serving: bool  # holds data users write to: the one Redis, or a master with slots
 
 
 def node_states(client: redis.Redis) -> list[NodeState]:
-    """Every node of a cluster as its topology lists them, or the one Redis: GET /healthz and
-    `tally status` show them."""
+    """Every node of a cluster as its topology lists them (failed ones too), or the one Redis:
+    GET /healthz and `tally status` show them."""
     if not is_cluster(client):
         host = client.connection_pool.connection_kwargs.get("host", "?")
         port = client.connection_pool.connection_kwargs.get("port", "?")
-        return [_node_state(f"{host}:{port}", client)]
+        state = _node_state(f"{host}:{port}", client, None)
+        if state.role == "replica":  # every write would be refused
+            state = replace(state, state="readonly")
+        return [replace(state, serving=True)]
     cluster: Any = client
-    states = []
-    # CLUSTER NODES lists the replicas too, and the nodes the cluster has marked failed.
     credentials = client.get_connection_kwargs()
-    for name in sorted(cluster.cluster_nodes()):
+    states = []
+    # Roles, slots and failures as the cluster sees them (CLUSTER NODES): a dead node's INFO
+    # cannot say it was a master, nor that its slots went to a promoted replica.
+    for name, node in sorted(cluster.cluster_nodes().items()):
         host, _, port = name.rpartition(":")
-        node = redis.Redis(
+        probe = redis.Redis(
             host=host, port=int(port), socket_connect_timeout=1, socket_timeout=1,
             username=credentials.get("username"), password=credentials.get("password"),
         )  # fmt: skip
         try:
-            states.append(_node_state(name, node))
+            states.append(_node_state(name, probe, node))
         finally:
-            node.close()
+            probe.close()
     return states
 
 
-def _node_state(name: str, client: redis.Redis) -> NodeState:
+def _node_state(name: str, client: redis.Redis, listed: dict[str, Any] | None) -> NodeState:
+    flags = listed["flags"] if listed else ""
+    role = "master" if "master" in flags else "replica"
+    serving = bool(listed and "master" in flags and listed["slots"])
+    if "fail" in flags.split(","):  # the cluster agrees it is down
+        return NodeState(name, role, "unavailable", 0, 0, 0, serving)
     try:
         info = client.info()
     except OUTAGES:
-        return NodeState(name, "unknown", "unavailable", 0, 0, 0)
+        return NodeState(name, role, "unavailable", 0, 0, 0, serving)
+    if not listed:
+        role = "master" if info.get("role") == "master" else "replica"
     limit = int(info.get("maxmemory", 0))
     used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
-    role = "master" if info.get("role") == "master" else "replica"
     state = "oom" if limit and used >= limit else "ok"
     replicas = int(info.get("connected_slaves", 0))
-    return NodeState(name, role, state, int(info.get("used_memory", 0)), limit, replicas)
+    return NodeState(name, role, state, int(info.get("used_memory", 0)), limit, replicas, serving)

@@ -152,7 +152,11 @@ async def _run_acked(
             await cluster.nodes_manager.move_slot(reply)
             node = cluster.get_node_from_key(keys[0])
         elif asking:
-            node = cluster.get_node(host=reply.host, port=reply.port) or node
+            node = cluster.get_node(host=reply.host, port=reply.port)
+            if node is None:  # a node new to this client: read the topology, then again
+                cluster._initialize = True
+                await cluster.initialize()
+                node, asking = cluster.get_node_from_key(keys[0]), False
         elif isinstance(reply, TryAgainError):
             await asyncio.sleep(0.05)  # a multi-key call during the slot's migration
         else:
@@ -248,39 +252,57 @@ async def run_many(
 async def _send(
     client: AsyncRedis, script: AsyncScript, calls: Sequence[Call], acks: Acks
 ) -> list[Any]:
-    """One pipeline of the calls; replies (errors included) in order."""
-    pipe: Any = client.pipeline(transaction=False)
-    if not acks.replicas:
+    """The calls in one pipeline per node, with a WAIT behind each node's calls on the same
+    connection when `acks` asks for one; replies (errors included) in order."""
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=False)
         for keys, args in calls:
             _evalsha(pipe, script, keys, args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
-    # Each node's calls, then its WAIT on the same connection. On a cluster the calls are
-    # sent to their slot's node by hand and not redirected: a redirected call is answered
-    # with its MOVED or ASK, and sent again alone (run_many).
-    cluster: Any = client if is_cluster(client) else None
-    if cluster:
-        await cluster.initialize()  # reads the topology when new, or after a lost connection
+        if acks.replicas:
+            pipe.wait(acks.replicas, acks.timeout_ms)
+        return _acknowledged(await pipe.execute(raise_on_error=False), len(calls), acks)
+    # Each node's pipeline is sent and answered on its own: a node that fails fails only its
+    # own calls, and the calls the other nodes ran keep their replies. Calls go to their slot's
+    # node by hand and are not redirected: a call whose slot moved is answered with MOVED or
+    # ASK, and sent again alone (run_many).
+    cluster: Any = client
+    await cluster.initialize()  # reads the topology when new, or after a lost connection
     groups: dict[str, tuple[Any, list[int]]] = {}
     for position, (keys, _) in enumerate(calls):
-        node = cluster.get_node_from_key(keys[0]) if cluster else None
-        groups.setdefault(node.name if node else "", (node, []))[1].append(position)
-    for node, positions in groups.values():
-        target = {"target_nodes": node} if node else {}
+        node = cluster.get_node_from_key(keys[0])
+        groups.setdefault(node.name, (node, []))[1].append(position)
+
+    async def send(node: Any, positions: list[int]) -> list[Any]:
+        pipe = cluster.pipeline()
         for position in positions:
-            _evalsha(pipe, script, *calls[position], **target)
-        pipe.execute_command("WAIT", acks.replicas, acks.timeout_ms, **target)
-    raw = iter(await (_execute_on_cluster(cluster, pipe) if cluster else pipe.execute(False)))
-    replies = [None] * len(calls)
-    for _, positions in groups.values():
-        for position in positions:
-            replies[position] = next(raw)
-        confirmed = next(raw)
-        if isinstance(confirmed, Exception) or int(confirmed) < acks.replicas:
-            for position in positions:
-                if not isinstance(replies[position], Exception):
-                    SCRIPT_ERRORS.labels("NotReplicated").inc()
-                    replies[position] = UnavailableError(_NOT_REPLICATED, "redis")
+            _evalsha(pipe, script, *calls[position], target_nodes=node)
+        if acks.replicas:
+            pipe.execute_command("WAIT", acks.replicas, acks.timeout_ms, target_nodes=node)
+        return _acknowledged(await _execute_on_cluster(cluster, pipe), len(positions), acks)
+
+    answers = await asyncio.gather(
+        *(send(node, positions) for node, positions in groups.values()), return_exceptions=True
+    )
+    replies: list[Any] = [None] * len(calls)
+    for (_, positions), answer in zip(groups.values(), answers, strict=True):
+        for index, position in enumerate(positions):
+            replies[position] = answer if isinstance(answer, BaseException) else answer[index]
+    return replies
+
+
+def _acknowledged(raw: list[Any], calls: int, acks: Acks) -> list[Any]:
+    """The calls' replies; with acks, a call that ran is an outage (outcome unknown) when its
+    node's WAIT, the reply after them, did not confirm it."""
+    replies = raw[:calls]
+    if not acks.replicas:
+        return replies
+    confirmed = raw[calls]
+    if not isinstance(confirmed, Exception) and int(confirmed) >= acks.replicas:
+        return replies
+    for index, reply in enumerate(replies):
+        if not isinstance(reply, Exception):
+            SCRIPT_ERRORS.labels("NotReplicated").inc()
+            replies[index] = UnavailableError(_NOT_REPLICATED, "redis")
     return replies
 
 
