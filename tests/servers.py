@@ -92,13 +92,14 @@ class RedisServer:
     def _cluster_options(self) -> list[str]:
         if not self.cluster:
             return []
-        # A node is declared failed after 1 s: failovers in tests take seconds, not minutes.
+        # A node is declared failed after 2 s: failovers in tests take seconds, not minutes,
+        # and a node slowed by a busy machine is not taken for dead.
         return [
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(self.root / "nodes.conf"),
             # The bus port is the client port + 10000 unless given, past 65535 for high ports.
             "--cluster-port", str(free_port()),
-            "--cluster-node-timeout", "1000",
+            "--cluster-node-timeout", "2000",
         ]  # fmt: skip
 
     def kill(self) -> None:
@@ -130,19 +131,23 @@ class RedisCluster:
         return ",".join(node.url.removesuffix("/0") for node in self.nodes)
 
     def start(self) -> "RedisCluster":
-        for node in self.nodes:
-            node.root.mkdir()
-            node.start()
-        binary = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-        subprocess.run(
-            [
-                binary, "--cluster", "create",
-                *(f"127.0.0.1:{node.port}" for node in self.nodes),
-                "--cluster-replicas", str(self.replicas), "--cluster-yes",
-            ],
-            check=True, stdout=subprocess.DEVNULL, timeout=60,
-        )  # fmt: skip
-        self.wait_until_ok()
+        try:
+            for node in self.nodes:
+                node.root.mkdir()
+                node.start()
+            binary = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+            subprocess.run(
+                [
+                    binary, "--cluster", "create",
+                    *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                    "--cluster-replicas", str(self.replicas), "--cluster-yes",
+                ],
+                check=True, stdout=subprocess.DEVNULL, timeout=60,
+            )  # fmt: skip
+            self.wait_until_ok(120)
+        except BaseException:
+            self.stop()  # nothing of a cluster that did not start may outlive it
+            raise
         return self
 
     def wait_until_ok(self, timeout: float = 60.0, *, replicated: bool = True) -> None:
@@ -154,8 +159,20 @@ class RedisCluster:
             if all(self._ok(node, replicated) for node in live):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError("the Redis Cluster did not become ok")
+                states = {node.port: self._state(node) for node in live}
+                raise TimeoutError(f"the Redis Cluster did not become ok: {states}")
             time.sleep(0.1)
+
+    def _state(self, node: RedisServer) -> str:
+        client = redis.Redis(port=node.port, decode_responses=True)
+        try:
+            info, role = client.cluster("INFO"), client.info("replication")
+            return f"{info.get('cluster_state')} {role['role']} {role.get('connected_slaves')}" \
+                f" {role.get('master_link_status')}"
+        except redis.RedisError as exc:
+            return repr(exc)
+        finally:
+            client.close()
 
     def _ok(self, node: RedisServer, replicated: bool) -> bool:
         client = redis.Redis(port=node.port, decode_responses=True)
