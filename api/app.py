@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from api import client, config, credits, events, health, holds, metrics, openapi, webhooks
 from api.cors import ClientCors
 from api.dashboard.routes import routes as dashboard_routes
 from api.edge import AccessLog, Edge
 from api.errors import HANDLERS
+from api.hot import HotRoutes
 from api.metrics import FLUSH_SECONDS, RequestMetrics, flush_operations
 from engine.container import Engine
 from engine.errors import UnavailableError
@@ -21,7 +23,7 @@ from engine.settings import Settings
 from workers.queue import Jobs
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> "TallyApp":
     """Build the API; settings default to the environment, read here at process entry."""
     settings = settings or Settings()
 
@@ -102,12 +104,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
     middleware = [Middleware(RequestMetrics), Middleware(ClientCors), Middleware(Edge)]
     if settings.access_log:
         middleware.append(Middleware(AccessLog))
-    return Starlette(
+    app = TallyApp(
         routes=routes,
         middleware=middleware,
         exception_handlers=HANDLERS,
         lifespan=lifespan,
     )
+    app.hot = HotRoutes(settings.access_log)
+    return app
+
+
+class TallyApp(Starlette):
+    """Starlette, with the hot routes answered on their lean path (api.hot) before it."""
+
+    hot: HotRoutes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self.hot.routes.get((scope["method"], scope["path"]))
+            if route is not None:
+                await self.hot.serve(self.state.engine, route, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 # Refused deducts, counted in memory on the hot path, reach PostgreSQL this often: what a

@@ -1,31 +1,29 @@
 """The /credits endpoints."""
 
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import error_body, status_of
+from api.batch import apply_batch
 from api.metrics import count_operation
 from api.responses import JSONResponse
 from api.schemas import (
     AddRequest,
-    BatchOperation,
-    BatchRequest,
     EntryRequest,
     HistoryQuery,
     RefundRequest,
     UserQuery,
+    check_json_media_type,
     epoch_ms,
     parse_query,
+    read_body,
     read_json,
 )
 from api.state import authenticated
 from api.views import (
     AddResult,
-    BatchApplied,
-    BatchRefused,
-    BatchResult,
     DeductResult,
     HistoryPage,
     RefundResult,
@@ -33,16 +31,40 @@ from api.views import (
     entry_view,
     iso8601,
 )
+from engine.container import Engine
 from engine.errors import InvalidRequestError, TallyError
-from engine.models import MAX_IDEMPOTENCY_KEY, EntryResult, Operation
+from engine.models import MAX_IDEMPOTENCY_KEY, AppContext, EntryResult
 
 # A full batch of 1,000 operations with descriptions and metadata.
 MAX_BATCH_BYTES = 1_048_576
+BATCH_TAKES_NO_KEY = (
+    "a batch takes no Idempotency-Key header: give each operation its idempotency_key"
+)
 
 
 async def add(request: Request) -> Response:
     result = await _apply_entry(request, "add")
-    body: AddResult = {
+    return entry_response(entry_body("add", result), result)
+
+
+async def deduct(request: Request) -> Response:
+    result = await _apply_entry(request, "deduct")
+    return entry_response(entry_body("deduct", result), result)
+
+
+def entry_body(kind: str, result: EntryResult) -> AddResult | DeductResult:
+    """What an add or a deduct answers."""
+    if kind == "deduct":
+        deducted: DeductResult = {
+            "success": True,
+            "ledger_id": result.ledger_id,
+            "balance_before": result.balance_before,
+            "balance_after": result.balance_after,
+        }
+        if result.top_up_started:
+            deducted["auto_top_up_started"] = True
+        return deducted
+    added: AddResult = {
         "success": True,
         "ledger_id": result.ledger_id,
         "user_id": result.user_id,
@@ -50,71 +72,18 @@ async def add(request: Request) -> Response:
         "balance_after": result.balance_after,
     }
     if result.expires_at_ms is not None:
-        body["grant_id"] = result.ledger_id
-        body["expires_at"] = iso8601(result.expires_at_ms) or ""
-    return entry_response(body, result)
-
-
-async def deduct(request: Request) -> Response:
-    result = await _apply_entry(request, "deduct")
-    body: DeductResult = {
-        "success": True,
-        "ledger_id": result.ledger_id,
-        "balance_before": result.balance_before,
-        "balance_after": result.balance_after,
-    }
-    if result.top_up_started:
-        body["auto_top_up_started"] = True
-    return entry_response(body, result)
+        added["grant_id"] = result.ledger_id
+        added["expires_at"] = iso8601(result.expires_at_ms) or ""
+    return added
 
 
 async def batch(request: Request) -> Response:
     engine, app = await authenticated(request)
     if "idempotency-key" in request.headers:
-        raise InvalidRequestError(
-            "a batch takes no Idempotency-Key header: give each operation its idempotency_key"
-        )
-    body = await read_json(request, BatchRequest, MAX_BATCH_BYTES)
-    operations = [
-        Operation(
-            kind=op.type,
-            user_id=op.user_id,
-            amount=op.amount,
-            description=op.description,
-            reference_id=op.reference_id,
-            metadata=op.metadata,
-            idempotency_key=op.idempotency_key,
-            expires_at_ms=_grant_expiry(index, op),
-        )
-        for index, op in enumerate(body.operations)
-    ]
-    outcomes = await engine.credits.batch(app, operations)
-    for operation, outcome in zip(operations, outcomes, strict=True):
-        count_operation(app.app_id, operation.kind, outcome)
-    result: BatchResult = {"success": True, "results": [_outcome(o) for o in outcomes]}
-    return JSONResponse(result)
-
-
-def _grant_expiry(index: int, op: BatchOperation) -> int | None:
-    if op.expires_at is None:
-        return None
-    if op.type != "add":
-        raise InvalidRequestError(f"operations[{index}].expires_at applies to adds only")
-    return epoch_ms(op.expires_at)
-
-
-def _outcome(outcome: EntryResult | TallyError) -> BatchApplied | BatchRefused:
-    if isinstance(outcome, TallyError):
-        return BatchRefused(**error_body(outcome), status=status_of(outcome))
-    return {
-        "success": True,
-        "ledger_id": outcome.ledger_id,
-        "user_id": outcome.user_id,
-        "amount": outcome.amount,
-        "balance_before": outcome.balance_before,
-        "balance_after": outcome.balance_after,
-        "replayed": outcome.replayed,
-    }
+        raise InvalidRequestError(BATCH_TAKES_NO_KEY)
+    body = await read_body(request, MAX_BATCH_BYTES)
+    check_json_media_type(request.headers.get("content-type"))
+    return JSONResponse(await apply_batch(engine, app, body))
 
 
 async def refund(request: Request) -> Response:
@@ -163,21 +132,33 @@ async def balance(request: Request) -> Response:
 async def _apply_entry(request: Request, kind: str) -> EntryResult:
     engine, app = await authenticated(request)
     idempotency_key = idempotency_key_of(request)
+    model = EntryRequest if kind == "deduct" else AddRequest
+    body = await read_json(request, model, engine.settings.max_body_bytes)
+    return await post_entry(engine, app, kind, body.model_dump(), idempotency_key)
+
+
+async def post_entry(
+    engine: Engine,
+    app: AppContext,
+    kind: str,
+    fields: Mapping[str, Any],
+    idempotency_key: str | None,
+) -> EntryResult:
+    """An add or a deduct of the API, from its checked fields: applied, and counted."""
     try:
         if kind == "deduct":
-            body = await read_json(request, EntryRequest, engine.settings.max_body_bytes)
             result = await engine.credits.deduct(
-                app, body.user_id, body.amount, description=body.description,
-                reference_id=body.reference_id, metadata=body.metadata,
+                app, fields["user_id"], fields["amount"], description=fields.get("description"),
+                reference_id=fields.get("reference_id"), metadata=fields.get("metadata"),
                 idempotency_key=idempotency_key,
             )  # fmt: skip
         else:
-            grant = await read_json(request, AddRequest, engine.settings.max_body_bytes)
+            expires_at = fields.get("expires_at")
             result = await engine.credits.add(
-                app, grant.user_id, grant.amount, description=grant.description,
-                reference_id=grant.reference_id, metadata=grant.metadata,
+                app, fields["user_id"], fields["amount"], description=fields.get("description"),
+                reference_id=fields.get("reference_id"), metadata=fields.get("metadata"),
                 idempotency_key=idempotency_key,
-                expires_at_ms=None if grant.expires_at is None else epoch_ms(grant.expires_at),
+                expires_at_ms=None if expires_at is None else epoch_ms(expires_at),
             )  # fmt: skip
     except TallyError as exc:
         count_operation(app.app_id, kind, exc)
@@ -192,7 +173,10 @@ def entry_response(body: Mapping[str, object], result: EntryResult) -> Response:
 
 
 def idempotency_key_of(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
+    return checked_idempotency_key(request.headers.get("idempotency-key"))
+
+
+def checked_idempotency_key(key: str | None) -> str | None:
     if key is not None and not (
         1 <= len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()
     ):

@@ -24,28 +24,39 @@ _VALID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 _WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 
 
+class RequestIds:
+    """A request's id: the caller's X-Request-Id when it is a valid one, else one made here,
+    unique per process (a random prefix) and cheap per request (a counter)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4).encode() + b"-"
+        self._counter = itertools.count(1)
+
+    def of(self, given: bytes | None) -> bytes:
+        if given is not None and _VALID.fullmatch(given):
+            return given
+        return b"%s%x" % (self._prefix, next(self._counter))
+
+
 class Edge:
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
-        # Ids made here: unique per process (a random prefix), cheap per request (a counter).
-        self._prefix = secrets.token_hex(4).encode() + b"-"
-        self._counter = itertools.count(1)
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        rid = None
+        given = None
         authorizations = 0
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                rid = value if _VALID.fullmatch(value) else None
+                given = value
             elif name == b"authorization":
                 authorizations += 1
-        if rid is None:
-            rid = b"%s%x" % (self._prefix, next(self._counter))
+        rid = self._ids.of(given)
         token = request_id.set(rid.decode())
-        refused = _refusal(scope, authorizations)
+        refused = refusal(scope, authorizations)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -65,7 +76,7 @@ class Edge:
             request_id.reset(token)
 
 
-def _refusal(scope: Scope, authorizations: int) -> TallyError | None:
+def refusal(scope: Scope, authorizations: int) -> TallyError | None:
     """A request no route may serve: two credentials (which one would act?), or a query
     string on a write (a misspelt field there would be silently dropped)."""
     if authorizations > 1:

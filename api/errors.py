@@ -82,9 +82,14 @@ def error_body(exc: TallyError) -> ErrorBody:
 
 async def tally_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TallyError)
-    if isinstance(exc, UnavailableError | SecretKeyError):
-        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    log_unavailable(exc, request.method, request.url.path)
     return error_response(exc)
+
+
+def log_unavailable(exc: TallyError, method: str, path: str) -> None:
+    """The failures an operator must hear of: a dependency away, a misconfigured key."""
+    if isinstance(exc, UnavailableError | SecretKeyError):
+        log.warning("%s %s: %s", method, path, exc.message)
 
 
 def error_response(exc: TallyError) -> Response:

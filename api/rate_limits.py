@@ -19,7 +19,11 @@ def rate_limit_headers(limit: int, remaining: int, reset: int) -> dict[str, str]
 
 def limited(request: Request, quota: Quota) -> None:
     """Tell the caller what is left of its limit, on the answer to this request."""
-    request.scope[SCOPE_KEY] = [
+    request.scope[SCOPE_KEY] = quota_headers(quota)
+
+
+def quota_headers(quota: Quota) -> list[tuple[bytes, bytes]]:
+    return [
         (_LIMIT, b"%d" % quota.limit),
         (_REMAINING, b"%d" % quota.remaining),
         (_RESET, b"%d" % quota.reset),

@@ -40,7 +40,8 @@ from engine.plans.repository import PlanRepository
 from engine.plans.usage import Plans
 from engine.settings import Settings
 from engine.store.db import open_pool
-from engine.store.redis import async_client, sync_client
+from engine.store.pipelined import Calls
+from engine.store.redis import async_client, pipelined_client, sync_client
 from engine.vault.keyring import Keyring, keyring
 
 # A top-up holds its user's lock, its purchase and its payment's lock on three connections at
@@ -54,6 +55,7 @@ class Engine:
     keyring: Keyring
     bridge: Bridge
     redis: AsyncRedis  # the hot path's, used on the bridge's loop
+    calls: Calls  # its script calls, auto-pipelined on one connection per node
     sync_redis: Redis  # for blocking code: workers, health, billing
     raw_redis: Redis  # bytes replies, for RQ: its queues' Redis (settings.queue_url)
     pool: ConnectionPool  # the hot path's: key lookups, ledger reads, hydration
@@ -98,7 +100,8 @@ class Engine:
         )
         ledger = LedgerRepository(pool)
         app_repository = AppRepository(pool, ring)
-        credits = Credits(redis, ledger, bridge, settings)
+        calls = pipelined_client(settings.redis_url, redis if cluster else None)
+        credits = Credits(redis, calls, ledger, bridge, settings)
         billing = BillingRepository(billing_pool)
         events = WebhookRepository(billing_pool)
         billing_apps = AppRepository(billing_pool, ring)
@@ -110,6 +113,7 @@ class Engine:
             keyring=ring,
             bridge=bridge,
             redis=redis,
+            calls=calls,
             sync_redis=sync_redis,
             raw_redis=sync_client(settings.queue_url, decode=False),
             pool=pool,
@@ -145,12 +149,16 @@ class Engine:
 
     def close(self) -> None:
         """From a thread: the worker, the CLI. The API closes with aclose(), on its loop."""
-        self.bridge.run(self.redis.aclose())
+        self.bridge.run(self.aclose_async())
         self._close_blocking()
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        await self.aclose_async()
         self._close_blocking()
+
+    async def aclose_async(self) -> None:
+        await self.calls.aclose()
+        await self.redis.aclose()
 
     def _close_blocking(self) -> None:
         self.sync_redis.close()

@@ -24,12 +24,12 @@ local function fmt(n)
 end
 
 local function state()
-  local s = redis.call('HMGET', A.account, 'balance', 'held', 'granted', 'due')
+  local s = redis.call('HMGET', A.account, 'balance', 'held', 'granted', 'due', 'seq')
   if not s[1] then
     return nil
   end
   return {balance = tonumber(s[1]), held = tonumber(s[2]) or 0, granted = tonumber(s[3]) or 0,
-          due = tonumber(s[4])}
+          due = tonumber(s[4]), seq = tonumber(s[5]) or 0}
 end
 
 local extra = 0
@@ -39,9 +39,12 @@ local extra = 0
 -- entries are in the unpersisted hash): the worker takes an id out after its COMMIT
 -- (engine.ledger.outbox), and nothing else does, so an entry the list does not name is in the
 -- ledger (lua/evict_account.lua relies on it; history reads the rest from PostgreSQL).
+-- The account's balance, seq and clock are written in one HSET from the state read at the
+-- start (state()), which every write of the script keeps up to date: one call, not three.
 local function post(st, id, head, amount, tail)
-  local after = redis.call('HINCRBY', A.account, 'balance', fmt(amount))
-  local seq = redis.call('HINCRBY', A.account, 'seq', 1)
+  local after, seq = st.balance + amount, st.seq + 1
+  redis.call('HSET', A.account, 'balance', fmt(after), 'seq', fmt(seq), 'updated_at', A.now_text)
+  st.seq = seq
   local entry = head .. ',"amount":' .. fmt(amount) .. ',"balance_after":' .. fmt(after)
     .. ',"seq":' .. fmt(seq) .. tail .. '}'
   redis.call('XADD', A.outbox, '*', 'e', entry)
@@ -99,14 +102,12 @@ local function watch(st)
     .. ',"created_at":' .. A.now_text .. '}')
 end
 
--- Ends every script that posted: the account's clock (also what tells an idle account,
--- engine.ledger.eviction), and whether the user's credits fell past a threshold.
+-- Ends every script that posted: whether the user's credits fell past a threshold. (The
+-- account's clock, updated_at, which also tells an idle account to engine.ledger.eviction, moves
+-- with every post().)
 local function finish()
-  if A.posted then
-    redis.call('HSET', A.account, 'updated_at', A.now_text)
-    if A.watch and A.watch ~= '' then
-      watch(A.st)
-    end
+  if A.posted and A.watch and A.watch ~= '' then
+    watch(A.st)
   end
 end
 
@@ -530,12 +531,15 @@ end
 -- Reads KEYS[1..7] (account, recent, outbox, unpersisted, grants, holds, due set), then the
 -- optional keys `mode` names, in this order: "i" idempotency, "r" refund marker, "t" top-up
 -- hash and top-up-due set, "e" a settled hold's end record, "l" the app's plan usage hash.
-local function open(mode, now, head, id)
-  A.account, A.recent, A.outbox, A.unpersisted = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-  A.grants, A.holds, A.due_set = KEYS[5], KEYS[6], KEYS[7]
+-- `kb`: how many KEYS come before the call's own (apply_batch.lua's earlier entries), else 0.
+local function open(mode, now, head, id, kb)
+  kb = kb or 0
+  A.account, A.recent, A.outbox, A.unpersisted = KEYS[kb + 1], KEYS[kb + 2], KEYS[kb + 3],
+    KEYS[kb + 4]
+  A.grants, A.holds, A.due_set = KEYS[kb + 5], KEYS[kb + 6], KEYS[kb + 7]
   A.now_text, A.now = now, tonumber(now)
   A.head, A.id = head, id
-  local k = 8
+  local k = kb + 8
   if string.find(mode, 'i', 1, true) then
     A.idem = KEYS[k]
     k = k + 1
@@ -561,8 +565,8 @@ end
 -- idempotency key answered, the account found (else "missing": the caller rebuilds it from the
 -- ledger and calls again), and what is due expired. `watch`: see watch(). Returns the
 -- account's state, or the reply to give at once.
-local function start(mode, now, head, id, fingerprint, idem_ttl, watch_arg)
-  open(mode, now, head, id)
+local function start(mode, now, head, id, fingerprint, idem_ttl, watch_arg, kb)
+  open(mode, now, head, id, kb)
   A.fingerprint, A.idem_ttl = fingerprint, idem_ttl
   local stored = replay()
   if stored then
@@ -577,4 +581,125 @@ local function start(mode, now, head, id, fingerprint, idem_ttl, watch_arg)
     lib().expire_due(st)
   end
   return st
+end
+
+-- A batch posts many entries in one call (apply_batch.lua): each starts from a clean slate, as
+-- if it were its own call. The grants-and-holds functions are kept: they read `A` afresh.
+local function fresh()
+  A = {lib = A.lib}
+  extra = 0
+end
+
+-- apply_entry.lua's whole work, for apply_entry.lua (one entry) and apply_batch.lua (many): its
+-- keys are KEYS[kb + 1 ..], its arguments ARGV[ab + 1 .. last], numbered as apply_entry.lua
+-- documents them (ARGV[13..] there is ARGV[ab + 13 .. last] here). Returns the reply.
+local function apply_entry(kb, ab, last)
+  local mode, head, id = ARGV[ab + 8], ARGV[ab + 3], ARGV[ab + 7]
+  local st, reply = start(mode, ARGV[ab + 6], head, id, ARGV[ab + 4], ARGV[ab + 5],
+    ARGV[ab + 11], kb)
+  if not st then
+    return reply
+  end
+  local refused = plan_refusal(ARGV[ab + 12])
+  if refused then
+    return refused
+  end
+  if A.marker then
+    local refund = redis.call('GET', A.marker)
+    if refund then
+      finish()
+      return {'refunded', refund}
+    end
+  end
+
+  local delta = tonumber(ARGV[ab + 1])
+  local floor = tonumber(ARGV[ab + 2])
+  local refunded_grant
+  if string.find(mode, 'x', 1, true) then
+    local value = redis.call('HGET', A.grants, ARGV[ab + 10])
+    if not value then
+      finish()
+      return {'grant_gone'}
+    end
+    refunded_grant = lib().parse_grant(ARGV[ab + 10], value)
+    if refunded_grant.left == 0 then
+      finish()
+      return {'grant_spent'}
+    end
+    delta = -refunded_grant.left
+  end
+  local before = st.balance
+  local available = before - st.held
+  if delta < 0 and available + delta < floor then
+    if not string.find(mode, 'c', 1, true) or available <= floor then
+      finish()
+      return {'insufficient', fmt(before), fmt(available)}
+    end
+    delta = floor - available
+  end
+  if delta > 0 and before + delta > CEILING then
+    finish()
+    return {'overflow', fmt(before)}
+  end
+  local grant_expires
+  if string.find(mode, 'g', 1, true) then
+    grant_expires = tonumber(ARGV[ab + 10])
+    if redis.call('HLEN', A.grants) >= MAX_GRANTS then
+      finish()
+      return {'too_many_grants'}
+    end
+  end
+  local threshold = top_up_threshold(-delta)
+
+  -- Writes from here on.
+  -- Grant credits move only for grants, refunds, and accounts with grant credits left.
+  local parts, sign, dead = {}, -1, {}
+  if refunded_grant then
+    redis.call('HDEL', A.grants, refunded_grant.id)
+    lib().set_granted(st, st.granted - refunded_grant.left)
+    parts = {{refunded_grant.id, refunded_grant.left}}
+  elseif delta < 0 and st.granted > 0 and string.find(mode, 'p', 1, true) then
+    local lasting = math.max(0, before - st.held - st.granted)
+    parts = lib().burn(st, -delta - math.min(-delta, lasting))
+  elseif delta < 0 and st.granted > 0 then
+    parts = lib().burn(st, -delta)
+  elseif last >= ab + 13 then
+    local taken = {}
+    for i = ab + 13, last, 2 do
+      taken[#taken + 1] = {ARGV[i], tonumber(ARGV[i + 1])}
+    end
+    -- Credits that pay back an overdraft stay spent: the refund lists what went back.
+    local _, gone, repaid = lib().give_back(st, taken, before + delta)
+    parts, sign, dead = lib().minus(taken, repaid), 1, gone
+  end
+  -- A grant first pays back an overdraft, recorded as taken from it: what it covered no longer
+  -- expires with it.
+  local repaid = 0
+  if grant_expires then
+    repaid = lib().overdraft_share(st, before + delta, delta)
+    if repaid > 0 then
+      parts = {{id, repaid}}
+    end
+  end
+  local entry, seq = post(st, id, head, delta, grants_json(parts, sign))
+  if grant_expires then
+    local left = delta - repaid
+    local G = lib()
+    redis.call('HSET', A.grants, id,
+      G.grant_value({expires = grant_expires, seq = seq, left = left}))
+    G.set_granted(st, st.granted + left)
+    G.sooner(st, grant_expires)
+  end
+  if #dead > 0 then
+    lib().expire_parts(st, dead)
+  end
+  finish()
+  count_operation()
+  if A.marker then
+    redis.call('SET', A.marker, id)
+  end
+  local started = start_top_up(threshold, st.balance, id, ARGV[ab + 9])
+  available = st.balance - st.held
+  remember(before, delta, available, started)
+  return {'ok', fmt(before), entry, started, fmt(available)}
 end

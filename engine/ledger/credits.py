@@ -54,6 +54,7 @@ from engine.store.keys import (
     shard_of_ledger_id,
     unpersisted_key,
 )
+from engine.store.pipelined import Calls
 from engine.store.redis import outages
 from engine.store.scripts import Scripts
 
@@ -77,14 +78,21 @@ class EntryFields(TypedDict, total=False):
 
 class Credits:
     def __init__(
-        self, redis: "Redis", repository: LedgerRepository, bridge: Bridge, settings: Settings
+        self,
+        redis: "Redis",
+        calls: Calls,
+        repository: LedgerRepository,
+        bridge: Bridge,
+        settings: Settings,
     ) -> None:
         self._redis = redis
+        self._calls = calls  # every script call that posts entries (engine.store.pipelined)
         self._scripts = Scripts.register_async(redis)
         self._repository = repository
         self._bridge = bridge
         acks = scripts.Acks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
-        self.hydration = Hydration(redis, repository, bridge, self._scripts, acks)
+        self._acks = acks
+        self.hydration = Hydration(redis, calls, repository, bridge, self._scripts, acks)
         self._idempotency_ttl = settings.idempotency_ttl_seconds
         # Refused deducts write no entry: counted here for the dashboard (engine.ledger.summaries).
         self.refusals = Refusals()
@@ -242,7 +250,7 @@ class Credits:
         ledger_id = new_ledger_id(keys.shard, now_ms)
         args = (now_ms, ledger_id, who, watch_arg(app))
         written: int = await scripts.run(
-            self._redis, self._scripts.expire_due, keys.script_keys(), args, self.hydration.acks
+            self._calls, self._scripts.expire_due, keys.script_keys(), args, self.hydration.acks
         )
         return written
 
@@ -353,8 +361,9 @@ class Credits:
         return entry if entry is not None and entry.app_id == app.app_id else None
 
     async def batch(self, app: AppContext, operations: list[Operation]) -> list[BatchOutcome]:
-        """Apply many adds and deducts in as few round trips as possible: one pipeline of
-        script calls, plus one more for the accounts that had to be rebuilt from the ledger.
+        """Apply many adds and deducts in as few round trips as possible: one apply_batch.lua
+        call per shard, all in one pipeline per node, plus one more round for the accounts
+        that had to be rebuilt from the ledger.
 
         Each operation is all-or-nothing on its own, in order; the batch as a whole is not:
         one refused deduct does not stop the others. Returns per operation its EntryResult or
@@ -376,55 +385,90 @@ class Credits:
         for _ in range(HYDRATE_ATTEMPTS):
             if not pending:
                 break
-            replies = await scripts.run_many(
-                self._redis,
-                self._scripts.apply_entry,
-                [(calls[i].script_keys, calls[i].args) for i in pending],
-                each=True,
-                acks=self.hydration.acks,
-            )
-            missing = []
-            for index, reply in zip(pending, replies, strict=True):
-                if isinstance(reply, UnavailableError):
-                    outcomes[index] = reply  # refused before it ran (out of memory)
-                elif reply[0] == "missing":
-                    missing.append(index)
-                else:
-                    try:
-                        outcomes[index] = calls[index].result(reply)
-                    except InsufficientCreditsError as exc:
-                        self.refusals.count(app.app_id)
-                        outcomes[index] = exc
-                    except TallyError as exc:
-                        outcomes[index] = exc
+            missing = await self._run_batch(app, calls, pending, outcomes)
             if missing:
-                accounts = {calls[i].user_id: calls[i].keys for i in missing}
-                try:
-                    await self.hydration.ensure(
-                        app.app_id, accounts, create=True, max_users=app.plan_max_users
-                    )
-                except PlanLimitError as exc:
-                    # The users the plan has no room for are refused; the others were made.
-                    for index in missing:
-                        if calls[index].user_id in exc.refused:
-                            outcomes[index] = exc
-                    missing = [i for i in missing if calls[i].user_id not in exc.refused]
-                except UnavailableError as exc:
-                    # Only these wait for PostgreSQL; the others are applied and say so.
-                    for index in missing:
-                        outcomes[index] = exc
-                    missing = []
+                missing = await self._hydrate_batch(app, calls, missing, outcomes)
             pending = missing
         gone = UnavailableError(GONE)
         return [gone if outcome is None else outcome for outcome in outcomes]
 
+    async def _run_batch(
+        self,
+        app: AppContext,
+        calls: dict[int, "_Call"],
+        pending: list[int],
+        outcomes: list[BatchOutcome | None],
+    ) -> list[int]:
+        """Run the pending operations, one apply_batch.lua call per shard, their outcomes into
+        `outcomes`; returns those whose account is missing, in order."""
+        shards: dict[int, list[int]] = {}
+        for index in pending:
+            shards.setdefault(calls[index].keys.shard, []).append(index)
+        replies = await scripts.run_many(
+            self._calls,
+            self._scripts.apply_batch,
+            [_batch_call(calls, indexes) for indexes in shards.values()],
+            each=True,
+            acks=self.hydration.acks,
+        )
+        missing = []
+        for indexes, reply in zip(shards.values(), replies, strict=True):
+            if isinstance(reply, UnavailableError):
+                # The shard's call did not run, or its outcome is unknown (not replicated).
+                for index in indexes:
+                    outcomes[index] = reply
+                continue
+            for index, answer in zip(indexes, reply, strict=True):
+                if answer[0] == "missing":
+                    missing.append(index)
+                    continue
+                try:
+                    outcomes[index] = calls[index].result(answer)
+                except InsufficientCreditsError as exc:
+                    self.refusals.count(app.app_id)
+                    outcomes[index] = exc
+                except TallyError as exc:
+                    outcomes[index] = exc
+        missing.sort()  # each account's operations go again in their order
+        return missing
+
+    async def _hydrate_batch(
+        self,
+        app: AppContext,
+        calls: dict[int, "_Call"],
+        missing: list[int],
+        outcomes: list[BatchOutcome | None],
+    ) -> list[int]:
+        """Rebuild the missing operations' accounts; returns the operations to run again (the
+        others are refused in `outcomes`)."""
+        accounts = {calls[i].user_id: calls[i].keys for i in missing}
+        try:
+            await self.hydration.ensure(
+                app.app_id, accounts, create=True, max_users=app.plan_max_users
+            )
+        except PlanLimitError as exc:
+            # The users the plan has no room for are refused; the others were made.
+            for index in missing:
+                if calls[index].user_id in exc.refused:
+                    outcomes[index] = exc
+            return [i for i in missing if calls[i].user_id not in exc.refused]
+        except UnavailableError as exc:
+            # Only these wait for PostgreSQL; the others are applied and say so.
+            for index in missing:
+                outcomes[index] = exc
+            return []
+        return missing
+
     async def _apply(self, app: AppContext, call: "_Call") -> EntryResult:
         """Run one prepared entry, rebuilding its account from the ledger when Redis lacks it."""
         script = self._scripts.apply_entry
-        call_args = (call.script_keys, call.args)
-        return call.result(
-            await self.hydration.run(app, call.user_id, call.keys, script, call_args)
-        )
+        reply = await scripts.run(self._calls, script, call.script_keys, call.args, self._acks)
+        if reply[0] == "missing":  # rare: straight to the script call above otherwise
+            call_args = (call.script_keys, call.args)
+            reply = await self.hydration.run(
+                app, call.user_id, call.keys, script, call_args, missing=True
+            )
+        return call.result(reply)
 
     def _prepare(
         self,
@@ -561,6 +605,17 @@ class _Call:
         if status == "plan_limit":
             raise PlanLimitError("monthly_operations", int(reply[1]), self.allowed or 0)
         raise RuntimeError(f"apply_entry.lua returned {reply!r}")
+
+
+def _batch_call(calls: dict[int, _Call], indexes: list[int]) -> scripts.Call:
+    """apply_batch.lua's keys and arguments for these operations of one shard, in order."""
+    keys: list[str] = []
+    args: list[Any] = []
+    for index in indexes:
+        call = calls[index]
+        keys += call.script_keys
+        args += (len(call.script_keys), len(call.args), *call.args)
+    return keys, args
 
 
 def refund_moves(original: LedgerEntry) -> tuple[str, str, tuple[Any, ...]]:

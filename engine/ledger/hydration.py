@@ -21,6 +21,7 @@ from engine.ledger.repository import LedgerRepository, Snapshot
 from engine.models import AppContext
 from engine.store import scripts
 from engine.store.keys import AccountKeys, account_keys
+from engine.store.pipelined import Calls
 from engine.store.scripts import Scripts, run_all
 
 GONE = "account keeps disappearing from Redis; retry shortly"
@@ -82,12 +83,14 @@ class Hydration:
     def __init__(
         self,
         redis: Redis,
+        calls: Calls,
         repository: LedgerRepository,
         bridge: Bridge,
         scripts_: Scripts[Any],
         acks: scripts.Acks = scripts.NO_ACKS,
     ) -> None:
         self._redis = redis
+        self._calls = calls
         self._repository = repository
         self._bridge = bridge
         self._scripts = scripts_
@@ -97,15 +100,18 @@ class Hydration:
 
     async def run(
         self, app: AppContext, user_id: str, keys: AccountKeys, script: AsyncScript,
-        call: scripts.Call,
+        call: scripts.Call, *, missing: bool = False,
     ) -> Any:  # fmt: skip
-        """One script call on an account, rebuilding the account when Redis lacks it."""
+        """One script call on an account, rebuilding the account when Redis lacks it (or when
+        a call made already answered `missing`)."""
         for _ in range(HYDRATE_ATTEMPTS):
-            reply = await scripts.run(self._redis, script, call[0], call[1], self.acks)
-            if reply[0] != "missing":
+            if missing:
+                accounts = {user_id: keys}
+                await self.ensure(app.app_id, accounts, create=True, max_users=app.plan_max_users)
+            reply = await scripts.run(self._calls, script, call[0], call[1], self.acks)
+            missing = reply[0] == "missing"
+            if not missing:
                 return reply
-            accounts = {user_id: keys}
-            await self.ensure(app.app_id, accounts, create=True, max_users=app.plan_max_users)
         raise UnavailableError(GONE)
 
     async def ensure(
@@ -146,7 +152,7 @@ class Hydration:
             for user in made
         ]
         if calls:
-            await scripts.run_many(self._redis, self._scripts.hydrate, calls)
+            await scripts.run_many(self._calls, self._scripts.hydrate, calls)
         if refused:
             raise PlanLimitError("max_users", users, limit or 0, frozenset(refused))
         return made
@@ -172,7 +178,7 @@ class Hydration:
             ([keys.account, keys.complete(), keys.tombstone()], (flag, keys.tombstone_member()))
             for keys in accounts.values()
         ]
-        replies = await scripts.run_many(self._redis, self._scripts.vouch_account, calls)
+        replies = await scripts.run_many(self._calls, self._scripts.vouch_account, calls)
         if -1 in replies:
             raise UnavailableError("PostgreSQL is unavailable; retry shortly", "postgresql")
         return {user_id for user_id, reply in zip(accounts, replies, strict=True) if reply == 1}

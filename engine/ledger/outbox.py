@@ -9,7 +9,9 @@ any writer claims entries another one has held longer than the reclaim time.
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,7 +28,6 @@ from engine.store.keys import (
     account_keys,
     outbox_key,
     outbox_keys,
-    shard_of,
     unpersisted_key,
 )
 from engine.store.redis import OUTAGES, is_cluster
@@ -35,6 +36,8 @@ from engine.store.scripts import NO_ACKS, Acks
 log = logging.getLogger(__name__)
 
 _Message = tuple[str, dict[str, str] | None]
+# A batch's insert, queued or running, and the batch.
+_Insert = tuple[Future[int], "_Batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class OutboxWriter:
         self._repository = repository
         self._consumer = consumer
         self._batch_size = batch_size
+        self._inserter = ThreadPoolExecutor(1, thread_name_prefix="outbox-insert")
 
     def flush(self, shards: list[int], reclaim_idle_ms: int, budget_seconds: float) -> FlushResult:
         """Persist the shards' entries until their streams are empty or the budget is spent.
@@ -67,89 +71,130 @@ class OutboxWriter:
         transaction, then acknowledges and deletes it in one more round trip. The batch is
         shared among the shards that had entries last round; the others are still probed, so
         an entry landing anywhere waits one round, not one job.
+
+        Inserts run in order on a thread of their own: a round's insert is queued as soon as
+        the round is read and parsed, while the insert before it may still run, and the
+        clean-up after that one's COMMIT happens while this one runs. PostgreSQL is never
+        kept waiting for Redis or for the worker's parsing.
         """
         deadline = time.monotonic() + budget_seconds
-        persisted = duplicates = dead_letters = 0
-        lag_ms: list[int] = []
+        result = FlushResult(0, 0, 0, [])
         probe = max(1, min(10, self._batch_size // len(shards)))
         busy = set(shards)
-        while time.monotonic() < deadline:
-            share = max(probe, self._batch_size // len(busy))
-            counts = {shard: share if shard in busy else probe for shard in shards}
-            batches = self._read(counts, reclaim_idle_ms)
-            if not batches:
-                break
-            entries: list[LedgerEntry] = []
-            events: list[Event] = []
-            dead: list[tuple[int, str, str, str]] = []
-            for shard, batch in batches.items():
-                shard_entries, shard_events, shard_dead = _parse(shard, batch)
-                entries += shard_entries
-                events += shard_events
-                dead += shard_dead
-            inserted = self._repository.insert_entries(entries, dead, events)
-            committed_ms = time.time_ns() // 1_000_000
-            pipe = self._redis.pipeline(transaction=False)
-            for shard, batch in batches.items():
-                ids = [message_id for message_id, _ in batch]
-                pipe.xack(outbox_key(shard), OUTBOX_GROUP, *ids)
-                pipe.xdel(outbox_key(shard), *ids)
-            persisted_ids: dict[int, list[str]] = {}
-            for entry in entries:
-                shard = shard_of(entry.app_id, entry.user_id)
-                persisted_ids.setdefault(shard, []).append(entry.ledger_id)
-            for shard, ledger_ids in persisted_ids.items():
-                pipe.hdel(unpersisted_key(shard), *ledger_ids)
-            # The recent lists name only what is not persisted yet: history reads the rest
-            # from PostgreSQL, and an empty list lets an idle account go (engine.ledger.eviction).
-            for entry in entries:
-                keys = account_keys(entry.app_id, entry.user_id)
-                pipe.lrem(keys.recent, -1, entry.ledger_id)
-                if entry.refund_of is not None:
-                    pipe.expire(keys.refund_marker(entry.refund_of), REFUND_MARKER_KEPT_SECONDS)
-            pipe.execute()
-            persisted += inserted
-            duplicates += len(entries) - inserted
-            dead_letters += len(dead)
-            lag_ms.extend(committed_ms - entry.created_at_ms for entry in entries)
-            busy = set(batches)
-        return FlushResult(persisted, duplicates, dead_letters, lag_ms)
+        # Pending entries (this writer's own after a failure, or a dead writer's) are looked
+        # for once per flush; the rounds after read new entries only, in one round trip.
+        read = self._read
+        previous: _Insert | None = None
+        inserting: _Insert | None = None
+        try:
+            while time.monotonic() < deadline:
+                share = max(probe, self._batch_size // len(busy))
+                counts = {shard: share if shard in busy else probe for shard in shards}
+                batches = read(counts, reclaim_idle_ms)
+                read = self._read_new
+                previous, inserting = inserting, None
+                if batches:
+                    inserting = self._insert(batches)
+                    busy = set(batches)
+                if previous:
+                    result = self._settle(previous, result)
+                    previous = None
+                elif not inserting:
+                    break  # nothing in flight, nothing new
+            if inserting:
+                result = self._settle(inserting, result)
+                inserting = None
+        finally:
+            for left in (previous, inserting):
+                if left:
+                    # Something failed: let the insert end before the next flush reads its
+                    # entries again (they stay pending, PostgreSQL skips what it has).
+                    left[0].exception()
+        return result
+
+    def _insert(self, batches: dict[int, list[_Message]]) -> "_Insert":
+        """The round's messages parsed, and their insert queued."""
+        batch = _Batch()
+        for shard, messages in batches.items():
+            batch.add(shard, messages)
+        insert = self._repository.insert_json
+        return self._inserter.submit(insert, batch.rows, batch.dead, batch.events), batch
+
+    def _settle(self, insert: "_Insert", so_far: FlushResult) -> FlushResult:
+        """Wait for the batch's COMMIT, then clean up after it; the totals with it."""
+        future, batch = insert
+        inserted = future.result()
+        committed_ms = time.time_ns() // 1_000_000
+        self._clean(batch)
+        so_far.lag_ms.extend(committed_ms - created for created in batch.created_ms)
+        return FlushResult(
+            so_far.persisted + inserted,
+            so_far.duplicates + len(batch.rows) - inserted,
+            so_far.dead_letters + len(batch.dead),
+            so_far.lag_ms,
+        )
+
+    def _clean(self, batch: "_Batch") -> None:
+        """After the batch's COMMIT, one script call per shard, in one round trip per node: the
+        messages acknowledged and deleted, the entries out of the unpersisted hash and of their
+        accounts' recent lists (which name only what is not persisted yet: history reads the
+        rest from PostgreSQL, and an empty list lets an idle account go, engine.ledger.eviction),
+        and the refund markers kept a day more. A shard this misses (its node moved or is
+        down) keeps its entries pending: the next flush reads them again, PostgreSQL skips
+        them, and they are cleaned then."""
+
+        def clean(pipe: Any, shard: int) -> None:
+            done = batch.shards[shard]
+            keys = [outbox_key(shard), unpersisted_key(shard), *done.recent, *done.markers]
+            counts = [REFUND_MARKER_KEPT_SECONDS, len(done.messages), len(done.recent)]
+            args = [OUTBOX_GROUP, *map(str, counts), *done.messages, *done.ledger_ids]
+            pipe.eval(_CLEAN, len(keys), *keys, *args)
+
+        self._each(batch.shards, clean, wait=False)
+
+    def _read_new(self, counts: dict[int, int], reclaim_idle_ms: int) -> dict[int, list[_Message]]:
+        group, consumer = OUTBOX_GROUP, self._consumer
+        new = self._each(counts, lambda pipe, shard: pipe.xreadgroup(
+            group, consumer, {outbox_key(shard): ">"}, count=counts[shard]))  # fmt: skip
+        return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
 
     def _read(self, counts: dict[int, int], reclaim_idle_ms: int) -> dict[int, list[_Message]]:
         """Up to counts[shard] entries per shard: this writer's own unacknowledged entries,
         else entries a writer that died was holding, else new ones."""
         group, consumer = OUTBOX_GROUP, self._consumer
-        own = self._each(counts, lambda pipe, key, count: pipe.xreadgroup(
-            group, consumer, {key: "0"}, count=count))  # fmt: skip
+        own = self._each(counts, lambda pipe, shard: pipe.xreadgroup(
+            group, consumer, {outbox_key(shard): "0"}, count=counts[shard]))  # fmt: skip
         found = {
             shard: _messages(reply[0][1]) for shard, reply in own.items() if reply and reply[0][1]
         }
         if found:
             return found
-        claimed = self._each(counts, lambda pipe, key, count: pipe.xautoclaim(
-            key, group, consumer, min_idle_time=reclaim_idle_ms, count=count))  # fmt: skip
+        claimed = self._each(counts, lambda pipe, shard: pipe.xautoclaim(
+            outbox_key(shard), group, consumer, min_idle_time=reclaim_idle_ms,
+            count=counts[shard]))  # fmt: skip
         found = {shard: _messages(reply[1]) for shard, reply in claimed.items() if reply[1]}
         if found:
             return found
-        new = self._each(counts, lambda pipe, key, count: pipe.xreadgroup(
-            group, consumer, {key: ">"}, count=count))  # fmt: skip
-        return {shard: _messages(reply[0][1]) for shard, reply in new.items() if reply}
+        return self._read_new(counts, reclaim_idle_ms)
 
-    def _each(self, counts: dict[int, int], command: Any) -> dict[int, Any]:
-        """One command per shard, given its count, in one round trip per node (one Redis, or
-        each master of a cluster); a shard without its consumer group (a new stream, or Redis
-        lost its data) gets the group and answers nothing this time.
+    def _each(
+        self, shards: Iterable[int], command: Callable[[Any, int], Any], *, wait: bool = True
+    ) -> dict[int, Any]:
+        """One command per shard in one round trip per node (one Redis, or each master of a
+        cluster); a shard without its consumer group (a new stream, or Redis lost its data)
+        gets the group and answers nothing this time.
 
-        With acks, a WAIT follows each node's reads on the same connection, and the shards of
-        a node whose replicas do not confirm answer nothing: an entry reaches PostgreSQL only
-        once a replica has it, so a failover can never leave the ledger holding an entry that
-        Redis (its idempotency record, its balance) has lost."""
+        With acks (and `wait`), a WAIT follows each node's reads on the same connection, and
+        the shards of a node whose replicas do not confirm answer nothing: an entry reaches
+        PostgreSQL only once a replica has it, so a failover can never leave the ledger holding
+        an entry that Redis (its idempotency record, its balance) has lost."""
+        wait = wait and bool(self._acks.replicas)
         replies = {}
-        for client, shards in self._by_node(list(counts)):
+        for client, node_shards in self._by_node(list(shards)):
             pipe = client.pipeline(transaction=False)
-            for shard in shards:
-                command(pipe, outbox_key(shard), counts[shard])
-            if self._acks.replicas:
+            for shard in node_shards:
+                command(pipe, shard)
+            if wait:
                 pipe.wait(self._acks.replicas, self._acks.timeout_ms)
             try:
                 raw = pipe.execute(raise_on_error=False)
@@ -160,12 +205,12 @@ class OutboxWriter:
                 log.warning("a Redis Cluster node does not answer; its shards wait")
                 self._redis.nodes_manager.initialize()  # type: ignore[attr-defined]
                 continue
-            if self._acks.replicas:
+            if wait:
                 confirmed = raw.pop()
                 if isinstance(confirmed, Exception) or int(confirmed) < self._acks.replicas:
                     log.warning("replicas have not confirmed the outbox read; retrying")
                     continue
-            for shard, reply in zip(shards, raw, strict=True):
+            for shard, reply in zip(node_shards, raw, strict=True):
                 if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
                     ensure_group(self._redis, outbox_key(shard))
                 elif isinstance(reply, (MovedError, AskError, TryAgainError)):
@@ -203,31 +248,102 @@ def _messages(raw: list[Any]) -> list[_Message]:
     return [(message_id, fields or None) for message_id, fields in raw]
 
 
-def _parse(
-    shard: int, batch: list[_Message]
-) -> tuple[list[LedgerEntry], list[Event], list[tuple[int, str, str, str]]]:
-    """A shard's messages: entries ("e"), and the thresholds they crossed ("v", events only)."""
-    entries: list[LedgerEntry] = []
-    events: list[Event] = []
-    dead: list[tuple[int, str, str, str]] = []
-    for message_id, fields in batch:
-        if fields is None:
-            continue  # deleted from the stream after its COMMIT; only the acknowledgement is left
-        payload = fields.get("e")
-        try:
-            if payload is None and "v" in fields:
-                events += crossing_events(orjson.loads(fields["v"]))
-                continue
-            entry = LedgerEntry.from_json(payload or "")
-            entries.append(entry)
-            events += entry_events(entry)
-        except (ValueError, TypeError, KeyError) as exc:
-            payload = payload or fields.get("v", "")
-            log.error(
-                "outbox entry %s of shard %s does not parse; dead-lettered", message_id, shard
-            )
-            dead.append((shard, message_id, payload, f"unparseable: {exc}"))
-    return entries, events, dead
+# The fields of an entry as the Lua scripts write it (LedgerEntry.to_json); the last four only
+# on some kinds. An entry with others, or without one of the first, is dead-lettered.
+_FIELDS = frozenset((
+    "ledger_id", "app_id", "user_id", "kind", "amount", "balance_after", "description",
+    "reference_id", "metadata", "idempotency_key", "refund_of", "seq", "created_at",
+))  # fmt: skip
+_ALL_FIELDS = _FIELDS | {"hold_id", "held", "expires_at", "grants"}
+
+# Acknowledges and deletes a shard's persisted messages, and forgets its persisted entries.
+# KEYS: the outbox, the unpersisted hash, each entry's recent list, then the refund markers to
+# keep. ARGV: group, seconds to keep a marker, #messages, #entries, the message ids, then the
+# entries' ledger ids. Ids go to XACK, XDEL and HDEL a thousand at a time (unpack's limit).
+_CLEAN = """
+local group, seconds, n, m = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local function each(first, last, command, key, extra)
+  for i = first, last, 1000 do
+    local j = math.min(i + 999, last)
+    if extra then
+      redis.call(command, key, extra, unpack(ARGV, i, j))
+    else
+      redis.call(command, key, unpack(ARGV, i, j))
+    end
+  end
+end
+each(5, 4 + n, 'XACK', KEYS[1], group)
+each(5, 4 + n, 'XDEL', KEYS[1])
+each(5 + n, 4 + n + m, 'HDEL', KEYS[2])
+for i = 1, m do
+  redis.call('LREM', KEYS[2 + i], -1, ARGV[4 + n + i])
+end
+for i = 3 + m, #KEYS do
+  redis.call('EXPIRE', KEYS[i], seconds)
+end
+"""
+
+
+@dataclass(slots=True)
+class _Done:
+    """What one shard's messages leave to do in Redis once they are committed."""
+
+    messages: list[str] = field(default_factory=list)
+    ledger_ids: list[str] = field(default_factory=list)
+    recent: list[str] = field(default_factory=list)  # the recent list of each of ledger_ids
+    markers: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One round's messages, parsed no further than the insert and the clean-up need."""
+
+    rows: list[tuple[int, str, str]] = field(default_factory=list)  # shard, ledger_id, JSON
+    created_ms: list[int] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    dead: list[tuple[int, str, str, str]] = field(default_factory=list)
+    shards: dict[int, _Done] = field(default_factory=dict)
+
+    def add(self, shard: int, messages: list[_Message]) -> None:
+        """A shard's messages: entries ("e"), and the thresholds they crossed ("v", events
+        only). Every message is acknowledged after the COMMIT, the unparseable ones too: they
+        are in `dead`, and go to PostgreSQL with the batch."""
+        done = self.shards[shard] = _Done()
+        for message_id, fields in messages:
+            done.messages.append(message_id)
+            if fields is None:
+                continue  # deleted from the stream after its COMMIT; only the ack is left
+            payload = fields.get("e")
+            try:
+                if payload is None and "v" in fields:
+                    self.events += crossing_events(orjson.loads(fields["v"]))
+                else:
+                    self._entry(shard, payload or "", done)
+            except (ValueError, TypeError, KeyError) as exc:
+                payload = payload or fields.get("v", "")
+                log.error(
+                    "outbox entry %s of shard %s does not parse; dead-lettered", message_id, shard
+                )
+                self.dead.append((shard, message_id, payload, f"unparseable: {exc}"))
+
+    def _entry(self, shard: int, payload: str, done: _Done) -> None:
+        fields = orjson.loads(payload)
+        if not isinstance(fields, dict) or not _FIELDS <= fields.keys() <= _ALL_FIELDS:
+            raise ValueError("not an entry: fields missing or unknown")
+        ledger_id, app_id, user_id = fields["ledger_id"], fields["app_id"], fields["user_id"]
+        created_ms = int(fields["created_at"])
+        # engine.events.derive makes no event of a deduct, and deducts are most entries: only
+        # the others become LedgerEntry (json, not orjson: big metadata integers stay exact).
+        events = [] if fields["kind"] == "deduct" else entry_events(LedgerEntry.from_json(payload))
+        keys = account_keys(app_id, user_id)
+        refund_of = fields["refund_of"]
+        self.rows.append((shard, ledger_id, payload))
+        self.created_ms.append(created_ms)
+        self.events += events
+        done.ledger_ids.append(ledger_id)
+        done.recent.append(keys.recent)
+        if refund_of is not None:
+            done.markers.append(keys.refund_marker(refund_of))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 SHARDS = 64  # at most 64: new_ledger_id keeps the shard in six bits
 PREFIX = "tally"
@@ -241,6 +242,8 @@ class AccountKeys:
         return str(int.from_bytes(digest[:8]) >> 1)
 
 
+# The hot set of accounts keeps its names built: seven f-strings and a CRC per write otherwise.
+@lru_cache(maxsize=8192)
 def account_keys(app_id: str, user_id: str) -> AccountKeys:
     shard = shard_of(app_id, user_id)
     tag = _tag(shard)

@@ -5,12 +5,13 @@ running it again would apply a write twice. The caller gets 503 and retries with
 Idempotency-Key, which is exactly-once.
 """
 
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import hiredis
 import redis
@@ -38,6 +39,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from engine.errors import UnavailableError
+from engine.store.pipelined import Calls, Pipelined, PipelinedCluster
 
 _CONNECT_TIMEOUT_SECONDS = 2
 _READ_TIMEOUT_SECONDS = 5
@@ -125,6 +127,29 @@ def async_client(url: str, max_connections: int, *, cluster: bool = False) -> As
         decode_responses=True,
         max_connections=max_connections,
         **_options(url, _PackingAsyncConnection),
+    )
+
+
+def pipelined_client(url: str, cluster: AsyncRedis | None = None) -> Calls:
+    """The hot path's script calls (engine.store.pipelined); on a cluster, `cluster` is the
+    async cluster client, whose topology routes each call to its node."""
+    timeouts = {
+        "connect_timeout": _CONNECT_TIMEOUT_SECONDS, "read_timeout": _READ_TIMEOUT_SECONDS
+    }  # fmt: skip
+    if cluster is not None:
+        return PipelinedCluster(cluster, **timeouts)
+    parsed = urlparse(url)
+    query = dict(parse_qsl(parsed.query))
+    db = query.get("db", "0") if parsed.scheme == "unix" else parsed.path.lstrip("/") or "0"
+    return Pipelined(
+        parsed.hostname or "localhost",
+        parsed.port or 6379,
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        db=int(db),
+        path=parsed.path if parsed.scheme == "unix" else None,
+        tls=ssl.create_default_context() if parsed.scheme == "rediss" else None,
+        **timeouts,
     )
 
 

@@ -18,16 +18,17 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, Tr
 
 from engine.errors import UnavailableError
 from engine.metrics.registry import SCRIPT_ERRORS
-from engine.store.redis import OUTAGES, UNREACHABLE, as_unavailable, is_cluster
+from engine.store.pipelined import Calls, Pipelined, PipelinedCluster
+from engine.store.redis import OUTAGES, UNREACHABLE, as_unavailable
 
 S = TypeVar("S", Script, AsyncScript)
 
 _NAMES = (
     "apply_entry", "hydrate", "repair_account", "claim_due", "vouch_account", "mark_complete",
-    "hold", "settle_hold", "expire_due", "evict_account",
+    "hold", "settle_hold", "expire_due", "evict_account", "apply_batch",
 )  # fmt: skip
 # The scripts that change an account share lua/account.lua, put in front of their own text.
-_ACCOUNT_SCRIPTS = frozenset(("apply_entry", "hold", "settle_hold", "expire_due"))
+_ACCOUNT_SCRIPTS = frozenset(("apply_entry", "hold", "settle_hold", "expire_due", "apply_batch"))
 # NOSCRIPT means the call did not run, so it is sent again after loading the script; a script
 # cache flushed again and again between the two gives up after this many tries.
 _LOADS = 5
@@ -57,6 +58,7 @@ class Scripts(Generic[S]):
     settle_hold: S
     expire_due: S
     evict_account: S
+    apply_batch: S
 
     @staticmethod
     def register(redis: Redis) -> "Scripts[Script]":
@@ -95,24 +97,26 @@ def _evalsha(
 
 
 async def run(
-    client: AsyncRedis,
+    client: Calls,
     script: AsyncScript,
     keys: Sequence[str],
     args: Sequence[Any],
     acks: Acks = NO_ACKS,
 ) -> Any:
-    """One script call by SHA, loading the script again as often as Redis lost it; with
-    `acks`, acknowledged only once that many replicas have it."""
+    """One script call by SHA on the hot path's pipelined connection, loading the script again
+    as often as Redis lost it; with `acks`, acknowledged only once that many replicas have it."""
     # try/except rather than outages(): this is every deduct's path, and a context manager
     # costs a generator per call.
     try:
         for _ in range(_LOADS):
             try:
-                if acks.replicas or is_cluster(client):
-                    return await _run_pipelined(client, script, keys, args, acks)
-                return await client.evalsha(script.sha, len(keys), *keys, *args)
+                if isinstance(client, Pipelined):
+                    if not acks.replicas:
+                        return await client.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                    return await _on_node(client, script, keys, args, acks, asking=False)
+                return await _on_cluster(client, script, keys, args, acks)
             except NoScriptError:
-                await client.script_load(script.script)
+                await (await _node_of(client, keys)).execute("SCRIPT", "LOAD", script.script)
     except OUTAGES as exc:
         SCRIPT_ERRORS.labels(type(exc).__name__).inc()
         raise as_unavailable(exc) from exc
@@ -122,63 +126,65 @@ async def run(
     raise UnavailableError(_FLUSHED)
 
 
-async def _run_pipelined(
-    client: AsyncRedis, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], acks: Acks
+async def _on_node(
+    node: Pipelined,
+    script: AsyncScript,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    acks: Acks,
+    *,
+    asking: bool,
 ) -> Any:
-    """The call, with `acks` a WAIT behind it on the same connection, in one round trip: WAIT
-    counts the replicas that have every write this connection made, the call's included."""
-    if not is_cluster(client):
-        pipe = client.pipeline(transaction=False)
-        _evalsha(pipe, script, keys, args)
-        pipe.wait(acks.replicas, acks.timeout_ms)
-        return _confirmed(await pipe.execute(raise_on_error=False), acks)
-    # On a cluster the call goes to its slot's master by hand, redirects followed here: the
-    # client's own would send it again on another connection than the WAIT's, and its
-    # single-command path drops and reopens connections under load (measured: 503s at 64
-    # requests in flight, none this way).
-    cluster: Any = client
-    await cluster.initialize()  # reads the topology when new, or after a lost connection
-    node = cluster.get_node_from_key(keys[0])
-    asking = False
+    """The call on one node, behind ASKING when a resharding sent it there, with a WAIT behind
+    it on the same connection when `acks` asks: WAIT counts the replicas that have every write
+    the connection made, the call's included."""
+    if asking:
+        node.execute("ASKING").add_done_callback(_settle)  # the call's own reply says enough
+    reply = node.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    if not acks.replicas:
+        return await reply
+    confirmed = node.execute("WAIT", acks.replicas, acks.timeout_ms)
+    return _confirmed([await _outcome(reply), await _outcome(confirmed)], acks)
+
+
+async def _on_cluster(
+    cluster: PipelinedCluster,
+    script: AsyncScript,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    acks: Acks,
+) -> Any:
+    """The call sent to its slot's master, redirects followed here (a redirect means it did
+    not run). A lost connection makes the topology be read again before the next call: a
+    failover has moved the slots to a promoted replica."""
+    node, asking = await cluster.node_of(keys[0]), False
     for _ in range(_REDIRECTS):
-        pipe = cluster.pipeline()
-        if asking:
-            pipe.execute_command("ASKING", target_nodes=node)
-        _evalsha(pipe, script, keys, args, target_nodes=node)
-        if acks.replicas:
-            pipe.execute_command("WAIT", acks.replicas, acks.timeout_ms, target_nodes=node)
-        raw = (await _execute_on_cluster(cluster, pipe))[-2 if acks.replicas else -1 :]
-        reply = raw[0]  # ASKING's reply dropped: the call's, then the WAIT's
-        asking = isinstance(reply, AskError)
-        if isinstance(reply, MovedError):
-            await cluster.nodes_manager.move_slot(reply)
-            node = cluster.get_node_from_key(keys[0])
-        elif asking:
-            node = cluster.get_node(host=reply.host, port=reply.port)
-            if node is None:  # a node new to this client: read the topology, then again
-                cluster._initialize = True
-                await cluster.initialize()
-                node, asking = cluster.get_node_from_key(keys[0]), False
-        elif isinstance(reply, TryAgainError):
+        try:
+            return await _on_node(node, script, keys, args, acks, asking=asking)
+        except MovedError as moved:
+            await cluster.moved(moved)
+            node, asking = await cluster.node_of(keys[0]), False
+        except AskError as ask:
+            node, asking = cluster.node_at(ask.host, ask.port), True
+        except TryAgainError:
             await asyncio.sleep(0.05)  # a multi-key call during the slot's migration
-        else:
-            return _confirmed(raw, acks)
+            asking = False
+        except OUTAGES:
+            cluster.lost()
+            raise
     raise UnavailableError(UNREACHABLE, "redis")
 
 
-async def _execute_on_cluster(cluster: Any, pipe: Any) -> list[Any]:
-    """A pipeline of commands sent to their nodes by hand. A lost connection makes the client
-    read the topology again before its next command, as its own commands do (a failover has
-    moved the slots to a promoted replica)."""
+def _settle(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: an ignored reply's error is not logged as lost
+
+
+async def _outcome(future: "asyncio.Future[Any]") -> Any:
     try:
-        replies: list[Any] = await pipe.execute(raise_on_error=False, allow_redirections=False)
-    except OUTAGES:
-        cluster._initialize = True  # redis-py's own flag for "read the slots again"
-        raise
-    for reply in replies:
-        if isinstance(reply, OUTAGES):
-            cluster._initialize = True
-    return replies
+        return await future
+    except RedisError as exc:
+        return exc
 
 
 def _confirmed(raw: list[Any], acks: Acks) -> Any:
@@ -190,7 +196,7 @@ def _confirmed(raw: list[Any], acks: Acks) -> Any:
 
 
 async def run_many(
-    client: AsyncRedis,
+    client: Calls,
     script: AsyncScript,
     calls: Sequence[Call],
     *,
@@ -217,7 +223,8 @@ async def run_many(
                     replies[index] = reply
             if not lost:
                 break
-            await client.script_load(script.script)
+            for node in {await _node_of(client, calls[index][0]) for index in lost}:
+                await node.execute("SCRIPT", "LOAD", script.script)
             pending = lost
         else:
             raise UnavailableError(_FLUSHED)
@@ -248,45 +255,37 @@ async def run_many(
     return replies
 
 
-async def _send(
-    client: AsyncRedis, script: AsyncScript, calls: Sequence[Call], acks: Acks
-) -> list[Any]:
-    """The calls in one pipeline per node, with a WAIT behind each node's calls on the same
-    connection when `acks` asks for one; replies (errors included) in order."""
-    if not is_cluster(client):
-        pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            _evalsha(pipe, script, keys, args)
-        if acks.replicas:
-            pipe.wait(acks.replicas, acks.timeout_ms)
-        return _acknowledged(await pipe.execute(raise_on_error=False), len(calls), acks)
-    # Each node's pipeline is sent and answered on its own: a node that fails fails only its
-    # own calls, and the calls the other nodes ran keep their replies. Calls go to their slot's
-    # node by hand and are not redirected: a call whose slot moved is answered with MOVED or
-    # ASK, and sent again alone (run_many).
-    cluster: Any = client
-    await cluster.initialize()  # reads the topology when new, or after a lost connection
-    groups: dict[str, tuple[Any, list[int]]] = {}
+async def _send(client: Calls, script: AsyncScript, calls: Sequence[Call], acks: Acks) -> list[Any]:
+    """The calls written on each node's pipelined connection, with a WAIT behind each node's
+    calls when `acks` asks for one; replies (errors included) in order. A node that fails fails
+    only its own calls. Calls are not redirected: one whose slot moved is answered with MOVED
+    or ASK, and sent again alone (run_many)."""
+    groups: dict[Pipelined, list[int]] = {}
     for position, (keys, _) in enumerate(calls):
-        node = cluster.get_node_from_key(keys[0])
-        groups.setdefault(node.name, (node, []))[1].append(position)
-
-    async def send(node: Any, positions: list[int]) -> list[Any]:
-        pipe = cluster.pipeline()
-        for position in positions:
-            _evalsha(pipe, script, *calls[position], target_nodes=node)
+        groups.setdefault(await _node_of(client, keys), []).append(position)
+    sent = []
+    for node, positions in groups.items():
+        futures = [
+            node.execute("EVALSHA", script.sha, len(calls[p][0]), *calls[p][0], *calls[p][1])
+            for p in positions
+        ]
         if acks.replicas:
-            pipe.execute_command("WAIT", acks.replicas, acks.timeout_ms, target_nodes=node)
-        return _acknowledged(await _execute_on_cluster(cluster, pipe), len(positions), acks)
-
-    answers = await asyncio.gather(
-        *(send(node, positions) for node, positions in groups.values()), return_exceptions=True
-    )
+            futures.append(node.execute("WAIT", acks.replicas, acks.timeout_ms))
+        sent.append((positions, futures))
     replies: list[Any] = [None] * len(calls)
-    for (_, positions), answer in zip(groups.values(), answers, strict=True):
-        for index, position in enumerate(positions):
-            replies[position] = answer if isinstance(answer, BaseException) else answer[index]
+    for positions, futures in sent:
+        raw = [await _outcome(future) for future in futures]
+        if isinstance(client, PipelinedCluster) and any(isinstance(r, OUTAGES) for r in raw):
+            client.lost()
+        for position, reply in zip(
+            positions, _acknowledged(raw, len(positions), acks), strict=True
+        ):
+            replies[position] = reply
     return replies
+
+
+async def _node_of(client: Calls, keys: Sequence[str]) -> Pipelined:
+    return client if isinstance(client, Pipelined) else await client.node_of(keys[0])
 
 
 def _acknowledged(raw: list[Any], calls: int, acks: Acks) -> list[Any]:
