@@ -47,6 +47,8 @@ def snapshot() -> dict[str, float]:
         if role:
             fields = stat[stat.rindex(")") + 2 :].split()
             seconds[role] += (int(fields[11]) + int(fields[12])) / _TICK
+            if role == "postgres":  # backends that closed: the postmaster reaped them
+                seconds[role] += (int(fields[13]) + int(fields[14])) / _TICK
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds["children"] = children.ru_utime + children.ru_stime
     return seconds
