@@ -51,6 +51,10 @@ _access = logging.getLogger("api.access")
 Headers = list[tuple[bytes, bytes]]
 
 
+class _ClientLeft(Exception):
+    """The client disconnected before its body arrived."""
+
+
 class _Call:
     """One request to a hot route, as far as the routes need it."""
 
@@ -71,7 +75,7 @@ class _Call:
         while True:
             message = await self.receive()
             if message["type"] != "http.request":
-                raise ConnectionAbortedError  # the client left; nobody reads an answer
+                raise _ClientLeft
             chunk: bytes = message.get("body", b"")
             body += chunk
             if len(body) > limit:
@@ -128,9 +132,24 @@ class HotRoutes:
             elif name == b"x-request-id":
                 given = value
         rid = self._ids.of(given)
-        token = request_id.set(rid.decode())
+        token = request_id.set(rid.decode())  # every log line of the request carries it
+        try:
+            answered = await self._answer(engine, route, call, scope, rid, authorizations)
+            if answered is None:
+                return  # the client left before its body arrived: nobody reads an answer
+            status, headers, body = answered
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self._observe(scope["path"], status, perf_counter() - started)
+            if self._access_log:
+                elapsed_ms = (perf_counter() - started) * 1000
+                _access.info("%s %s %s %.1f ms", scope["method"], scope["path"], status, elapsed_ms)
+        finally:
+            request_id.reset(token)
+
+    async def _answer(self, engine: Engine, route: Route, call: _Call, scope: Scope, rid: bytes,
+                      authorizations: int) -> tuple[int, Headers, bytes] | None:  # fmt: skip
         limits: Headers = []
-        status = 500
         try:
             refused = refusal(scope, authorizations)
             if refused is not None:
@@ -139,25 +158,18 @@ class HotRoutes:
             if app.rate_limit is not None:
                 limits = quota_headers(engine.rate_limiter.take(app.key_id, app.rate_limit))
             answer, replayed = await route(engine, app, call)
-            status, body = 200, orjson.dumps(answer)
-            headers = _json_headers(body, rid, limits, replayed)
+            body = orjson.dumps(answer)
+            return 200, _json_headers(body, rid, limits, replayed), body
         except TallyError as exc:
             log_unavailable(exc, scope["method"], scope["path"])
-            status, headers, body = _error(exc, rid, limits)
-        except ConnectionAbortedError:
-            return
+            return _error(exc, rid, limits)
+        except _ClientLeft:
+            return None
         except Exception:
+            # Unlike Starlette's answer to the unexpected, this one has the request's id.
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            status, body = 500, b'{"success":false,"error":"Internal server error"}'
-            headers = _json_headers(body, rid, limits)
-        finally:
-            request_id.reset(token)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        self._observe(scope["path"], status, perf_counter() - started)
-        if self._access_log:
-            elapsed_ms = (perf_counter() - started) * 1000
-            _access.info("%s %s %s %.1f ms", scope["method"], scope["path"], status, elapsed_ms)
+            body = b'{"success":false,"error":"Internal server error"}'
+            return 500, _json_headers(body, rid, limits), body
 
     def _observe(self, path: str, status: int, seconds: float) -> None:
         timer = self._timers.get((path, status))

@@ -2,6 +2,7 @@
 redis-server: one write per event-loop turn, and its failure rules."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine.errors import UnavailableError
 from engine.store import scripts
 from engine.store.pipelined import Pipelined
+from engine.store.redis import pipelined_client
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -142,3 +144,40 @@ async def test_a_lost_connection_is_a_503_for_the_script_call_never_resent(
         await blocked
     await asyncio.sleep(0.1)
     assert admin.get("x") is None  # not run, and not sent again on the next connection
+
+
+async def test_the_calls_of_one_write_share_one_wait(node: Pipelined, admin: redis.Redis) -> None:
+    # A WAIT per call would hold each call behind every earlier call's WAIT: with no replica,
+    # 50 calls would take 50 timeouts. One WAIT follows the write; each call is unconfirmed.
+    script = redis.asyncio.Redis().register_script("return redis.call('INCR', KEYS[1])")
+    await node.execute("SCRIPT", "LOAD", script.script)
+    admin.config_resetstat()
+    acks = scripts.Acks(replicas=1, timeout_ms=300)
+    started = time.monotonic()
+    replies = await asyncio.gather(
+        *(scripts.run(node, script, ["w"], [], acks) for _ in range(50)), return_exceptions=True
+    )
+    assert time.monotonic() - started < 3
+    assert all(isinstance(reply, UnavailableError) for reply in replies)  # outcome unknown
+    assert admin.get("w") == "50"  # each ran once: the caller retries with its key
+    assert admin.info("commandstats")["cmdstat_wait"]["calls"] == 1
+
+
+async def test_the_database_is_read_as_redis_py_reads_it(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    node = pipelined_client(f"redis://127.0.0.1:{server.port}/0?db=2")
+    try:
+        assert await node.execute("SET", "where", "db2") == "OK"
+    finally:
+        await node.aclose()
+    assert redis.Redis(port=server.port, db=2, decode_responses=True).get("where") == "db2"
+
+
+async def test_a_closed_connection_fails_what_it_had_queued(node: Pipelined) -> None:
+    queued = node.execute("PING")  # not written yet: the connection opens on the next turn
+    await node.aclose()
+    with pytest.raises(RedisConnectionError):
+        await queued
+    with pytest.raises(RedisConnectionError):
+        await node.execute("PING")

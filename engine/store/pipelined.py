@@ -95,6 +95,10 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def closing(self) -> bool:
+        # A transport closing before connection_lost has run drops what is written to it.
+        return self._transport is None or self._transport.is_closing()
+
     def _fail(self, error: Exception) -> None:
         self.closed = True
         if self._watch is not None:
@@ -146,11 +150,18 @@ class Pipelined:
         self._unsent: list[bytes] = []
         self._unsent_futures: list[asyncio.Future[Any]] = []
         self._scheduled = False
+        # The WAIT that ends the next write, shared by every call of it that asked for one.
+        self._wait: tuple[int, int] | None = None
+        self._wait_future: asyncio.Future[Any] | None = None
+        self._closed = False
 
     def execute(self, *args: Any) -> "asyncio.Future[Any]":
         """Queue one command for this turn's write; await the result for its reply."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if self._closed:
+            future.set_exception(RedisConnectionError("the Redis connection is closed"))
+            return future
         self._unsent.append(hiredis.pack_command(args))
         self._unsent_futures.append(future)
         if not self._scheduled:
@@ -158,13 +169,31 @@ class Pipelined:
             loop.call_soon(self._flush)
         return future
 
+    def wait_after(self, replicas: int, timeout_ms: int) -> "asyncio.Future[Any]":
+        """A WAIT written after every command of this turn's write: one for all of them (WAIT
+        counts the replicas that have every write the connection made before it). A WAIT per
+        call would hold each call behind every earlier call's replica round trip: Redis answers
+        nothing else on a connection waiting in WAIT."""
+        if self._wait_future is None or self._wait_future.done():
+            self._wait_future = asyncio.get_running_loop().create_future()
+            self._wait = (replicas, timeout_ms)
+        else:
+            held = self._wait or (0, 0)
+            self._wait = (max(held[0], replicas), max(held[1], timeout_ms))
+        return self._wait_future
+
     def _flush(self) -> None:
         self._scheduled = False
         connection = self._connection
-        if connection is None or connection.closed:
-            if self._connecting is None:
+        if connection is None or connection.closed or connection.closing():
+            if self._connecting is None and not self._closed:
                 self._connecting = asyncio.ensure_future(self._connect())
             return  # written once connected
+        if self._wait_future is not None and not self._wait_future.done() and self._wait:
+            wait: tuple[Any, ...] = ("WAIT", *self._wait)
+            self._unsent.append(hiredis.pack_command(wait))
+            self._unsent_futures.append(self._wait_future)
+            self._wait_future = self._wait = None
         if not self._unsent:
             return
         data, futures = b"".join(self._unsent), self._unsent_futures
@@ -187,26 +216,38 @@ class Pipelined:
                 future = loop.create_future()
                 connection.write(hiredis.pack_command(command), (future,))
                 await future
-        except Exception as exc:
-            # Nothing queued was written: every caller is told, none is left waiting.
+        except BaseException as exc:
+            # Nothing queued was written: every caller is told, none is left waiting (a close
+            # that cancelled this too).
             if connection is not None:
                 connection.close()
-            if isinstance(exc, OSError | TimeoutError):
-                exc = RedisConnectionError(f"cannot reach Redis at {self.name}: {exc}")
-            self._fail_unsent(exc)
+            error = exc
+            if isinstance(exc, OSError | TimeoutError | asyncio.CancelledError):
+                error = RedisConnectionError(f"cannot reach Redis at {self.name}: {exc!r}")
+            self._fail_unsent(error)
+            if not isinstance(exc, Exception):
+                raise
             return
         finally:
             self._connecting = None
         self._connection = connection
+        if self._closed:
+            connection.close()
+            return
         self._flush()
 
     def _fail_unsent(self, error: BaseException) -> None:
         futures, self._unsent, self._unsent_futures = self._unsent_futures, [], []
+        if self._wait_future is not None:
+            futures.append(self._wait_future)
+            self._wait_future = self._wait = None
         for future in futures:
             if not future.done():
                 future.set_exception(error)
 
     async def aclose(self) -> None:
+        self._closed = True
+        self._fail_unsent(RedisConnectionError("the Redis connection is closed"))
         if self._connecting is not None:
             self._connecting.cancel()
         if self._connection is not None:

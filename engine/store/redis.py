@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlparse
+from urllib.parse import urlparse
 
 import hiredis
 import redis
@@ -22,7 +22,7 @@ from redis.asyncio.connection import Connection as AsyncConnection
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
-from redis.connection import Encoder  # type: ignore[attr-defined]
+from redis.connection import Encoder, parse_url  # type: ignore[attr-defined]
 from redis.exceptions import (
     ClusterDownError,
     ClusterError,
@@ -138,17 +138,17 @@ def pipelined_client(url: str, cluster: AsyncRedis | None = None) -> Calls:
     }  # fmt: skip
     if cluster is not None:
         return PipelinedCluster(cluster, **timeouts)
-    parsed = urlparse(url)
-    query = dict(parse_qsl(parsed.query))
-    db = query.get("db", "0") if parsed.scheme == "unix" else parsed.path.lstrip("/") or "0"
+    # Read as redis-py reads it (a ?db= wins over the path), so that both clients of a process
+    # always talk to the same database.
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     return Pipelined(
-        parsed.hostname or "localhost",
-        parsed.port or 6379,
-        username=unquote(parsed.username) if parsed.username else None,
-        password=unquote(parsed.password) if parsed.password else None,
-        db=int(db),
-        path=parsed.path if parsed.scheme == "unix" else None,
-        tls=ssl.create_default_context() if parsed.scheme == "rediss" else None,
+        options.get("host", "localhost"),
+        options.get("port", 6379),
+        username=options.get("username"),
+        password=options.get("password"),
+        db=options.get("db", 0),
+        path=options.get("path"),
+        tls=ssl.create_default_context() if url.startswith("rediss://") else None,
         **timeouts,
     )
 

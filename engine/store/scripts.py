@@ -143,7 +143,8 @@ async def _on_node(
     reply = node.execute("EVALSHA", script.sha, len(keys), *keys, *args)
     if not acks.replicas:
         return await reply
-    confirmed = node.execute("WAIT", acks.replicas, acks.timeout_ms)
+    confirmed = node.wait_after(acks.replicas, acks.timeout_ms)
+    confirmed.add_done_callback(_settle)  # read below, unless this caller gives up first
     return _confirmed([await _outcome(reply), await _outcome(confirmed)], acks)
 
 
@@ -166,6 +167,10 @@ async def _on_cluster(
             node, asking = await cluster.node_of(keys[0]), False
         except AskError as ask:
             node, asking = cluster.node_at(ask.host, ask.port), True
+        except NoScriptError:
+            # The node that answered lacks the script (a migration's target, new to it): load
+            # it there, and send the call again, which did not run.
+            await node.execute("SCRIPT", "LOAD", script.script)
         except TryAgainError:
             await asyncio.sleep(0.05)  # a multi-key call during the slot's migration
             asking = False
@@ -270,7 +275,9 @@ async def _send(client: Calls, script: AsyncScript, calls: Sequence[Call], acks:
             for p in positions
         ]
         if acks.replicas:
-            futures.append(node.execute("WAIT", acks.replicas, acks.timeout_ms))
+            futures.append(node.wait_after(acks.replicas, acks.timeout_ms))
+        for future in futures:
+            future.add_done_callback(_settle)  # read below, unless this caller gives up first
         sent.append((positions, futures))
     replies: list[Any] = [None] * len(calls)
     for positions, futures in sent:
