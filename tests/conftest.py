@@ -61,6 +61,15 @@ def redis_server() -> Iterator[RedisServer | RedisCluster]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A plain redis-server of the module's own, whatever the suite runs on: for tests of the
+    scripts and connections themselves, which flush it at will."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def queue_redis() -> Iterator[RedisServer | None]:
     """The job queues' own Redis, on a cluster only (RQ's keys cannot live on one)."""

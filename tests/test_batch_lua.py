@@ -26,16 +26,9 @@ def _same_shard(n: int) -> list[str]:
 A, B, C = _same_shard(3)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    started = RedisServer().start()
-    yield started
-    started.stop()
-
-
 @pytest.fixture
-def r(server: RedisServer) -> Iterator["redis.Redis[str]"]:
-    client: redis.Redis[str] = redis.Redis.from_url(server.url, decode_responses=True)
+def r(own_redis: RedisServer) -> Iterator["redis.Redis[str]"]:
+    client: redis.Redis[str] = redis.Redis.from_url(own_redis.url, decode_responses=True)
     client.flushall()
     yield client
     client.close()

@@ -20,24 +20,17 @@ from tests.servers import RedisServer
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    started = RedisServer().start()
-    yield started
-    started.stop()
-
-
 @pytest.fixture
-def admin(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis(port=server.port, decode_responses=True)
+def admin(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=own_redis.port, decode_responses=True)
     client.flushall()
     yield client
     client.close()
 
 
 @pytest.fixture
-async def node(server: RedisServer) -> AsyncIterator[Pipelined]:
-    made = Pipelined("127.0.0.1", server.port, connect_timeout=2, read_timeout=0.5)
+async def node(own_redis: RedisServer) -> AsyncIterator[Pipelined]:
+    made = Pipelined("127.0.0.1", own_redis.port, connect_timeout=2, read_timeout=0.5)
     yield made
     await made.aclose()
 
@@ -164,14 +157,14 @@ async def test_the_calls_of_one_write_share_one_wait(node: Pipelined, admin: red
 
 
 async def test_the_database_is_read_as_redis_py_reads_it(
-    server: RedisServer, admin: redis.Redis
+    own_redis: RedisServer, admin: redis.Redis
 ) -> None:
-    node = pipelined_client(f"redis://127.0.0.1:{server.port}/0?db=2")
+    node = pipelined_client(f"redis://127.0.0.1:{own_redis.port}/0?db=2")
     try:
         assert await node.execute("SET", "where", "db2") == "OK"
     finally:
         await node.aclose()
-    assert redis.Redis(port=server.port, db=2, decode_responses=True).get("where") == "db2"
+    assert redis.Redis(port=own_redis.port, db=2, decode_responses=True).get("where") == "db2"
 
 
 async def test_a_closed_connection_fails_what_it_had_queued(node: Pipelined) -> None:
