@@ -22,7 +22,7 @@ from api.batch import apply_batch
 from api.credits import MAX_BATCH_BYTES, entry_body
 from api.edge import RequestIds, refusal
 from api.errors import error_response, log_unavailable
-from api.metrics import Durations, request_durations
+from api.metrics import request_durations
 from api.rate_limits import quota_headers
 from api.schemas import (
     AddRequest,
@@ -105,7 +105,6 @@ class HotRoutes:
             ("POST", "/credits/batch"): _batch,
             ("GET", "/credits/balance"): _balance,
         }
-        self._timers: dict[tuple[str, int], Durations] = {}
 
     async def serve(self, engine: Engine, route: Route, scope: Scope, receive: Receive,
                     send: Send) -> None:  # fmt: skip
@@ -140,7 +139,8 @@ class HotRoutes:
             status, headers, body = answered
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
-            self._observe(scope["path"], status, perf_counter() - started)
+            durations = request_durations(scope["path"], scope["method"], status)
+            durations.observe(perf_counter() - started)
             if self._access_log:
                 elapsed_ms = (perf_counter() - started) * 1000
                 _access.info("%s %s %s %.1f ms", scope["method"], scope["path"], status, elapsed_ms)
@@ -170,13 +170,6 @@ class HotRoutes:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             body = b'{"success":false,"error":"Internal server error"}'
             return 500, _json_headers(body, rid, limits), body
-
-    def _observe(self, path: str, status: int, seconds: float) -> None:
-        timer = self._timers.get((path, status))
-        if timer is None:
-            method = "GET" if path == "/credits/balance" else "POST"
-            timer = self._timers[(path, status)] = request_durations(path, method, status)
-        timer.observe(seconds)
 
 
 def _json_headers(body: bytes, rid: bytes, limits: Headers, replayed: bool = False) -> Headers:

@@ -91,7 +91,6 @@ class Credits:
         self._repository = repository
         self._bridge = bridge
         acks = scripts.Acks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
-        self._acks = acks
         self.hydration = Hydration(redis, calls, repository, bridge, self._scripts, acks)
         self._idempotency_ttl = settings.idempotency_ttl_seconds
         # Refused deducts write no entry: counted here for the dashboard (engine.ledger.summaries).
@@ -462,7 +461,8 @@ class Credits:
     async def _apply(self, app: AppContext, call: "_Call") -> EntryResult:
         """Run one prepared entry, rebuilding its account from the ledger when Redis lacks it."""
         script = self._scripts.apply_entry
-        reply = await scripts.run(self._calls, script, call.script_keys, call.args, self._acks)
+        acks = self.hydration.acks
+        reply = await scripts.run(self._calls, script, call.script_keys, call.args, acks)
         if reply[0] == "missing":  # rare: straight to the script call above otherwise
             call_args = (call.script_keys, call.args)
             reply = await self.hydration.run(

@@ -88,12 +88,10 @@ _REDIRECTS = 8
 _REDIRECTED = (MovedError, AskError, TryAgainError)
 
 
-def _evalsha(
-    pipe: Any, script: AnyScript, keys: Sequence[str], args: Sequence[Any], **target: Any
-) -> None:
+def _evalsha(pipe: Any, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
     # execute_command, not pipe.evalsha: redis-py refuses the latter in a cluster pipeline,
     # though every key of a Tally script call is in one slot.
-    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **target)
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 async def run(
