@@ -18,10 +18,10 @@ def _redis_cpu_us(info: dict[str, Any]) -> float:
 
 
 def _scripts_us(redis: Any) -> float:
-    """Time Redis spent running scripts (EVALSHA), out of its CPU: the rest is reading,
+    """Time Redis spent running scripts (FCALL, EVALSHA), out of its CPU: the rest is reading,
     replying, the AOF."""
-    stats = redis.info("commandstats").get("cmdstat_evalsha", {})
-    return float(stats.get("usec", 0))
+    stats = redis.info("commandstats")
+    return sum(float(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("fcall", "evalsha"))
 
 
 def main() -> None:

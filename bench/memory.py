@@ -21,10 +21,9 @@ from typing import Any
 
 import orjson
 import redis
-from redis.commands.core import Script
 
 from engine.store.keys import AccountKeys, account_keys, new_ledger_id, outbox_key
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, Lua, run_all
 from tests.servers import RedisServer
 
 _CHUNK = 2_000  # script calls per round trip
@@ -35,7 +34,7 @@ _FUNDS = 1_000_000
 class Bench:
     def __init__(self, client: redis.Redis, users: int, sample: int) -> None:
         self.redis = client
-        self.scripts = Scripts.register(client)
+        self.scripts = SCRIPTS
         self.app_id = f"app_{os.urandom(8).hex()}"
         self.users = [str(uuid.UUID(bytes=os.urandom(16), version=4)) for _ in range(users)]
         self.keys = [account_keys(self.app_id, user) for user in self.users]
@@ -44,13 +43,10 @@ class Bench:
     def used(self) -> int:
         return int(self.redis.info("memory")["used_memory"])
 
-    def calls(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    def calls(self, script: Lua, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         replies: list[Any] = []
         for start in range(0, len(calls), _CHUNK):
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls[start : start + _CHUNK]:
-                script(keys=keys, args=args, client=pipe)
-            replies += pipe.execute()
+            replies += run_all(self.redis, script, calls[start : start + _CHUNK])
         return replies
 
     def entries(self, keys: list[AccountKeys], delta: int, idempotent: bool = False) -> list[str]:

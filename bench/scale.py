@@ -79,12 +79,12 @@ def _masters(cluster: RedisCluster) -> Iterator[RedisServer]:
 
 
 def _node_stats(cluster: RedisCluster) -> dict[int, tuple[int, float]]:
-    """Per master: EVALSHA calls so far and CPU seconds used so far."""
+    """Per master: script calls (FCALL, EVALSHA) so far and CPU seconds used so far."""
     stats = {}
     for node in _masters(cluster):
         client = redis.Redis(port=node.port)
         info: dict[str, Any] = client.info("all")
-        calls = int(info.get("cmdstat_evalsha", {}).get("calls", 0))
+        calls = sum(int(info.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("fcall", "evalsha"))
         stats[node.port] = (calls, float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
         client.close()
     return stats

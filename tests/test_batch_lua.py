@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from engine.store.keys import AccountKeys, account_keys, shard_of
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, call
 from tests.servers import RedisServer
 
 APP = "app_batch"
@@ -68,18 +68,20 @@ def apply_batch(r: "redis.Redis[str]", *entries: tuple[list[str], list[Any]]) ->
     for entry_keys, entry_args in entries:
         keys += entry_keys
         args += [len(entry_keys), len(entry_args), *entry_args]
-    reply: list[Any] = Scripts.register(r).apply_batch(keys=keys, args=args)
+    reply: list[Any] = call(r, SCRIPTS.apply_batch, keys=keys, args=args)
     return reply
 
 
-def apply_one(r: "redis.Redis[str]", call: tuple[list[str], list[Any]]) -> list[Any]:
-    reply: list[Any] = Scripts.register(r).apply_entry(keys=call[0], args=call[1])
+def apply_one(r: "redis.Redis[str]", entry: tuple[list[str], list[Any]]) -> list[Any]:
+    reply: list[Any] = call(r, SCRIPTS.apply_entry, *entry)
     return reply
 
 
 def hydrate(r: "redis.Redis[str]", user: str, balance: int) -> None:
     keys = account_keys(APP, user)
-    Scripts.register(r).hydrate(
+    call(
+        r,
+        SCRIPTS.hydrate,
         keys=[keys.account, keys.grants, keys.holds, keys.expiry_due],
         args=[balance, 0, "99", "", 0, 0, 0, "", 0],
     )

@@ -11,7 +11,7 @@ from engine.events.derive import crossing_events
 from engine.events.watch import watch_arg
 from engine.models import AppContext
 from engine.store.keys import account_keys, new_ledger_id
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, call_async
 from tests.test_lua_holds import NOW, _head, _open
 from tests.test_lua_scripts import redis  # noqa: F401  (the fixture)
 
@@ -36,7 +36,7 @@ async def _apply(
         keys, mode = [*keys, PLAN], "l"
     head = _head("add" if delta > 0 else "deduct", ledger_id)
     args = [delta, floor, head, "", 60, NOW, ledger_id, mode, "", "", watch, allowed or ""]
-    reply: list[Any] = await Scripts.register_async(redis).apply_entry(keys=keys, args=args)
+    reply: list[Any] = await call_async(redis, SCRIPTS.apply_entry, keys=keys, args=args)
     return reply
 
 
@@ -44,7 +44,7 @@ async def _hold(redis: Redis, amount: int, watch: str = WATCH) -> list[Any]:  # 
     ledger_id = new_ledger_id(KEYS.shard)
     head = _head("hold", ledger_id, hold_id="hold_x", expires_at=NOW + 60_000)
     args = [amount, 0, head, "", 60, NOW, ledger_id, "", "t1", NOW + 60_000, watch, ""]
-    reply: list[Any] = await Scripts.register_async(redis).hold(keys=KEYS.script_keys(), args=args)
+    reply: list[Any] = await call_async(redis, SCRIPTS.hold, keys=KEYS.script_keys(), args=args)
     return reply
 
 
@@ -117,3 +117,46 @@ async def test_operations_are_counted_and_capped(redis: Redis) -> None:  # noqa:
     # A refused deduct is not an operation.
     assert (await _apply(redis, -1_000, allowed="100"))[0] == "insufficient"
     assert await redis.hget(PLAN, "n") == "4"
+
+
+async def test_the_account_functions_answer_as_the_scripts_and_start_each_call_afresh(
+    redis: Redis,  # noqa: F811
+) -> None:
+    """The account scripts run as functions of one library (FCALL), whose locals outlive a
+    call; EVAL of the same text starts from nothing each time. Calls alternating between two
+    users, crossing thresholds, must give the same replies and leave the same outbox both ways
+    (a user named from the previous call's account would show here)."""
+    names = [("app_lua", "user_1"), ("app_other", "user_2")]
+    users = [account_keys(app_id, user_id) for app_id, user_id in names]
+
+    async def run(through_eval: bool) -> tuple[list[Any], list[dict[str, str]]]:
+        await redis.flushall()
+        for keys in users:
+            hydrate = [keys.account, keys.grants, keys.holds, keys.expiry_due]
+            await call_async(redis, SCRIPTS.hydrate, hydrate, [1_000, 0, "", "", 0, 0, 0, "", 0])
+        replies = []
+        for step, delta in enumerate([-400, -450, -100, -60, 30, -500, -20]):
+            keys = users[step % 2]
+            ledger_id = f"0190aaaa-bbbb-7ccc-8ddd-{step:012d}"
+            app_id, user_id = names[step % 2]
+            head = _head("deduct" if delta < 0 else "add", ledger_id)
+            head = head.replace(b'"app_lua","user_id":"user_1"', orjson.dumps(app_id)
+                                + b',"user_id":' + orjson.dumps(user_id))  # fmt: skip
+            args = [delta, 0, head, "", 60, NOW, ledger_id, "", "", "", WATCH, ""]
+            script_keys = keys.script_keys()
+            if through_eval:
+                text = SCRIPTS.apply_entry.text
+                reply = await redis.eval(text, len(script_keys), *script_keys, *args)  # type: ignore[misc]
+            else:
+                reply = await call_async(redis, SCRIPTS.apply_entry, script_keys, args)
+            replies.append(reply)
+        outbox = [fields for keys in users for _, fields in await redis.xrange(keys.outbox)]
+        return replies, outbox
+
+    replies, outbox = await run(through_eval=False)
+    assert [reply[0] for reply in replies] == ["ok"] * 5 + ["insufficient", "ok"]
+    crossings = [orjson.loads(fields["v"]) for fields in outbox if "v" in fields]
+    assert {(c["app_id"], c["user_id"]) for c in crossings} == {
+        ("app_lua", "user_1"), ("app_other", "user_2"),
+    }  # fmt: skip
+    assert (replies, outbox) == await run(through_eval=True)

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from engine.ledger.expiring import rebuild
 from engine.store.keys import account_keys
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, call_async
 from tests.test_lua_model import HYDRATE_KEYS, Account, step
 from tests.test_lua_model import KEYS as MODEL_KEYS
 from tests.test_lua_scripts import (
@@ -32,15 +32,17 @@ async def evict(redis: Redis, idle_before: int = NOW, now: int = NOW) -> int:  #
         KEYS.account, KEYS.recent, KEYS.unpersisted, KEYS.grants, KEYS.holds, KEYS.top_up(),
         KEYS.tombstone(),
     ]  # fmt: skip
-    evicted: int = await Scripts.register_async(redis).evict_account(
-        keys=keys, args=[idle_before, now, KEYS.tombstone_member()]
+    evicted: int = await call_async(
+        redis, SCRIPTS.evict_account, keys=keys, args=[idle_before, now, KEYS.tombstone_member()]
     )
     return evicted
 
 
 async def vouch(redis: Redis, user: str, create: bool = True) -> int:  # noqa: F811
     keys = account_keys("app_lua", user)
-    vouched: int = await Scripts.register_async(redis).vouch_account(
+    vouched: int = await call_async(
+        redis,
+        SCRIPTS.vouch_account,
         keys=[keys.account, keys.complete(), keys.tombstone()],
         args=["1" if create else "0", keys.tombstone_member()],
     )
@@ -141,12 +143,13 @@ async def test_a_rebuild_counts_as_use_and_leaves_the_tombstone(redis: Redis) ->
 
 
 async def test_the_sweep_is_told_to_rebuild_a_missing_account(redis: Redis) -> None:  # noqa: F811
-    scripts = Scripts.register_async(redis)
     await redis.zadd(KEYS.expiry_due, {MEMBER: NOW})
     args = [NOW, "0190d8c4-0000-7000-8000-000000000011", '"app_id":"app_lua"', ""]
-    assert await scripts.expire_due(keys=KEYS.script_keys(), args=args) == -1
+    assert await call_async(redis, SCRIPTS.expire_due, keys=KEYS.script_keys(), args=args) == -1
     assert await redis.zscore(KEYS.expiry_due, MEMBER) == NOW  # still due
-    assert await scripts.expire_due(keys=KEYS.script_keys(), args=[*args, "1"]) == 0
+    assert (
+        await call_async(redis, SCRIPTS.expire_due, keys=KEYS.script_keys(), args=[*args, "1"]) == 0
+    )
     assert await redis.zscore(KEYS.expiry_due, MEMBER) is None  # nothing to rebuild it from
 
 
@@ -160,7 +163,9 @@ async def test_an_evicted_account_comes_back_as_it_was(redis: Redis) -> None:  #
     for seed in range(10):
         await redis.flushall()
         account = Account(redis, 0)
-        await account.scripts.hydrate(keys=HYDRATE_KEYS, args=[0, 0, "", "", 0, 0, 0, "", 0])
+        await call_async(
+            account.redis, SCRIPTS.hydrate, keys=HYDRATE_KEYS, args=[0, 0, "", "", 0, 0, 0, "", 0]
+        )
         rnd = random.Random(seed)
         for _ in range(40):
             await step(account, rnd)
@@ -169,10 +174,10 @@ async def test_an_evicted_account_comes_back_as_it_was(redis: Redis) -> None:  #
         entries = await account.entries()
         await redis.delete(MODEL_KEYS.unpersisted, MODEL_KEYS.recent)  # all persisted
         args = [account.now + 1, 0, MODEL_KEYS.tombstone_member()]
-        evicted = await account.scripts.evict_account(keys=keys, args=args)
+        evicted = await call_async(account.redis, SCRIPTS.evict_account, keys=keys, args=args)
         assert evicted == 1 and await redis.exists(MODEL_KEYS.account) == 0
         updated = str(entries[-1].created_at_ms) if entries else ""
-        await account.scripts.hydrate(
+        await call_async(account.redis, SCRIPTS.hydrate,
             keys=HYDRATE_KEYS,
             args=[before["balance"], before["seq"], updated, "",
                   *rebuild(entries, account.now).hydrate_args()],

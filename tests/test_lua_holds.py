@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from engine.store.keys import account_keys, new_ledger_id
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, call_async
 from tests.test_lua_scripts import redis  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +28,9 @@ def _head(kind: str, ledger_id: str, **extra: Any) -> bytes:
 
 
 async def _open(redis: Redis, balance: int = 0) -> None:  # noqa: F811
-    await Scripts.register_async(redis).hydrate(
+    await call_async(
+        redis,
+        SCRIPTS.hydrate,
         keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
         args=[balance, 0, "", "", 0, 0, 0, "", 0],
     )
@@ -53,8 +55,8 @@ async def _entry(
     # ARGV[10] (a grant's expiry or refunded grant), no thresholds, no plan, ARGV[13..] parts.
     grant, *parts = extra or ("",)
     args = [delta, floor, head, "", 60, now, ledger_id, mode, "", grant, "", "", *parts]
-    reply: list[Any] = await Scripts.register_async(redis).apply_entry(
-        keys=KEYS.script_keys(), args=args
+    reply: list[Any] = await call_async(
+        redis, SCRIPTS.apply_entry, keys=KEYS.script_keys(), args=args
     )
     return reply
 
@@ -69,7 +71,7 @@ async def _hold(
     ledger_id = new_ledger_id(KEYS.shard)
     head = _head("hold", ledger_id, hold_id=f"hold_{token}_dXNlcl8x", expires_at=expires)
     args = [amount, floor, head, "", 60, NOW, ledger_id, "", token, expires]
-    reply: list[Any] = await Scripts.register_async(redis).hold(keys=KEYS.script_keys(), args=args)
+    reply: list[Any] = await call_async(redis, SCRIPTS.hold, keys=KEYS.script_keys(), args=args)
     return reply
 
 
@@ -94,7 +96,7 @@ async def _settle(
         mode, member = mode + "t", KEYS.top_up_member()
     keys.append(KEYS.hold_end(token))
     args = [amount, token, head, "fp", 60, now, ledger_id, mode + "e", 60_000, member]
-    reply: list[Any] = await Scripts.register_async(redis).settle_hold(keys=keys, args=args)
+    reply: list[Any] = await call_async(redis, SCRIPTS.settle_hold, keys=keys, args=args)
     return reply
 
 
@@ -160,7 +162,9 @@ async def test_an_expired_hold_is_gone_and_its_expired_grant_credits_leave(
     await _entry(redis, 30, expires=NOW + 1_000)
     await _hold(redis, 25, "b" * 24, NOW + 2_000)
     # The grant expires with its 5 unreserved credits; the hold keeps its 25 until it ends.
-    swept = await Scripts.register_async(redis).expire_due(
+    swept = await call_async(
+        redis,
+        SCRIPTS.expire_due,
         keys=KEYS.script_keys(),
         args=[NOW + 1_000, new_ledger_id(KEYS.shard), '"app_id":"app_lua","user_id":"user_1"', ""],
     )
@@ -173,7 +177,9 @@ async def test_an_expired_hold_is_gone_and_its_expired_grant_credits_leave(
 
 
 async def test_hydrate_restores_grants_holds_and_the_due_set(redis: Redis) -> None:  # noqa: F811
-    written = await Scripts.register_async(redis).hydrate(
+    written = await call_async(
+        redis,
+        SCRIPTS.hydrate,
         keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
         args=[50, 7, "123", "", 20, 10, 4, NOW, 1, "g1", f"{NOW} 3 10", "t1", "x"],
     )

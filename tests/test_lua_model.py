@@ -15,7 +15,7 @@ from engine.ledger.credits import refund_moves
 from engine.ledger.expiring import Expiring, account_json, rebuild
 from engine.models import LedgerEntry
 from engine.store.keys import account_keys, new_ledger_id
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, call_async
 from tests.test_lua_scripts import redis  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.anyio
@@ -28,7 +28,6 @@ HYDRATE_KEYS = [KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due]
 class Account:
     def __init__(self, redis: Redis, floor: int) -> None:  # noqa: F811
         self.redis, self.floor = redis, floor
-        self.scripts = Scripts.register_async(redis)
         self.now = 10_000_000
         self.holds: list[tuple[str, str, int]] = []  # hold_id, token, amount
         self.refunded: set[str] = set()
@@ -47,7 +46,9 @@ class Account:
         grant, *parts = extra or ("",)
         args = [delta, self.floor, self._head(kind, ledger_id, **fields), "", 60, self.now,
                 ledger_id, mode, "", grant, "", "", *parts]  # fmt: skip
-        reply: list[Any] = await self.scripts.apply_entry(keys=KEYS.script_keys(), args=args)
+        reply: list[Any] = await call_async(
+            self.redis, SCRIPTS.apply_entry, keys=KEYS.script_keys(), args=args
+        )
         return reply
 
     async def grant(self, amount: int, seconds: int) -> list[Any]:
@@ -59,7 +60,9 @@ class Account:
         hold_id, expires = f"hold_{token}_dXNlcl8x", self.now + seconds * 1000
         head = self._head("hold", ledger_id, hold_id=hold_id, expires_at=expires)
         args = [amount, self.floor, head, "", 60, self.now, ledger_id, "", token, expires]
-        reply: list[Any] = await self.scripts.hold(keys=KEYS.script_keys(), args=args)
+        reply: list[Any] = await call_async(
+            self.redis, SCRIPTS.hold, keys=KEYS.script_keys(), args=args
+        )
         if reply[0] == "ok":
             self.holds.append((hold_id, token, amount))
         return reply
@@ -70,7 +73,7 @@ class Account:
         head = self._head("release" if amount == "0" else "deduct", ledger_id)
         keys = [*KEYS.script_keys(), KEYS.hold_end(token)]
         args = [amount, token, head, "", 60, self.now, ledger_id, "e", 60_000, ""]
-        reply: list[Any] = await self.scripts.settle_hold(keys=keys, args=args)
+        reply: list[Any] = await call_async(self.redis, SCRIPTS.settle_hold, keys=keys, args=args)
         return reply
 
     async def refund(self, original: LedgerEntry) -> list[Any]:
@@ -82,7 +85,7 @@ class Account:
 
     async def expire(self) -> None:
         args = [self.now, new_ledger_id(KEYS.shard), WHO, ""]
-        await self.scripts.expire_due(keys=KEYS.script_keys(), args=args)
+        await call_async(self.redis, SCRIPTS.expire_due, keys=KEYS.script_keys(), args=args)
 
     async def entries(self) -> list[LedgerEntry]:
         return [LedgerEntry.from_json(f["e"]) for _, f in await self.redis.xrange(KEYS.outbox)]
@@ -164,7 +167,7 @@ async def rehydrate(account: Account) -> None:
     rebuilt = rebuild(entries, account.now)
     await account.redis.delete(*HYDRATE_KEYS[:3])
     updated = str(entries[-1].created_at_ms) if entries else ""
-    await account.scripts.hydrate(
+    await call_async(account.redis, SCRIPTS.hydrate,
         keys=HYDRATE_KEYS, args=[before["balance"], before["seq"], updated, "",
                                  *rebuilt.hydrate_args()],
     )  # fmt: skip
@@ -176,7 +179,9 @@ async def test_the_scripts_keep_what_the_ledger_says(redis: Redis, floor: int) -
     for seed in range(25):
         await redis.flushall()
         account = Account(redis, floor)
-        await account.scripts.hydrate(keys=HYDRATE_KEYS, args=[0, 0, "", "", 0, 0, 0, "", 0])
+        await call_async(
+            account.redis, SCRIPTS.hydrate, keys=HYDRATE_KEYS, args=[0, 0, "", "", 0, 0, 0, "", 0]
+        )
         rnd = random.Random(seed)
         for number in range(60):
             await step(account, rnd)

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from engine.models import MAX_AMOUNT
 from engine.store.keys import account_keys
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, call_async
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -57,12 +57,14 @@ async def apply_entry(
         keys += [KEYS.top_up(), KEYS.top_up_due()]
         args[7] += "t"
         args[8] = KEYS.top_up_member()
-    reply: list[Any] = await Scripts.register_async(redis).apply_entry(keys=keys, args=args)
+    reply: list[Any] = await call_async(redis, SCRIPTS.apply_entry, keys=keys, args=args)
     return reply
 
 
 async def hydrate(redis: "Redis", balance: int, updated_at: str = "99", seq: int = 0) -> int:
-    written: int = await Scripts.register_async(redis).hydrate(
+    written: int = await call_async(
+        redis,
+        SCRIPTS.hydrate,
         keys=[KEYS.account, KEYS.grants, KEYS.holds, KEYS.expiry_due],
         args=[balance, seq, updated_at, "", 0, 0, 0, "", 0],
     )
@@ -228,13 +230,14 @@ async def test_refused_refund_leaves_no_marker(redis: "Redis") -> None:
 
 
 async def test_repair_account_only_when_seq_unchanged(redis: "Redis") -> None:
-    scripts = Scripts.register_async(redis)
     await hydrate(redis, 100, seq=7)
-    assert await scripts.repair_account(keys=[KEYS.account], args=[6, 5]) == 0
+    assert await call_async(redis, SCRIPTS.repair_account, keys=[KEYS.account], args=[6, 5]) == 0
     assert await redis.hget(KEYS.account, "balance") == "100"
-    assert await scripts.repair_account(keys=[KEYS.account], args=[7, 5]) == 1
+    assert await call_async(redis, SCRIPTS.repair_account, keys=[KEYS.account], args=[7, 5]) == 1
     assert await redis.hget(KEYS.account, "balance") == "5"
-    assert await scripts.repair_account(keys=[KEYS.account + "x"], args=[7, 5]) == 0
+    assert (
+        await call_async(redis, SCRIPTS.repair_account, keys=[KEYS.account + "x"], args=[7, 5]) == 0
+    )
 
 
 async def test_clamp_takes_only_what_the_floor_allows(redis: "Redis") -> None:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.metrics import registry
 from engine.settings import Settings
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, library_name
 from tests.conftest import ApiServer, AppUnderTest, TallyProcess, WorkerProcess, redis_of, tally_env
 from tests.servers import free_port, wait_for_port
 from tests.test_ledger import wait_until
@@ -217,12 +217,12 @@ def test_ready_when_redis_answers_and_holds_every_script(
     client = redis_of(settings)
     try:
         client.script_flush()
+        client.function_flush()
         answer = httpx.get(f"{api_server.url}/readyz")
         assert answer.status_code == 200
         assert answer.json() == {"ready": True, "redis": "ok", "scripts": "ok", "missing": []}
-        scripts = Scripts.register(client)
-        shas = [getattr(scripts, name).sha for name in scripts.__dataclass_fields__]
-        assert all(client.script_exists(*shas))
+        assert all(client.script_exists(*(script.sha for script in SCRIPTS.all())))
+        assert client.function_list(library=library_name())
     finally:
         client.close()
 

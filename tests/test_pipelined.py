@@ -13,8 +13,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.errors import UnavailableError
 from engine.store import scripts
+from engine.store.keys import account_keys
 from engine.store.pipelined import Pipelined
 from engine.store.redis import pipelined_client
+from engine.store.scripts import SCRIPTS
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -112,7 +114,7 @@ async def test_commands_queued_while_redis_is_down_fail_as_unreachable() -> None
 
 
 async def test_noscript_is_the_one_resend(node: Pipelined, admin: redis.Redis) -> None:
-    script = redis.asyncio.Redis().register_script("return redis.call('INCR', KEYS[1])")
+    script = scripts.Lua.of("return redis.call('INCR', KEYS[1])")
     admin.script_flush()
     with pytest.raises(NoScriptError):
         await node.execute("EVALSHA", script.sha, 1, "x")
@@ -122,11 +124,25 @@ async def test_noscript_is_the_one_resend(node: Pipelined, admin: redis.Redis) -
     assert admin.get("x") == "2"
 
 
+async def test_a_lost_function_is_loaded_and_the_call_sent_again(
+    node: Pipelined, admin: redis.Redis
+) -> None:
+    # The account scripts are functions (FCALL): a node without them answers that it has no
+    # such function, which proves the call did not run.
+    keys = account_keys("app_p", "nobody").script_keys()
+    args = [-1, 0, '{"ledger_id":"x"', "", 60, 1, "x", "", "", "", "", ""]
+    admin.function_flush()
+    with pytest.raises(ResponseError, match="Function not found"):
+        await node.execute(*SCRIPTS.apply_entry.command, len(keys), *keys, *args)
+    assert await scripts.run(node, SCRIPTS.apply_entry, keys, args) == ["missing"]
+    assert admin.function_list(library=scripts.library_name())
+
+
 async def test_a_lost_connection_is_a_503_for_the_script_call_never_resent(
     node: Pipelined, admin: redis.Redis
 ) -> None:
-    script = redis.asyncio.Redis().register_script("return redis.call('INCR', KEYS[1])")
-    await node.execute("SCRIPT", "LOAD", script.script)
+    script = scripts.Lua.of("return redis.call('INCR', KEYS[1])")
+    await node.execute("SCRIPT", "LOAD", script.text)
     blocked = node.execute("BLPOP", "never", "0")  # the call waits behind it, unanswered
     waiting = asyncio.ensure_future(scripts.run(node, script, ["x"], []))
     await asyncio.sleep(0.1)
@@ -142,8 +158,8 @@ async def test_a_lost_connection_is_a_503_for_the_script_call_never_resent(
 async def test_the_calls_of_one_write_share_one_wait(node: Pipelined, admin: redis.Redis) -> None:
     # A WAIT per call would hold each call behind every earlier call's WAIT: with no replica,
     # 50 calls would take 50 timeouts. One WAIT follows the write; each call is unconfirmed.
-    script = redis.asyncio.Redis().register_script("return redis.call('INCR', KEYS[1])")
-    await node.execute("SCRIPT", "LOAD", script.script)
+    script = scripts.Lua.of("return redis.call('INCR', KEYS[1])")
+    await node.execute("SCRIPT", "LOAD", script.text)
     admin.config_resetstat()
     acks = scripts.Acks(replicas=1, timeout_ms=300)
     started = time.monotonic()

@@ -14,7 +14,6 @@ from contextlib import suppress
 from typing import Any
 
 from redis import Redis
-from redis.commands.core import Script
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.exceptions import StopRequested
@@ -34,7 +33,7 @@ from engine.logs import Outage
 from engine.settings import Settings
 from engine.store.keys import SHARDS, flush_key, reconcile_schedule_key
 from engine.store.redis import OUTAGES, sync_client
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, Scripts
 from workers import jobs
 from workers.metrics import serve_metrics
 from workers.queue import EVENTS_QUEUE, Jobs
@@ -168,7 +167,7 @@ def sweep(redis: Redis, queue: Jobs, reclaim_idle_ms: int) -> list[int]:
 
 def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
     settings, redis = engine.settings, engine.sync_redis
-    scripts = Scripts.register(redis)
+    scripts = SCRIPTS
     next_webhook_sweep = next_top_up_sweep = next_rearm = next_expiry_sweep = 0.0
     outage = Outage(log, "sweep")
     while not stop.wait(settings.outbox_sweep_ms / 1000):
@@ -201,7 +200,7 @@ def _sweep_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
             stop.wait(1)
 
 
-def _sweep_expiries(engine: Engine, scripts: Scripts[Script]) -> None:
+def _sweep_expiries(engine: Engine, scripts: Scripts) -> None:
     redis = engine.sync_redis
     sweep_expiries(
         redis, scripts, engine.watch_of,
@@ -213,7 +212,7 @@ def _evict_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
     """Take idle accounts out of Redis (engine/ledger/eviction.py), unless they never idle."""
     idle = engine.settings.account_idle_seconds
     if idle:
-        eviction = Eviction(engine.sync_redis, Scripts.register(engine.sync_redis), idle)
+        eviction = Eviction(engine.sync_redis, SCRIPTS, idle)
         _repeat(stop, interval_seconds(idle), "evicting idle accounts", eviction.run)
 
 
@@ -289,7 +288,7 @@ def _deliver_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None
 def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> None:
     """Keep every shard vouched for (engine.ledger.completeness): at start, and within
     seconds of Redis losing data."""
-    scripts = Scripts.register(engine.sync_redis)
+    scripts = SCRIPTS
     outage = Outage(log, "checking that Redis holds every account")
     while True:
         wait = _COMPLETENESS_SECONDS
@@ -312,7 +311,7 @@ def _complete_forever(engine: Engine, queue: Jobs, stop: threading.Event) -> Non
 def _drain(engine: Engine) -> int:
     """Persist everything in the outboxes, then exit; 1 if PostgreSQL will not take it."""
     redis, queue = engine.sync_redis, Jobs(engine.raw_redis)
-    _sweep_expiries(engine, Scripts.register(redis))
+    _sweep_expiries(engine, SCRIPTS)
     worker = SimpleWorker([queue.queue], connection=engine.raw_redis, serializer=JSONSerializer)
     stalls = 0
     depth = sum(outbox_depths(redis))

@@ -31,7 +31,7 @@ from engine.models import App
 from engine.payments.providers import credits_for
 from engine.settings import Settings
 from engine.store.keys import SHARDS, account_keys, parse_member, top_up_due_key
-from engine.store.scripts import Call, Scripts, run_all
+from engine.store.scripts import SCRIPTS, Call, run_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class AutoTopUps:
         self._credits = credits
         self._bridge = bridge
         self._retry_seconds = settings.auto_top_up_retry_seconds
-        self._claim = Scripts.register(redis).claim_due
+        self._claim = SCRIPTS.claim_due
 
     def get(self, app: App, user_id: str) -> AutoTopUp:
         saved = self._billing.auto_top_up(app.app_id, user_id)

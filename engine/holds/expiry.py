@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 from redis import Redis
-from redis.commands.core import Script
 
 from engine.errors import UnavailableError
 from engine.ledger.expiring import account_json
@@ -24,7 +23,7 @@ Account = tuple[str, str]  # app_id, user_id
 
 def sweep_expiries(
     redis: Redis,
-    scripts: Scripts[Script],
+    scripts: Scripts,
     watch_of: Callable[[str], str],
     rebuild: Callable[[list[Account]], set[Account]],
 ) -> int:

@@ -43,7 +43,7 @@ from engine.plans.operations import counted
 from engine.settings import Settings
 from engine.store.keys import AccountKeys, account_keys, new_ledger_id
 from engine.store.redis import outages
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS
 
 MAX_TTL_SECONDS = 86_400
 DEFAULT_TTL_SECONDS = 300
@@ -64,7 +64,7 @@ class Holds:
         settings: Settings,
     ) -> None:
         self._redis = redis
-        self._scripts = Scripts.register_async(redis)
+        self._scripts = SCRIPTS
         self._credits = credits
         self._repository = repository
         self._bridge = bridge

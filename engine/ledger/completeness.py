@@ -18,7 +18,6 @@ outlive a loss Redis cannot see, such as the last second an AOF `everysec` crash
 import secrets
 
 from redis import Redis
-from redis.commands.core import Script
 
 from engine.ledger.hydration import expiring_of, hydrate_call
 from engine.ledger.repository import LedgerRepository, Snapshot
@@ -44,9 +43,7 @@ def incomplete_shards(redis: Redis) -> list[int]:
     return [shard for shard, marked in enumerate(pipe.execute()) if not marked]
 
 
-def complete_shards(
-    redis: Redis, scripts: Scripts[Script], repository: LedgerRepository
-) -> list[int]:
+def complete_shards(redis: Redis, scripts: Scripts, repository: LedgerRepository) -> list[int]:
     """Mark every unmarked shard complete after putting its accounts back from the ledger;
     returns the shards marked. One worker at a time runs a pass."""
     missing = incomplete_shards(redis)
@@ -81,7 +78,7 @@ def complete_shards(
 
 def _hydrate(
     redis: Redis,
-    scripts: Scripts[Script],
+    scripts: Scripts,
     repository: LedgerRepository,
     batch: list[tuple[str, str, Snapshot]],
     token: str,

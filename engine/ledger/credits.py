@@ -56,7 +56,7 @@ from engine.store.keys import (
 )
 from engine.store.pipelined import Calls
 from engine.store.redis import outages
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS
 
 BatchOutcome = EntryResult | TallyError
 # Entries that only move held credits, or expire them, are not refundable.
@@ -87,7 +87,7 @@ class Credits:
     ) -> None:
         self._redis = redis
         self._calls = calls  # every script call that posts entries (engine.store.pipelined)
-        self._scripts = Scripts.register_async(redis)
+        self._scripts = SCRIPTS
         self._repository = repository
         self._bridge = bridge
         acks = scripts.Acks(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)

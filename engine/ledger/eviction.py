@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 
 from redis import Redis
-from redis.commands.core import Script
 
 from engine.metrics.registry import ACCOUNTS_EVICTED
 from engine.store.keys import (
@@ -46,7 +45,7 @@ class Eviction:
     def __init__(
         self,
         redis: Redis,
-        scripts: Scripts[Script],
+        scripts: Scripts,
         idle_seconds: int,
         per_pass: int = _PER_PASS,
     ) -> None:

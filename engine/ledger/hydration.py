@@ -11,7 +11,6 @@ from typing import Any
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript, Script
 
 from engine.bridge import Bridge
 from engine.errors import PlanLimitError, UnavailableError
@@ -22,7 +21,7 @@ from engine.models import AppContext
 from engine.store import scripts
 from engine.store.keys import AccountKeys, account_keys
 from engine.store.pipelined import Calls
-from engine.store.scripts import Scripts, run_all
+from engine.store.scripts import Lua, Scripts, run_all
 
 GONE = "account keeps disappearing from Redis; retry shortly"
 
@@ -54,7 +53,7 @@ def expiring_of(
 
 def rebuild_accounts(
     redis: SyncRedis,
-    scripts_: Scripts[Script],
+    scripts_: Scripts,
     repository: LedgerRepository,
     accounts: list[tuple[str, str]],
 ) -> set[tuple[str, str]]:
@@ -86,7 +85,7 @@ class Hydration:
         calls: Calls,
         repository: LedgerRepository,
         bridge: Bridge,
-        scripts_: Scripts[Any],
+        scripts_: Scripts,
         acks: scripts.Acks = scripts.NO_ACKS,
     ) -> None:
         self._redis = redis
@@ -99,7 +98,7 @@ class Hydration:
         self.acks = acks
 
     async def run(
-        self, app: AppContext, user_id: str, keys: AccountKeys, script: AsyncScript,
+        self, app: AppContext, user_id: str, keys: AccountKeys, script: Lua,
         call: scripts.Call, *, missing: bool = False,
     ) -> Any:  # fmt: skip
         """One script call on an account, rebuilding the account when Redis lacks it (or when

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
-from redis.commands.core import Script
 
 from engine.holds.ids import parse_hold_id
 from engine.ledger.defaults import RECONCILE_SCAN_BATCH
@@ -20,7 +19,7 @@ from engine.ledger.expiring import rebuild
 from engine.ledger.outbox import outbox_depths
 from engine.ledger.repository import LedgerRepository
 from engine.store.keys import ACCOUNT_PATTERN, account_keys, parse_account_key, shard_of
-from engine.store.scripts import Scripts
+from engine.store.scripts import SCRIPTS, Scripts, call
 
 
 @dataclass
@@ -48,7 +47,7 @@ class Report:
 
 def reconcile(redis: Redis, repository: LedgerRepository, *, repair: bool = False) -> Report:
     report = Report(started_at=datetime.now(UTC))
-    scripts = Scripts.register(redis)
+    scripts = SCRIPTS
     batch: list[str] = []
     for key in redis.scan_iter(match=ACCOUNT_PATTERN, count=RECONCILE_SCAN_BATCH):
         batch.append(key)
@@ -65,7 +64,7 @@ def reconcile(redis: Redis, repository: LedgerRepository, *, repair: bool = Fals
 
 def _check(
     redis: Redis,
-    scripts: Scripts[Script],
+    scripts: Scripts,
     repository: LedgerRepository,
     keys: list[str],
     report: Report,
@@ -110,7 +109,7 @@ def _check(
             "repaired": False,
         }
         if repair:
-            repaired = scripts.repair_account(keys=[key], args=[seq, ledger_balance])
+            repaired = call(redis, scripts.repair_account, [key], [seq, ledger_balance])
             drift["repaired"] = bool(repaired)
             report.repaired += bool(repaired)
         report.drift.append(drift)

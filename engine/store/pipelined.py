@@ -15,8 +15,8 @@ The failure rules are the design:
 - a caller that gives up leaves its place in the reply queue: taking it out would hand every
   later reply (another user's balance) to the wrong caller;
 - a stalled connection (no reply for the read timeout while commands wait) is aborted.
-NOSCRIPT, the one reply that proves a call did not run, is resent by the caller
-(engine.store.scripts).
+NOSCRIPT (or no such function), the one reply that proves a call did not run, is resent by the
+caller (engine.store.scripts).
 """
 
 import asyncio

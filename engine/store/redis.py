@@ -21,8 +21,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
-from redis.connection import Encoder, parse_url  # type: ignore[attr-defined]
+from redis.connection import parse_url
 from redis.exceptions import (
     ClusterDownError,
     ClusterError,
@@ -162,7 +161,7 @@ def sync_client(url: str, *, decode: bool = True, cluster: bool = False) -> redi
             nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
             return RedisCluster(startup_nodes=nodes, decode_responses=decode, **options)
 
-        return _LazyCluster(connect, decode)  # type: ignore[return-value]
+        return _LazyCluster(connect)  # type: ignore[return-value]
     return redis.Redis.from_url(url, decode_responses=decode, **_options(url, _PackingConnection))
 
 
@@ -184,18 +183,10 @@ class _LazyCluster:
     its constructor, and a process must start (and a command fail as an outage, 503 or the
     CLI's one line) while the cluster is down."""
 
-    def __init__(self, connect: Callable[[], RedisCluster], decode: bool) -> None:
+    def __init__(self, connect: Callable[[], RedisCluster]) -> None:
         self._connect = connect
         self._client: RedisCluster | None = None
         self._lock = threading.Lock()
-        self._encoder = Encoder("utf-8", "strict", decode)  # type: ignore[no-untyped-call]
-
-    # What registering a script needs, without a connection (engine/store/scripts.py).
-    def register_script(self, script: str) -> Script:
-        return Script(self, script)  # type: ignore[arg-type]
-
-    def get_encoder(self) -> Encoder:
-        return self._encoder
 
     def __getattr__(self, name: str) -> Any:
         client = self._client

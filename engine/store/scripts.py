@@ -1,72 +1,168 @@
-"""Every Lua script, read once from the `lua` package and registered once per Redis client.
+"""Every Lua script, read once from the `lua` package, and how Redis is asked to run it.
 
-The same files serve the hot path's async client and the workers' blocking one; calls go by
-SHA and reload on NOSCRIPT.
+The scripts that change an account are functions of one library (FUNCTION LOAD, then FCALL):
+a library is run once, when it is loaded, where a script's text runs again on every call, and
+lua/account.lua's functions with it: 3.7 µs of Redis's CPU a deduct (docs/performance.md). The
+others go by SHA (EVALSHA). A call Redis cannot place (NOSCRIPT, or no such function) did not
+run: it is sent again once the node has what it lacks.
 """
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from importlib.resources import files
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.commands.core import AsyncScript, Script
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from engine.errors import UnavailableError
 from engine.metrics.registry import SCRIPT_ERRORS
 from engine.store.pipelined import Calls, Pipelined, PipelinedCluster
 from engine.store.redis import OUTAGES, UNREACHABLE, as_unavailable
 
-S = TypeVar("S", Script, AsyncScript)
-
-_NAMES = (
-    "apply_entry", "hydrate", "repair_account", "claim_due", "vouch_account", "mark_complete",
-    "hold", "settle_hold", "expire_due", "evict_account", "apply_batch",
-)  # fmt: skip
 # The scripts that change an account share lua/account.lua, put in front of their own text.
-_ACCOUNT_SCRIPTS = frozenset(("apply_entry", "hold", "settle_hold", "expire_due", "apply_batch"))
-# NOSCRIPT means the call did not run, so it is sent again after loading the script; a script
-# cache flushed again and again between the two gives up after this many tries.
+_ACCOUNT_SCRIPTS = ("apply_entry", "hold", "settle_hold", "expire_due", "apply_batch")
+# A call Redis could not place is sent again after loading what it lacked; a node that keeps
+# losing it (SCRIPT FLUSH, FUNCTION FLUSH) between the two gives up after this many tries.
 _LOADS = 5
 _FLUSHED = "Redis keeps losing its scripts (SCRIPT FLUSH); retry shortly"
 
 Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
-AnyScript = Script | AsyncScript
+
+
+def _text(name: str) -> str:
+    return files("lua").joinpath(f"{name}.lua").read_text()
 
 
 @cache
 def source(name: str) -> str:
-    text = files("lua").joinpath(f"{name}.lua").read_text()
+    """The script as EVAL runs it."""
     if name in _ACCOUNT_SCRIPTS:
-        return source("account") + text
-    return text
+        return _text("account") + _text(name)
+    return _text(name)
+
+
+@cache
+def _library() -> tuple[str, str]:
+    """The account scripts as one library, and the suffix of its and its functions' names: the
+    hash of its text, so that two versions of Tally on one Redis each call their own."""
+    # Each script's text becomes a function's body. KEYS and ARGV, globals for EVAL, are the
+    # library's locals here, set by each call; fresh() forgets what the previous call left.
+    bodies = "".join(
+        f"redis.register_function('tally_{name}_VERSION', function(keys, args)\n"
+        f"KEYS, ARGV = keys, args\nfresh()\n{_text(name)}\nend)\n"
+        for name in _ACCOUNT_SCRIPTS
+    )
+    code = "local KEYS, ARGV\n" + _text("account") + bodies
+    version = hashlib.sha1(code.encode()).hexdigest()[:16]
+    return f"#!lua name=tally_{version}\n" + code.replace("_VERSION'", f"_{version}'"), version
+
+
+def library() -> str:
+    """What FUNCTION LOAD takes for the account scripts."""
+    return _library()[0]
+
+
+def library_name() -> str:
+    return f"tally_{_library()[1]}"
 
 
 @dataclass(frozen=True, slots=True)
-class Scripts(Generic[S]):
-    apply_entry: S
-    hydrate: S
-    repair_account: S
-    claim_due: S
-    vouch_account: S
-    mark_complete: S
-    hold: S
-    settle_hold: S
-    expire_due: S
-    evict_account: S
-    apply_batch: S
+class Lua:
+    """One script: `command` runs it (followed by the number of keys, the keys, the
+    arguments), `load` makes a node hold it. `sha` names its EVAL form, which the blocking
+    sweeps' pipelines use for every script (run_all)."""
+
+    text: str
+    sha: str
+    command: tuple[str, str]
+    load: tuple[str, ...]
 
     @staticmethod
-    def register(redis: Redis) -> "Scripts[Script]":
-        return Scripts(*(redis.register_script(source(name)) for name in _NAMES))
+    def named(name: str) -> "Lua":
+        script = Lua.of(source(name))
+        if name in _ACCOUNT_SCRIPTS:
+            function = ("FCALL", f"tally_{name}_{_library()[1]}")
+            load = ("FUNCTION", "LOAD", "REPLACE", library())
+            return Lua(script.text, script.sha, function, load)
+        return script
 
     @staticmethod
-    def register_async(redis: AsyncRedis) -> "Scripts[AsyncScript]":
-        return Scripts(*(redis.register_script(source(name)) for name in _NAMES))
+    def of(text: str) -> "Lua":
+        """A script called by SHA."""
+        sha = hashlib.sha1(text.encode()).hexdigest()
+        return Lua(text, sha, ("EVALSHA", sha), ("SCRIPT", "LOAD", text))
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    apply_entry: Lua
+    hydrate: Lua
+    repair_account: Lua
+    claim_due: Lua
+    vouch_account: Lua
+    mark_complete: Lua
+    hold: Lua
+    settle_hold: Lua
+    expire_due: Lua
+    evict_account: Lua
+    apply_batch: Lua
+
+    def all(self) -> list[Lua]:
+        return [getattr(self, field.name) for field in fields(self)]
+
+
+SCRIPTS = Scripts(*(Lua.named(field.name) for field in fields(Scripts)))
+
+
+def unloaded(reply: Any) -> bool:
+    """Whether a reply says the node lacked the script or function: the call did not run."""
+    return isinstance(reply, NoScriptError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith("Function not found")
+    )
+
+
+def call(client: Redis, script: Lua, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+    """One call on a blocking client, loading the script first where Redis lacks it."""
+    for _ in range(_LOADS):
+        try:
+            return client.execute_command(*script.command, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if not unloaded(exc):
+                raise
+        if script.command[0] == "FCALL":  # on a cluster, to every master
+            client.function_load(library(), replace=True)
+        else:
+            client.script_load(script.text)
+    raise UnavailableError(_FLUSHED)
+
+
+async def call_async(
+    client: AsyncRedis, script: Lua, keys: Sequence[str] = (), args: Sequence[Any] = ()
+) -> Any:
+    """`call` on an asyncio client."""
+    for _ in range(_LOADS):
+        try:
+            return await client.execute_command(*script.command, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            if not unloaded(exc):
+                raise
+        if script.command[0] == "FCALL":
+            await client.function_load(library(), replace=True)
+        else:
+            await client.script_load(script.text)
+    raise UnavailableError(_FLUSHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +184,21 @@ _REDIRECTS = 8
 _REDIRECTED = (MovedError, AskError, TryAgainError)
 
 
-def _evalsha(pipe: Any, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+def _evalsha(pipe: Any, script: Lua, keys: Sequence[str], args: Sequence[Any]) -> None:
     # execute_command, not pipe.evalsha: redis-py refuses the latter in a cluster pipeline,
-    # though every key of a Tally script call is in one slot.
+    # though every key of a Tally script call is in one slot. EVALSHA, not FCALL, for every
+    # script: redis-py's cluster pipeline asks a node for FCALL's keys, a round trip a call.
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 async def run(
     client: Calls,
-    script: AsyncScript,
+    script: Lua,
     keys: Sequence[str],
     args: Sequence[Any],
     acks: Acks = NO_ACKS,
 ) -> Any:
-    """One script call by SHA on the hot path's pipelined connection, loading the script again
+    """One script call on the hot path's pipelined connection, loading the script again
     as often as Redis lost it; with `acks`, acknowledged only once that many replicas have it."""
     # try/except rather than outages(): this is every deduct's path, and a context manager
     # costs a generator per call.
@@ -110,11 +207,13 @@ async def run(
             try:
                 if isinstance(client, Pipelined):
                     if not acks.replicas:
-                        return await client.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+                        return await client.execute(*script.command, len(keys), *keys, *args)
                     return await _on_node(client, script, keys, args, acks, asking=False)
                 return await _on_cluster(client, script, keys, args, acks)
-            except NoScriptError:
-                await (await _node_of(client, keys)).execute("SCRIPT", "LOAD", script.script)
+            except ResponseError as exc:
+                if not unloaded(exc):
+                    raise
+                await (await _node_of(client, keys)).execute(*script.load)
     except OUTAGES as exc:
         SCRIPT_ERRORS.labels(type(exc).__name__).inc()
         raise as_unavailable(exc) from exc
@@ -126,7 +225,7 @@ async def run(
 
 async def _on_node(
     node: Pipelined,
-    script: AsyncScript,
+    script: Lua,
     keys: Sequence[str],
     args: Sequence[Any],
     acks: Acks,
@@ -138,7 +237,7 @@ async def _on_node(
     the connection made, the call's included."""
     if asking:
         node.execute("ASKING").add_done_callback(_settle)  # the call's own reply says enough
-    reply = node.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    reply = node.execute(*script.command, len(keys), *keys, *args)
     if not acks.replicas:
         return await reply
     confirmed = node.wait_after(acks.replicas, acks.timeout_ms)
@@ -148,7 +247,7 @@ async def _on_node(
 
 async def _on_cluster(
     cluster: PipelinedCluster,
-    script: AsyncScript,
+    script: Lua,
     keys: Sequence[str],
     args: Sequence[Any],
     acks: Acks,
@@ -165,16 +264,18 @@ async def _on_cluster(
             node, asking = await cluster.node_of(keys[0]), False
         except AskError as ask:
             node, asking = cluster.node_at(ask.host, ask.port), True
-        except NoScriptError:
-            # The node that answered lacks the script (a migration's target, new to it): load
-            # it there, and send the call again, which did not run.
-            await node.execute("SCRIPT", "LOAD", script.script)
         except TryAgainError:
             await asyncio.sleep(0.05)  # a multi-key call during the slot's migration
             asking = False
         except OUTAGES:
             cluster.lost()
             raise
+        except ResponseError as exc:  # after the outages and redirects, which are ResponseErrors
+            if not unloaded(exc):
+                raise
+            # The node that answered lacks the script (a migration's target, new to it): load
+            # it there, and send the call again, which did not run.
+            await node.execute(*script.load)
     raise UnavailableError(UNREACHABLE, "redis")
 
 
@@ -200,14 +301,14 @@ def _confirmed(raw: list[Any], acks: Acks) -> Any:
 
 async def run_many(
     client: Calls,
-    script: AsyncScript,
+    script: Lua,
     calls: Sequence[Call],
     *,
     each: bool = False,
     acks: Acks = NO_ACKS,
 ) -> list[Any]:
-    """Many calls of one script in one round trip, replies in order. Only the calls refused
-    with NOSCRIPT are sent again: the others ran, whatever happened to the cache since.
+    """Many calls of one script in one round trip, replies in order. Only the calls the node
+    could not place (unloaded) are sent again: the others ran, whatever happened to the cache since.
 
     A call Redis refused as an outage (out of memory) raises UnavailableError, unless `each`:
     then its reply is that error, and the calls that ran keep theirs (a batch must not report
@@ -220,14 +321,14 @@ async def run_many(
             lost = []
             sent = await _send(client, script, [calls[index] for index in pending], acks)
             for index, reply in zip(pending, sent, strict=True):
-                if isinstance(reply, NoScriptError):
+                if unloaded(reply):
                     lost.append(index)
                 else:
                     replies[index] = reply
             if not lost:
                 break
             for node in {await _node_of(client, calls[index][0]) for index in lost}:
-                await node.execute("SCRIPT", "LOAD", script.script)
+                await node.execute(*script.load)
             pending = lost
         else:
             raise UnavailableError(_FLUSHED)
@@ -258,7 +359,7 @@ async def run_many(
     return replies
 
 
-async def _send(client: Calls, script: AsyncScript, calls: Sequence[Call], acks: Acks) -> list[Any]:
+async def _send(client: Calls, script: Lua, calls: Sequence[Call], acks: Acks) -> list[Any]:
     """The calls written on each node's pipelined connection, with a WAIT behind each node's
     calls when `acks` asks for one; replies (errors included) in order. A node that fails fails
     only its own calls. Calls are not redirected: one whose slot moved is answered with MOVED
@@ -269,7 +370,7 @@ async def _send(client: Calls, script: AsyncScript, calls: Sequence[Call], acks:
     sent = []
     for node, positions in groups.items():
         futures = [
-            node.execute("EVALSHA", script.sha, len(calls[p][0]), *calls[p][0], *calls[p][1])
+            node.execute(*script.command, len(calls[p][0]), *calls[p][0], *calls[p][1])
             for p in positions
         ]
         if acks.replicas:
@@ -309,7 +410,7 @@ def _acknowledged(raw: list[Any], calls: int, acks: Acks) -> list[Any]:
     return replies
 
 
-def run_all(client: Redis, script: Script, calls: Sequence[Call]) -> list[Any]:
+def run_all(client: Redis, script: Lua, calls: Sequence[Call]) -> list[Any]:
     """run_many for blocking code (the worker's sweeps), raising the first error; no acks:
     what the worker writes in Redis it can write again, and the ledger's flush waits for the
     replicas of what it persists (engine.ledger.outbox)."""
@@ -329,6 +430,6 @@ def run_all(client: Redis, script: Script, calls: Sequence[Call]) -> list[Any]:
                 replies[index] = reply
         if not lost:
             return replies
-        client.script_load(script.script)
+        client.script_load(script.text)
         pending = lost
     raise UnavailableError(_FLUSHED)
