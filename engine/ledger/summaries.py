@@ -1,6 +1,7 @@
 """What the dashboard reads of the ledger: per-app totals, daily and hourly series, top users,
 and the accounts list, all from the summaries the ledger's trigger keeps (migration 0007), so
-each is one indexed lookup however large the ledger grows."""
+none reads the ledger however large it grows. The accounts list reads one row per user of the
+app (migration 0011 explains why no index orders it)."""
 
 import time
 from collections import Counter
