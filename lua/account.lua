@@ -1,5 +1,7 @@
--- account.lua: what the scripts that change an account share. engine.store.scripts puts this
--- text in front of apply_entry.lua, hold.lua, settle_hold.lua and expire_due.lua; each fills `A`
+-- account.lua: what the scripts that change an account share. engine.store.scripts makes this
+-- text and apply_entry.lua, apply_batch.lua, hold.lua, settle_hold.lua and expire_due.lua one
+-- library of Redis Functions, each script a function's body that starts with fresh() (a
+-- library's locals outlive a call); for EVAL it puts this text in front of each. Each fills `A`
 -- from its KEYS and ARGV before calling anything here.
 --
 -- The account hash: balance, seq, updated_at; held (credits reserved by active holds), granted
