@@ -4,7 +4,7 @@ GET /readyz: should a load balancer send it requests?"""
 import logging
 from typing import Literal
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -91,6 +91,10 @@ async def readiness(engine: Engine) -> ReadyView:
     else:
         try:
             await load_scripts(engine.redis, missing)
+        except OutOfMemoryError:
+            # At maxmemory Redis refuses FUNCTION LOAD as it refuses every write, with or
+            # without the library; the reads it still serves need none: still ready.
+            log.warning("Redis is out of memory: it refused %s missing scripts", len(missing))
         except RedisError as exc:
             log.warning("Redis lacks %s scripts and refused them: %s", len(missing), exc)
             scripts = "missing"

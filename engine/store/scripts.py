@@ -327,8 +327,15 @@ async def run_many(
                     replies[index] = reply
             if not lost:
                 break
-            for node in {await _node_of(client, calls[index][0]) for index in lost}:
-                await node.execute(*script.load)
+            try:
+                for node in {await _node_of(client, calls[index][0]) for index in lost}:
+                    await node.execute(*script.load)
+            except OUTAGES as exc:  # FUNCTION LOAD is refused at maxmemory, for one
+                if not each:
+                    raise
+                for index in lost:  # they did not run; the others did and keep their replies
+                    replies[index] = exc
+                break
             pending = lost
         else:
             raise UnavailableError(_FLUSHED)
