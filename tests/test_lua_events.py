@@ -11,9 +11,9 @@ from engine.events.derive import crossing_events
 from engine.events.watch import watch_arg
 from engine.models import AppContext
 from engine.store.keys import account_keys, new_ledger_id
-from engine.store.scripts import SCRIPTS, call_async
+from engine.store.scripts import SCRIPTS
 from tests.test_lua_holds import NOW, _head, _open
-from tests.test_lua_scripts import redis  # noqa: F401  (the fixture)
+from tests.test_lua_scripts import call_async, redis  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.anyio
 

@@ -11,12 +11,13 @@ from redis.asyncio import Redis
 
 from engine.ledger.expiring import rebuild
 from engine.store.keys import account_keys
-from engine.store.scripts import SCRIPTS, call_async
+from engine.store.scripts import SCRIPTS
 from tests.test_lua_model import HYDRATE_KEYS, Account, step
 from tests.test_lua_model import KEYS as MODEL_KEYS
 from tests.test_lua_scripts import (
     KEYS,
     apply_entry,
+    call_async,
     hydrate,
     redis,  # noqa: F401  (the fixture)
 )

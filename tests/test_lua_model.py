@@ -15,8 +15,8 @@ from engine.ledger.credits import refund_moves
 from engine.ledger.expiring import Expiring, account_json, rebuild
 from engine.models import LedgerEntry
 from engine.store.keys import account_keys, new_ledger_id
-from engine.store.scripts import SCRIPTS, call_async
-from tests.test_lua_scripts import redis  # noqa: F401  (the fixture)
+from engine.store.scripts import SCRIPTS
+from tests.test_lua_scripts import call_async, redis  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.anyio
 
