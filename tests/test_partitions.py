@@ -144,7 +144,7 @@ def test_the_migration_moves_every_row_once(database: Database) -> None:
     summaries = [_fetch(url, query) for query in _SUMMARIES]
     months = {row[0] for row in _fetch(url, _MONTHS)}
 
-    assert migrate(pool) == ["0010_partitioned_ledger"]
+    assert migrate(pool) == ["0010_partitioned_ledger", "0011_accounts_in_place"]
 
     assert _fetch(url, _CHECKSUM) == before and before[0][0] == 6002
     assert _fetch(url, _COLUMNS) == columns  # the columns are a contract
