@@ -16,7 +16,7 @@ from engine.store import scripts
 from engine.store.keys import account_keys
 from engine.store.pipelined import Pipelined
 from engine.store.redis import pipelined_client
-from engine.store.scripts import SCRIPTS
+from engine.store.scripts import SCRIPTS, library_name
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -135,7 +135,7 @@ async def test_a_lost_function_is_loaded_and_the_call_sent_again(
     with pytest.raises(ResponseError, match="Function not found"):
         await node.execute(*SCRIPTS.apply_entry.command, len(keys), *keys, *args)
     assert await scripts.run(node, SCRIPTS.apply_entry, keys, args) == ["missing"]
-    assert admin.function_list(library=scripts.library_name())
+    assert admin.function_list(library=library_name())
 
 
 async def test_a_lost_connection_is_a_503_for_the_script_call_never_resent(
