@@ -461,6 +461,7 @@ def _serve(args: argparse.Namespace, cx: Context) -> None:
         log_config=logs.uvicorn_config(cx.settings.log_level),
         access_log=False,
         server_header=False,
+        http="api.server:TallyProtocol",
     )
 
 

@@ -56,7 +56,7 @@ class Edge:
                 authorizations += 1
         rid = self._ids.of(given)
         token = request_id.set(rid.decode())
-        refused = refusal(scope, authorizations)
+        refused = refusal(scope["method"], scope["query_string"], authorizations)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -76,16 +76,16 @@ class Edge:
             request_id.reset(token)
 
 
-def refusal(scope: Scope, authorizations: int) -> TallyError | None:
+def refusal(method: str, query: bytes, authorizations: int) -> TallyError | None:
     """A request no route may serve: two credentials (which one would act?), or a query
     string on a write (a misspelt field there would be silently dropped)."""
     if authorizations > 1:
         return AuthenticationError("send one Authorization header, not several")
-    if scope["query_string"] and scope["method"] in _WRITES:
-        query = scope["query_string"].decode("latin-1")
-        names = sorted({name for name, _ in parse_qsl(query, keep_blank_values=True)})
+    if query and method in _WRITES:
+        text = query.decode("latin-1")
+        names = sorted({name for name, _ in parse_qsl(text, keep_blank_values=True)})
         return InvalidRequestError(
-            f"unknown query parameter {', '.join(names) or query}:"
+            f"unknown query parameter {', '.join(names) or text}:"
             " a write takes its fields in the JSON body"
         )
     return None

@@ -51,17 +51,21 @@ _access = logging.getLogger("api.access")
 Headers = list[tuple[bytes, bytes]]
 
 
-class _ClientLeft(Exception):
+class ClientLeft(Exception):
     """The client disconnected before its body arrived."""
 
 
-class _Call:
-    """One request to a hot route, as far as the routes need it."""
+class Call:
+    """One request to a hot route, as far as the routes need it; its body is read by
+    `receive` (the ASGI path) or by a subclass (the server's own path, api.server)."""
 
-    __slots__ = ("authorization", "content_type", "idempotency_key", "length", "receive", "scope")
+    __slots__ = ("authorization", "content_type", "idempotency_key", "length", "method", "path",
+                 "query", "receive")  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.scope = scope
+    def __init__(self, method: str, path: str, query: bytes, receive: Receive | None) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
         self.receive = receive
         self.authorization: str | None = None
         self.content_type: bytes | None = None
@@ -69,19 +73,24 @@ class _Call:
         self.length: bytes | None = None
 
     async def body(self, limit: int) -> bytes:
-        if self.length is not None and self.length.isdigit() and int(self.length) > limit:
-            raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
+        self.check_length(limit)
+        assert self.receive is not None
         body = b""
         while True:
             message = await self.receive()
             if message["type"] != "http.request":
-                raise _ClientLeft
+                raise ClientLeft
             chunk: bytes = message.get("body", b"")
             body += chunk
             if len(body) > limit:
                 raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
             if not message.get("more_body", False):
                 return body
+
+    def check_length(self, limit: int) -> None:
+        """Refuses a body its Content-Length says is too large, before any of it is read."""
+        if self.length is not None and self.length.isdigit() and int(self.length) > limit:
+            raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
 
     async def json(self, limit: int) -> bytes:
         body = await self.body(limit)
@@ -90,11 +99,12 @@ class _Call:
 
 
 Answer = tuple[Mapping[str, Any], bool]  # the body, and whether it is a replay
-Route = Callable[[Engine, AppContext, _Call], Awaitable[Answer]]
+Route = Callable[[Engine, AppContext, Call], Awaitable[Answer]]
+Response = tuple[int, Headers, bytes]
 
 
 class HotRoutes:
-    """Answers the hot routes itself; `fallback` (the Starlette app) serves everything else."""
+    """The hot routes, answered without Starlette (api.app sends every other request to it)."""
 
     def __init__(self, access_log: bool) -> None:
         self._ids = RequestIds()
@@ -105,16 +115,32 @@ class HotRoutes:
             ("POST", "/credits/batch"): _batch,
             ("GET", "/credits/balance"): _balance,
         }
+        # As an HTTP parser gives a request line's method and path (api.server).
+        self.by_bytes = {
+            (method.encode(), path.encode()): (method, path, route)
+            for (method, path), route in self.routes.items()
+        }
 
     async def serve(self, engine: Engine, route: Route, scope: Scope, receive: Receive,
                     send: Send) -> None:  # fmt: skip
+        """The ASGI path: for servers other than `tally serve`'s, and the tests' reference."""
+        call = Call(scope["method"], scope["path"], scope["query_string"], receive)
+        answered = await self.answer(engine, route, call, scope["headers"])
+        if answered is not None:
+            status, headers, body = answered
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, engine: Engine, route: Route, call: Call,
+                     headers: Headers) -> Response | None:  # fmt: skip
+        """The answer to `call`; None if the client left before its body arrived (nobody
+        reads an answer)."""
         started = perf_counter()
-        call = _Call(scope, receive)
         given = None
         authorizations = 0
         # One pass over the headers; the first of a repeated header counts, as for Starlette,
         # except the request id (the edge keeps the last).
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"authorization":
                 authorizations += 1
                 if call.authorization is None:
@@ -133,25 +159,22 @@ class HotRoutes:
         rid = self._ids.of(given)
         token = request_id.set(rid.decode())  # every log line of the request carries it
         try:
-            answered = await self._answer(engine, route, call, scope, rid, authorizations)
-            if answered is None:
-                return  # the client left before its body arrived: nobody reads an answer
-            status, headers, body = answered
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            durations = request_durations(scope["path"], scope["method"], status)
-            durations.observe(perf_counter() - started)
-            if self._access_log:
-                elapsed_ms = (perf_counter() - started) * 1000
-                _access.info("%s %s %s %.1f ms", scope["method"], scope["path"], status, elapsed_ms)
+            answered = await self._answer(engine, route, call, rid, authorizations)
         finally:
             request_id.reset(token)
+        if answered is not None:
+            status = answered[0]
+            request_durations(call.path, call.method, status).observe(perf_counter() - started)
+            if self._access_log:
+                elapsed_ms = (perf_counter() - started) * 1000
+                _access.info("%s %s %s %.1f ms", call.method, call.path, status, elapsed_ms)
+        return answered
 
-    async def _answer(self, engine: Engine, route: Route, call: _Call, scope: Scope, rid: bytes,
-                      authorizations: int) -> tuple[int, Headers, bytes] | None:  # fmt: skip
+    async def _answer(self, engine: Engine, route: Route, call: Call, rid: bytes,
+                      authorizations: int) -> Response | None:  # fmt: skip
         limits: Headers = []
         try:
-            refused = refusal(scope, authorizations)
+            refused = refusal(call.method, call.query, authorizations)
             if refused is not None:
                 raise refused
             app = await engine.keys.authenticate(call.authorization)
@@ -161,13 +184,13 @@ class HotRoutes:
             body = orjson.dumps(answer)
             return 200, _json_headers(body, rid, limits, replayed), body
         except TallyError as exc:
-            log_unavailable(exc, scope["method"], scope["path"])
+            log_unavailable(exc, call.method, call.path)
             return _error(exc, rid, limits)
-        except _ClientLeft:
+        except ClientLeft:
             return None
         except Exception:
             # Unlike Starlette's answer to the unexpected, this one has the request's id.
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            log.exception("unhandled error on %s %s", call.method, call.path)
             body = b'{"success":false,"error":"Internal server error"}'
             return 500, _json_headers(body, rid, limits), body
 
@@ -184,22 +207,22 @@ def _json_headers(body: bytes, rid: bytes, limits: Headers, replayed: bool = Fal
     return headers
 
 
-def _error(exc: TallyError, rid: bytes, limits: Headers) -> tuple[int, Headers, bytes]:
+def _error(exc: TallyError, rid: bytes, limits: Headers) -> Response:
     response = error_response(exc)
     headers = [*response.raw_headers, (b"x-request-id", rid), *limits]
     return response.status_code, headers, bytes(response.body)
 
 
-async def _deduct(engine: Engine, app: AppContext, call: _Call) -> Answer:
+async def _deduct(engine: Engine, app: AppContext, call: Call) -> Answer:
     return await _entry(engine, app, call, "deduct", EntryRequest)
 
 
-async def _add(engine: Engine, app: AppContext, call: _Call) -> Answer:
+async def _add(engine: Engine, app: AppContext, call: Call) -> Answer:
     return await _entry(engine, app, call, "add", AddRequest)
 
 
 async def _entry(
-    engine: Engine, app: AppContext, call: _Call, kind: str, model: type[EntryRequest]
+    engine: Engine, app: AppContext, call: Call, kind: str, model: type[EntryRequest]
 ) -> Answer:
     key = credits.checked_idempotency_key(call.idempotency_key)
     fields = _entry_fields(await call.json(engine.settings.max_body_bytes), model)
@@ -207,16 +230,16 @@ async def _entry(
     return entry_body(kind, result), result.replayed
 
 
-async def _batch(engine: Engine, app: AppContext, call: _Call) -> Answer:
+async def _batch(engine: Engine, app: AppContext, call: Call) -> Answer:
     if call.idempotency_key is not None:
         raise InvalidRequestError(credits.BATCH_TAKES_NO_KEY)
     return await apply_batch(engine, app, await call.json(MAX_BATCH_BYTES)), False
 
 
-async def _balance(engine: Engine, app: AppContext, call: _Call) -> Answer:
-    user_id = _user_of(call.scope["query_string"])
+async def _balance(engine: Engine, app: AppContext, call: Call) -> Answer:
+    user_id = _user_of(call.query)
     if user_id is None:
-        user_id = parse_query(UserQuery, QueryParams(call.scope["query_string"])).user_id
+        user_id = parse_query(UserQuery, QueryParams(call.query)).user_id
     return balance_view(await engine.credits.balance(app, user_id)), False
 
 
