@@ -48,16 +48,16 @@ class KeyCache:
         self._ttl = ttl
         self._entries: dict[bytes, _Entry] = {}
         self._inflight: dict[bytes, asyncio.Task[_Entry]] = {}
+        # Authorization headers already checked and hashed: the same few keys call all day.
+        self._hashes: dict[str, bytes] = {}
 
     async def authenticate(self, authorization: str | None) -> AppContext:
-        if not authorization:
-            raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
-        scheme, _, token = authorization.partition(" ")
-        if token.startswith(client_tokens.PREFIX):
-            raise ForbiddenError("a client token may only call /client/... endpoints")
-        if scheme.lower() != "bearer" or not KEY_PATTERN.fullmatch(token):
-            raise AuthenticationError("malformed Authorization header: expected Bearer tally_...")
-        key_hash = hash_key(token)
+        key_hash = self._hashes.get(authorization) if authorization else None
+        if key_hash is None:
+            key_hash = _hash_of(authorization)
+            if len(self._hashes) >= _MAX_ENTRIES:
+                self._hashes.clear()
+            self._hashes[authorization] = key_hash  # type: ignore[index]  # checked above
         entry = self._entries.get(key_hash)
         now = time.monotonic()
         if entry is None or entry.expires <= now:
@@ -99,6 +99,18 @@ class KeyCache:
         entry = _Entry(app, refresh_after=now + ttl / 2, expires=now + ttl)
         self._entries[key_hash] = entry
         return entry
+
+
+def _hash_of(authorization: str | None) -> bytes:
+    """The hash of the API key an Authorization header carries; refuses any other header."""
+    if not authorization:
+        raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
+    scheme, _, token = authorization.partition(" ")
+    if token.startswith(client_tokens.PREFIX):
+        raise ForbiddenError("a client token may only call /client/... endpoints")
+    if scheme.lower() != "bearer" or not KEY_PATTERN.fullmatch(token):
+        raise AuthenticationError("malformed Authorization header: expected Bearer tally_...")
+    return hash_key(token)
 
 
 @dataclass(frozen=True, slots=True)
