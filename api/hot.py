@@ -160,15 +160,15 @@ class HotRoutes:
         token = request_id.set(rid.decode())  # every log line of the request carries it
         try:
             answered = await self._answer(engine, route, call, rid, authorizations)
+            if answered is not None:
+                status = answered[0]
+                request_durations(call.path, call.method, status).observe(perf_counter() - started)
+                if self._access_log:
+                    elapsed_ms = (perf_counter() - started) * 1000
+                    _access.info("%s %s %s %.1f ms", call.method, call.path, status, elapsed_ms)
+            return answered
         finally:
             request_id.reset(token)
-        if answered is not None:
-            status = answered[0]
-            request_durations(call.path, call.method, status).observe(perf_counter() - started)
-            if self._access_log:
-                elapsed_ms = (perf_counter() - started) * 1000
-                _access.info("%s %s %s %.1f ms", call.method, call.path, status, elapsed_ms)
-        return answered
 
     async def _answer(self, engine: Engine, route: Route, call: Call, rid: bytes,
                       authorizations: int) -> Response | None:  # fmt: skip

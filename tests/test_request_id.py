@@ -48,3 +48,30 @@ async def test_request_ids_are_returned_and_bound_to_log_lines(settings: Setting
     assert [line["request_id"] for line in lines] == ["req-42", *ids, replaced]
     assert {line["message"] for line in lines} == {"working on it"}
     assert {line["level"] for line in lines} == {"warning"}
+
+
+@pytest.mark.anyio
+async def test_the_hot_routes_access_lines_carry_their_request_id(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"access_log": True}))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    access = logging.getLogger("api.access")
+    access.addHandler(handler)
+    previous = access.level
+    access.setLevel(logging.INFO)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
+                answer = await client.get(
+                    "/credits/balance?user_id=u1", headers={"X-Request-Id": "hot-7"}
+                )
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(previous)
+    assert answer.status_code == 401  # no key: still a line, with its id
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["message"].split(" ")[:3], line.get("request_id")) for line in lines] == [
+        (["GET", "/credits/balance", "401"], "hot-7")
+    ]
